@@ -1,0 +1,43 @@
+"""One place for the project's defaults: classes, paths, detector and runtime settings."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+#: FER-2013 label order; every probability array in the project uses it.
+CLASSES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+NUM_CLASSES = len(CLASSES)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+#: Where saved models live (one folder per model). Override with FER_APP_MODELS.
+MODELS_DIR = Path(os.environ.get("FER_APP_MODELS", PROJECT_ROOT / "models"))
+#: The bundled offline default model.
+DEFAULT_MODEL = "compact-fer2013"
+#: Default local folder for the CLIP ViT-B/32 weights (transformers `save_pretrained` layout).
+CLIP_HUB_ID = "openai/clip-vit-base-patch32"
+CLIP_LOCAL_DIR = MODELS_DIR / "clip-vit-base-patch32"
+#: Per-user state (embedding cache, calibration captures). Override with FER_APP_HOME.
+APP_HOME = Path(os.environ.get("FER_APP_HOME", Path.home() / ".fer_app"))
+
+#: Images larger than this many pixels are downscaled on load (before decoding when possible).
+MAX_IMAGE_PIXELS = 40_000_000
+#: Longest side an image is reduced to before face detection work starts.
+MAX_IMAGE_SIDE = 4096
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Settings of the Haar-cascade face detector.
+
+    detection_width: the frame is downscaled to this width (never upscaled) before detection;
+    boxes are mapped back to full resolution. min_face: smallest face side in pixels of the
+    *full-resolution* frame. margin: extra border around each face crop, as a fraction of the side.
+    """
+
+    detection_width: int = 480
+    scale_factor: float = 1.1
+    min_neighbors: int = 6
+    min_face: int = 40
+    margin: float = 0.1

@@ -1,0 +1,146 @@
+"""Face detection with OpenCV's Haar cascades, cheap enough to run on every video frame.
+
+`FaceDetector.detect` works on a grey, histogram-equalised copy of the frame downscaled to
+`DetectorConfig.detection_width` (never upscaled) and maps the boxes back to full resolution.
+Overlapping detections of one face are merged, keeping the strongest. `crop_faces` cuts square,
+centred crops with a margin out of the full-resolution frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from fer_app.config import DetectorConfig
+from fer_app.types import Face
+
+__all__ = ["DEFAULT_CASCADE", "FaceDetector", "cascade_path", "crop_faces", "square_box"]
+
+#: Cascade file used by default: a file name in OpenCV's cascade folder, or a path.
+DEFAULT_CASCADE = "haarcascade_frontalface_alt2.xml"
+#: Two detections of one face: IoU above this, or the smaller box mostly (this fraction) inside.
+_MAX_IOU = 0.3
+_MAX_CONTAINED = 0.6
+
+
+def cascade_path(cascade: str | Path) -> Path:
+    """Resolve a cascade setting: a bare file name is looked up in `cv2.data.haarcascades`."""
+    path = Path(cascade)
+    if path.parent == Path(".") and not path.exists():
+        path = Path(cv2.data.haarcascades) / path
+    return path
+
+
+class FaceDetector:
+    """Haar-cascade face detector; the cascade is loaded once, in the constructor."""
+
+    def __init__(self, config: DetectorConfig | None = None, *, cascade: str | Path = DEFAULT_CASCADE):
+        self.config = config or DetectorConfig()
+        if self.config.detection_width < 1 or self.config.scale_factor <= 1.0 or self.config.min_face < 1:
+            raise ValueError(f"invalid detector settings: {self.config}")
+        self.cascade = cascade_path(cascade)
+        self._classifier = cv2.CascadeClassifier(str(self.cascade))
+        if self._classifier.empty():
+            raise FileNotFoundError(f"{self.cascade}: not a readable Haar cascade file")
+
+    def detect(self, frame: np.ndarray) -> list[Face]:
+        """Faces in a grey (H, W) or BGR (H, W, 3) uint8 frame, largest first, in frame pixels."""
+        small, scale = self._prepare(frame)
+        min_side = max(1, round(self.config.min_face * scale))
+        if min(small.shape[:2]) < min_side:
+            return []
+        boxes, neighbours = self._classifier.detectMultiScale2(
+            small,
+            scaleFactor=self.config.scale_factor,
+            minNeighbors=self.config.min_neighbors,
+            minSize=(min_side, min_side),
+        )
+        if len(boxes) == 0:
+            return []
+        height, width = frame.shape[:2]
+        kept = _suppress_overlaps(np.asarray(boxes, dtype=np.float64) / scale, np.asarray(neighbours))
+        faces = [_to_face(box, width, height) for box in kept]
+        return sorted(faces, key=lambda face: face.area, reverse=True)
+
+    def crop(self, frame: np.ndarray, faces: Sequence[Face]) -> list[np.ndarray]:
+        """`crop_faces` with this detector's margin."""
+        return crop_faces(frame, faces, self.config.margin)
+
+    def _prepare(self, frame: np.ndarray) -> tuple[np.ndarray, float]:
+        """Grey, downscaled, equalised copy of the frame and its scale relative to the frame."""
+        if frame.dtype != np.uint8 or frame.ndim not in (2, 3) or frame.size == 0:
+            raise ValueError(f"expected a non-empty uint8 grey or BGR frame, got {frame.dtype} {frame.shape}")
+        if frame.ndim == 3:
+            channels = frame.shape[2]
+            if channels == 1:
+                grey = frame[:, :, 0]
+            elif channels in (3, 4):
+                grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY if channels == 3 else cv2.COLOR_BGRA2GRAY)
+            else:
+                raise ValueError(f"expected 1, 3 or 4 channels, got {channels}")
+        else:
+            grey = frame
+        height, width = grey.shape
+        scale = min(1.0, self.config.detection_width / width)
+        if scale < 1.0:
+            size = (self.config.detection_width, max(1, round(height * scale)))
+            grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
+        return cv2.equalizeHist(grey), scale
+
+
+def square_box(face: Face, frame_shape: tuple[int, ...], margin: float) -> Face:
+    """The square crop box for `face`: centred on it, side `max(w, h) * (1 + 2 * margin)`.
+
+    Near a border the square shrinks (staying centred and square) to fit inside the frame;
+    it is never padded outside.
+    """
+    height, width = frame_shape[:2]
+    cx = min(max(face.x + face.w / 2, 0.5), width - 0.5)
+    cy = min(max(face.y + face.h / 2, 0.5), height - 0.5)
+    wanted = max(face.w, face.h) * (1.0 + 2.0 * margin)
+    side = max(1, int(min(wanted, 2 * cx, 2 * (width - cx), 2 * cy, 2 * (height - cy))))
+    x = min(max(round(cx - side / 2), 0), width - side)
+    y = min(max(round(cy - side / 2), 0), height - side)
+    return Face(x, y, side, side)
+
+
+def crop_faces(frame: np.ndarray, faces: Sequence[Face], margin: float = DetectorConfig.margin) -> list[np.ndarray]:
+    """Square crops (views into `frame`, no copies) around `faces`; see `square_box`."""
+    crops = []
+    for face in faces:
+        box = square_box(face, frame.shape, margin)
+        crops.append(frame[box.y : box.y + box.h, box.x : box.x + box.w])
+    return crops
+
+
+def _suppress_overlaps(boxes: np.ndarray, strengths: np.ndarray) -> list[np.ndarray]:
+    """Keep one box per face: strongest first (then largest), dropping boxes that overlap it."""
+    areas = boxes[:, 2] * boxes[:, 3]
+    order = np.lexsort((-areas, -strengths.ravel()))
+    kept: list[np.ndarray] = []
+    for index in order:
+        box = boxes[index]
+        if not any(_same_face(box, other) for other in kept):
+            kept.append(box)
+    return kept
+
+
+def _same_face(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two (x, y, w, h) boxes overlap enough to be one face."""
+    ix = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    iy = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+    if ix <= 0 or iy <= 0:
+        return False
+    inter = ix * iy
+    area_a, area_b = a[2] * a[3], b[2] * b[3]
+    return inter / (area_a + area_b - inter) > _MAX_IOU or inter / min(area_a, area_b) > _MAX_CONTAINED
+
+
+def _to_face(box: np.ndarray, width: int, height: int) -> Face:
+    """Round a full-resolution float box to pixels, clipped to the frame."""
+    x0, y0 = max(0, round(box[0])), max(0, round(box[1]))
+    x1, y1 = min(width, round(box[0] + box[2])), min(height, round(box[1] + box[3]))
+    return Face(x0, y0, max(1, x1 - x0), max(1, y1 - y0))

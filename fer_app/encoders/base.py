@@ -1,0 +1,43 @@
+"""The encoder interface every backbone implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class Encoder(nn.Module, ABC):
+    """A torch module mapping preprocessed pixels (N, C, H, W) to embeddings (N, embed_dim).
+
+    Crops given to `preprocess` are uint8 arrays, either grey (H, W) or BGR (H, W, 3) as
+    OpenCV produces them; any size (the encoder resizes).
+    """
+
+    #: Stable identifier written into model configs ("compact", "clip-vit-b32").
+    encoder_id: str = ""
+    embed_dim: int = 0
+
+    @abstractmethod
+    def preprocess(self, crops: Sequence[np.ndarray]) -> torch.Tensor:
+        """Turn face crops into the float tensor `forward` expects."""
+
+    @abstractmethod
+    def config(self) -> dict:
+        """What is needed to rebuild this encoder (JSON-serialisable)."""
+
+
+def to_grey(crop: np.ndarray) -> np.ndarray:
+    """uint8 grey (H, W) from a grey, BGR or BGRA crop."""
+    import cv2
+
+    if crop.ndim == 2:
+        return crop
+    if crop.shape[2] == 1:
+        return crop[:, :, 0]
+    if crop.shape[2] == 4:
+        return cv2.cvtColor(crop, cv2.COLOR_BGRA2GRAY)
+    return cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)

@@ -1,0 +1,242 @@
+"""The classifier (encoder + head), and saving/loading models as safetensors + JSON config.
+
+A model folder `models/<name>/` holds:
+- `model.safetensors`: the head's weights (`head.*`) and, for encoders this project trains,
+  the encoder's too (`encoder.*`). CLIP's own weights stay in their folder / the HF cache.
+- `config.json`: encoder and head configs, classes, preprocessing, training data, metrics.
+- `README.md`: the model card.
+Weights are read with safetensors only: nothing a user hands in is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from fer_app.config import CLASSES, DEFAULT_MODEL, MODELS_DIR
+from fer_app.encoders.base import Encoder
+from fer_app.encoders.compact import CompactEncoder
+from fer_app.heads import Head
+
+CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "config.json", "model.safetensors", "README.md"
+FORMAT = "fer-app-model/1"
+#: The pseudo-model name for CLIP's zero-shot classifier (built from text prompts, not saved).
+CLIP_ZERO_SHOT = "clip-vit-b32-zero-shot"
+
+
+class ModelError(ValueError):
+    """A model that cannot be found or loaded; the message names the file and what is wrong."""
+
+
+class Classifier(nn.Module):
+    """Face crops in, (N, num_classes) probabilities out; all crops go through in one batch."""
+
+    def __init__(self, encoder: Encoder, head: Head, *, name: str = "", classes: Sequence[str] = CLASSES,
+                 tta_flip: bool = False, meta: dict | None = None) -> None:
+        super().__init__()
+        self.encoder, self.head = encoder, head
+        self.name, self.classes, self.tta_flip = name, tuple(classes), tta_flip
+        self.meta = meta or {}
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(pixels))
+
+    @torch.inference_mode()
+    def predict_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Probabilities for preprocessed pixels, averaged with the mirror image when tta_flip is on."""
+        probs = torch.softmax(self(pixels), dim=1)
+        if self.tta_flip:
+            probs = (probs + torch.softmax(self(pixels.flip(-1)), dim=1)) / 2
+        return probs
+
+    def predict_proba(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """(N, num_classes) float32 probabilities for N face crops (grey or BGR uint8)."""
+        if len(crops) == 0:
+            return np.zeros((0, len(self.classes)), np.float32)
+        if self.training:
+            self.eval()
+        return self.predict_pixels(self.encoder.preprocess(crops)).numpy().astype(np.float32)
+
+    def config(self) -> dict:
+        return {"format": FORMAT, "name": self.name, "classes": list(self.classes),
+                "encoder": self.encoder.config(), "head": self.head.config(), "tta_flip": self.tta_flip, **self.meta}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model the user can pick: its name, folder (None for the zero-shot pseudo-model) and summary."""
+
+    name: str
+    path: Path | None
+    encoder: str
+    val_accuracy: float | None = None
+    description: str = ""
+
+
+def model_dir(name_or_path: str | Path, models_dir: Path | None = None) -> Path:
+    """The folder of a model given by name (under models_dir) or by path."""
+    p = Path(name_or_path)
+    if p.is_dir():
+        return p
+    return (models_dir or MODELS_DIR) / str(name_or_path)
+
+
+def read_config(folder: Path) -> dict:
+    path = folder / CONFIG_FILE
+    try:
+        cfg = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelError(f"{path}: missing; not a fer-app model folder") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path}: not valid JSON ({exc})") from None
+    for key in ("encoder", "head", "classes"):
+        if key not in cfg:
+            raise ModelError(f"{path}: no {key!r} entry; not a fer-app model config")
+    return cfg
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file, or a ModelError that names the file."""
+    if not path.is_file():
+        raise ModelError(f"{path}: missing")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(f"{path}: not a valid safetensors file ({exc})") from None
+
+
+def load_state(module: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Load tensors into module, naming the file and the mismatch instead of a torch traceback."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = [f"{k} {tuple(tensors[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+             if k in tensors and tensors[k].shape != v.shape]
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} tensors (e.g. {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})")
+    if wrong:
+        problems.append(f"wrong shapes: {'; '.join(wrong[:3])}")
+    if problems:
+        raise ModelError(f"{path}: weights do not match the model config: {', '.join(problems)}")
+    module.load_state_dict(tensors)
+
+
+def build_encoder(cfg: dict, *, clip_source: str | Path | None = None, allow_download: bool = False) -> Encoder:
+    """An encoder from its config entry (CLIP weights are loaded from their own source)."""
+    kind = cfg.get("type")
+    if kind == CompactEncoder.encoder_id:
+        return CompactEncoder.from_config(cfg)
+    if kind == "clip-vit-b32":
+        from fer_app.encoders.clip import load_clip_encoder
+
+        return load_clip_encoder(clip_source or cfg.get("source"), allow_download=allow_download)
+    raise ModelError(f"unknown encoder type {kind!r}")
+
+
+def load_model(name_or_path: str | Path = DEFAULT_MODEL, *, models_dir: Path | None = None,
+               clip_source: str | Path | None = None, allow_download: bool = False) -> Classifier:
+    """Load a saved model by name or folder; `clip-vit-b32-zero-shot` builds CLIP's zero-shot classifier."""
+    if str(name_or_path) == CLIP_ZERO_SHOT:
+        return clip_zero_shot(clip_source, allow_download=allow_download)
+    folder = model_dir(name_or_path, models_dir)
+    if not folder.is_dir():
+        names = ", ".join(m.name for m in list_models(models_dir)) or "none"
+        raise ModelError(f"no model {str(name_or_path)!r} (looked in {folder}); available: {names}")
+    cfg = read_config(folder)
+    weights_path = folder / WEIGHTS_FILE
+    tensors = read_weights(weights_path)
+    encoder = build_encoder(cfg["encoder"], clip_source=clip_source, allow_download=allow_download)
+    head = Head.from_config(cfg["head"])
+    meta = {k: v for k, v in cfg.items() if k not in ("format", "name", "classes", "encoder", "head", "tta_flip")}
+    model = Classifier(encoder, head, name=cfg.get("name", folder.name), classes=cfg["classes"],
+                       tta_flip=bool(cfg.get("tta_flip", False)), meta=meta)
+    if any(k.startswith("encoder.") for k in tensors):
+        load_state(model, tensors, weights_path)
+    else:
+        load_state(model.head, {k.removeprefix("head."): v for k, v in tensors.items()}, weights_path)
+    return model.eval()
+
+
+def clip_zero_shot(clip_source: str | Path | None = None, *, allow_download: bool = False) -> Classifier:
+    """CLIP ViT-B/32 with a head built from text prompts: works before any training."""
+    from fer_app.encoders.clip import load_clip_encoder, zero_shot_weights
+    from fer_app.heads import zero_shot_head
+
+    encoder = load_clip_encoder(clip_source, allow_download=allow_download)
+    head = zero_shot_head(zero_shot_weights(clip_source, CLASSES, allow_download=allow_download))
+    return Classifier(encoder, head, name=CLIP_ZERO_SHOT, meta={"description": "CLIP zero-shot (text prompts)"}).eval()
+
+
+def save_model(model: Classifier, name: str, *, models_dir: Path | None = None, overwrite: bool = False,
+               card: str | None = None, extra_files: dict[str, bytes] | None = None) -> Path:
+    """Write models/<name>/ atomically: a failure midway leaves any existing model untouched."""
+    root = models_dir or MODELS_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / name
+    if target.exists() and not overwrite:
+        raise ModelError(f"{target} exists; choose another name or pass overwrite=True")
+    state = model.state_dict() if model.encoder.encoder_id == CompactEncoder.encoder_id else \
+        {f"head.{k}": v for k, v in model.head.state_dict().items()}
+    cfg = model.config()
+    cfg["name"] = name
+    cfg.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / WEIGHTS_FILE))
+        (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
+        if card is not None:
+            (tmp / CARD_FILE).write_text(card)
+        for fname, data in (extra_files or {}).items():
+            (tmp / fname).write_bytes(data)
+        old = None
+        if target.exists():
+            old = root / f".{name}.old-{os.getpid()}"
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def list_models(models_dir: Path | None = None, *, include_zero_shot: bool = True) -> list[ModelInfo]:
+    """Saved models (folders with a config.json), the default first; plus CLIP zero-shot when its weights are here."""
+    root = models_dir or MODELS_DIR
+    out: list[ModelInfo] = []
+    for folder in sorted(root.glob("*/" + CONFIG_FILE)) if root.is_dir() else []:
+        folder = folder.parent
+        if folder.name.startswith("."):
+            continue
+        try:
+            cfg = read_config(folder)
+        except ModelError:
+            continue
+        acc = cfg.get("metrics", {}).get("val", {}).get("accuracy")
+        out.append(ModelInfo(folder.name, folder, cfg["encoder"].get("type", "?"), acc, cfg.get("description", "")))
+    out.sort(key=lambda m: (m.name != DEFAULT_MODEL, m.name))
+    if include_zero_shot:
+        try:
+            from fer_app.encoders.clip import has_text_tower, resolve_clip_source
+
+            if has_text_tower(resolve_clip_source()):
+                out.append(ModelInfo(CLIP_ZERO_SHOT, None, "clip-vit-b32", None, "CLIP zero-shot (text prompts)"))
+        except Exception:  # noqa: BLE001 - no CLIP weights (or no transformers): simply not listed
+            pass
+    return out

@@ -1,0 +1,464 @@
+"""The training engine: the compact model end to end, or a head on frozen (cached) embeddings.
+
+One engine for the CLI and the training page. It picks the device (CUDA, MPS, CPU), seeds every
+random draw, writes a checkpoint each epoch into a work folder (resumable with `resume=True`),
+stops early on val, reports progress through a callback, and saves the best model atomically:
+an interrupted, stopped or diverged run never overwrites a good model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from fer_app.augment import AugmentConfig, augment
+from fer_app.config import APP_HOME, CLASSES, MODELS_DIR
+from fer_app.data import FaceSet, Splits
+from fer_app.encoders.compact import CompactEncoder
+from fer_app.heads import Head
+from fer_app.metrics import classification_report, confusion_image
+from fer_app.model import Classifier, ModelError, build_encoder, load_model, save_model
+
+
+class TrainingError(RuntimeError):
+    """Training could not go on (diverged, bad data); checkpoints and saved models are left intact."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; saved with the checkpoint and in the model config."""
+
+    encoder: str = "compact"            # "compact" or "clip-vit-b32"
+    mode: str = "full"                  # "full": train encoder + head; "head": head on frozen embeddings
+    head: str = "linear"                # "linear" or "mlp"
+    init_from: str | None = None        # start from a saved model (name or folder) instead of scratch
+    widths: tuple[int, ...] = (32, 64, 128, 256)
+    convs_per_stage: tuple[int, ...] = (1, 2, 2, 2)
+    epochs: int = 40
+    batch_size: int = 128
+    optimizer: str = "sgd"              # "sgd" (nesterov) or "adamw"
+    lr: float = 0.05
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"          # "onecycle", "cosine" or "constant"
+    label_smoothing: float = 0.1
+    balance: str = "sqrt"               # class weights: "none", "sqrt" (1/sqrt(n)) or "inverse" (1/n)
+    augment: bool = True
+    tta_flip: bool = True               # predict on the face and its mirror image, average
+    patience: int = 0                   # early stopping: epochs without val improvement (0 = off)
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0                    # CPU threads (0 = torch's default)
+    clip_source: str | None = None
+
+    def __post_init__(self) -> None:
+        self.widths, self.convs_per_stage = tuple(self.widths), tuple(self.convs_per_stage)
+        choices = {"encoder": ("compact", "clip-vit-b32"), "mode": ("full", "head"), "head": ("linear", "mlp"),
+                   "optimizer": ("sgd", "adamw"), "schedule": ("onecycle", "cosine", "constant"),
+                   "balance": ("none", "sqrt", "inverse")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key} must be one of {', '.join(allowed)} (got {getattr(self, key)!r})")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("epochs, batch_size and lr must be positive")
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    epochs: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    val_macro_f1: float
+    lr: float
+    seconds: float
+    best: bool
+
+
+@dataclass
+class Progress:
+    """What a callback sees during a run: phase ("embed", "train"), step counters and the latest numbers."""
+
+    phase: str
+    epoch: int
+    epochs: int
+    step: int
+    steps: int
+    loss: float = math.nan
+    lr: float = 0.0
+    elapsed: float = 0.0
+    history: list[EpochStats] = field(default_factory=list)
+
+    @property
+    def fraction(self) -> float:
+        done = (self.epoch - 1) * self.steps + self.step
+        return done / max(1, self.epochs * self.steps)
+
+    @property
+    def eta(self) -> float:
+        f = self.fraction
+        return self.elapsed * (1 - f) / f if f > 0 else math.nan
+
+
+class Callback:
+    """Override what you need; `should_stop` is polled every batch (a Stop button)."""
+
+    def on_progress(self, progress: Progress) -> None: ...
+
+    def on_epoch(self, stats: EpochStats, progress: Progress) -> None: ...
+
+    def should_stop(self) -> bool:
+        return False
+
+
+@dataclass
+class TrainResult:
+    model: Classifier
+    history: list[EpochStats]
+    report: dict                      # classification report on val for the best epoch
+    saved_to: Path | None
+    stopped_early: bool
+    seconds: float
+    device: str
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    if preference != "auto":
+        return torch.device(preference)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"CUDA ({torch.cuda.get_device_name(device)})"
+    if device.type == "mps":
+        return "MPS (Apple GPU)"
+    return f"CPU ({os.cpu_count()} logical cores, {torch.get_num_threads()} threads)"
+
+
+def class_weights(labels: np.ndarray, balance: str, num_classes: int = len(CLASSES)) -> torch.Tensor:
+    """Loss weights against class imbalance, normalised so the average sample weight is 1."""
+    counts = np.bincount(labels, minlength=num_classes).astype(float)
+    power = {"none": 0.0, "sqrt": 0.5, "inverse": 1.0}[balance]
+    w = np.where(counts > 0, np.maximum(counts, 1) ** -power, 0.0)
+    w = w * counts.sum() / max((w * counts).sum(), 1e-12)
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
+    """Learning rate at a global step: one-cycle (warm-up then cosine), cosine, or constant."""
+    t = step / max(1, total)
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "onecycle":
+        warm = 0.15
+        if t < warm:
+            return cfg.lr * (0.1 + 0.9 * t / warm)
+        t = (t - warm) / (1 - warm)
+    return cfg.lr * (0.002 + 0.998 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+# ---------------------------------------------------------------- model building
+
+
+def build_model(cfg: TrainConfig, splits: Splits) -> Classifier:
+    """The model a run starts from: a saved model (init_from), or a fresh compact net, or CLIP + a new head."""
+    if cfg.init_from:
+        model = load_model(cfg.init_from, clip_source=cfg.clip_source)
+        if cfg.head != model.head.kind and model.head.kind != "zero-shot":
+            model.head = Head(model.encoder.embed_dim, len(CLASSES), cfg.head, dropout=0.2)
+        elif model.head.kind == "zero-shot":
+            model.head = Head(model.encoder.embed_dim, len(CLASSES), cfg.head, dropout=0.2)
+        model.tta_flip = cfg.tta_flip
+        return model
+    if cfg.encoder == "compact":
+        images = splits["train"].images
+        mean, std = float(images.mean() / 255), float(images.std() / 255)
+        encoder = CompactEncoder(cfg.widths, cfg.convs_per_stage, mean=round(mean, 4), std=round(std, 4))
+    else:
+        encoder = build_encoder({"type": cfg.encoder, "source": cfg.clip_source})
+    head = Head(encoder.embed_dim, len(CLASSES), cfg.head, dropout=0.0 if cfg.mode == "full" else 0.2)
+    return Classifier(encoder, head, tta_flip=cfg.tta_flip)
+
+
+# ---------------------------------------------------------------- embeddings cache (head mode)
+
+
+def module_fingerprint(module: nn.Module) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in module.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def compute_embeddings(model: Classifier, faces: FaceSet, device: torch.device, batch_size: int = 256,
+                       report: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Embeddings of every face (N, D) with the frozen encoder, in batches."""
+    enc = model.encoder.to(device).eval()
+    out = []
+    n = len(faces)
+    with torch.inference_mode():
+        for i in range(0, n, batch_size):
+            pixels = enc.preprocess(list(faces.images[i:i + batch_size])).to(device)
+            out.append(enc(pixels).float().cpu())
+            if report:
+                report(min(i + batch_size, n), n)
+    return torch.cat(out) if out else torch.zeros((0, enc.embed_dim))
+
+
+def cached_embeddings(model: Classifier, faces: FaceSet, device: torch.device, cache_dir: Path,
+                      report: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Embeddings from the on-disk cache keyed by encoder weights and data, computed once."""
+    key = f"{model.encoder.encoder_id}-{module_fingerprint(model.encoder)}-{faces.fingerprint()}"
+    path = cache_dir / f"{key}.safetensors"
+    if path.is_file():
+        try:
+            return load_file(str(path))["embeddings"]
+        except Exception:  # noqa: BLE001 - a corrupt cache entry is rebuilt, never trusted
+            path.unlink(missing_ok=True)
+    emb = compute_embeddings(model, faces, device, report=report)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({"embeddings": emb.contiguous()}, str(tmp))
+    os.replace(tmp, path)
+    return emb
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, state: dict,
+                     gen: torch.Generator) -> None:
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    opt_state = opt.state_dict()
+    scalars = {}
+    for idx, st in opt_state["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"opt.{idx}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars[f"{idx}.{k}"] = v
+    tensors["rng"] = gen.get_state()
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
+    meta = {**state, "opt_scalars": scalars, "opt_param_groups": opt_state["param_groups"]}
+    tmp_json = path.with_suffix(".json.tmp")
+    tmp_json.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp_json, path.with_suffix(".json"))
+
+
+def _load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator) -> dict:
+    try:
+        tensors = load_file(str(path))
+        meta = json.loads(path.with_suffix(".json").read_text())
+    except Exception as exc:  # noqa: BLE001
+        raise TrainingError(f"{path}: checkpoint unreadable ({exc}); delete it to start over") from None
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, idx, name = k.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v
+    for k, v in meta["opt_scalars"].items():
+        idx, name = k.split(".", 1)
+        state.setdefault(int(idx), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["opt_param_groups"]})
+    gen.set_state(tensors["rng"])
+    return meta
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def _batches(n: int, batch_size: int, gen: torch.Generator, shuffle: bool) -> list[torch.Tensor]:
+    order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
+    return list(order.split(batch_size))
+
+
+def _evaluate_logits(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                     device: torch.device, tta_flip: bool, batch_size: int = 512) -> tuple[float, np.ndarray]:
+    losses, preds = [], []
+    with torch.inference_mode():
+        for i in range(0, len(y), batch_size):
+            xb = x[i:i + batch_size].to(device)
+            probs = torch.softmax(forward(xb), 1)
+            if tta_flip and xb.dim() == 4:
+                probs = (probs + torch.softmax(forward(xb.flip(-1)), 1)) / 2
+            losses.append(F.nll_loss(torch.log(probs + 1e-8), y[i:i + batch_size].to(device), reduction="sum"))
+            preds.append(probs.argmax(1).cpu())
+    return float(sum(losses) / max(1, len(y))), torch.cat(preds).numpy() if preds else np.zeros(0, np.int64)
+
+
+def train(cfg: TrainConfig, splits: Splits, *, name: str | None = None, workdir: Path | None = None,
+          resume: bool = False, callback: Callback | None = None, models_dir: Path | None = None,
+          overwrite: bool = False, card: Callable[[TrainResult], str] | None = None,
+          extra_meta: dict | None = None) -> TrainResult:
+    """Train per `cfg` on splits["train"], select on splits["val"]; save the best as models/<name> if given."""
+    if "train" not in splits or "val" not in splits:
+        raise TrainingError(f"need a train and a val split (got {', '.join(splits) or 'none'})")
+    train_set, val_set = splits["train"], splits["val"]
+    if len(train_set) == 0 or len(val_set) == 0:
+        raise TrainingError("the train or val split is empty")
+    if name and (models_dir or MODELS_DIR).joinpath(name).exists() and not overwrite:
+        raise ModelError(f"model {name!r} exists; choose another name or allow overwriting")
+    callback = callback or Callback()
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model = build_model(cfg, splits)
+    workdir = Path(workdir or APP_HOME / "runs" / (name or "unnamed"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    history: list[EpochStats] = []
+
+    head_only = cfg.mode == "head"
+    if head_only:
+        progress = Progress("embed", 1, 1, 0, 1)
+
+        def report(done: int, total: int) -> None:
+            progress.step, progress.steps, progress.elapsed = done, total, time.perf_counter() - started
+            callback.on_progress(progress)
+
+        cache = APP_HOME / "cache" / "embeddings"
+        x_train = cached_embeddings(model, train_set, device, cache, report)
+        x_val = cached_embeddings(model, val_set, device, cache, report)
+        net: nn.Module = model.head
+        params = list(model.head.parameters())
+    else:
+        x_train = torch.from_numpy(np.ascontiguousarray(train_set.images))
+        x_val = model.encoder.normalize(torch.from_numpy(np.ascontiguousarray(val_set.images)))
+        net = model
+        params = list(model.parameters())
+    y_train = torch.from_numpy(train_set.labels.astype(np.int64))
+    y_val = torch.from_numpy(val_set.labels.astype(np.int64))
+    net.to(device)
+    weights = class_weights(train_set.labels, cfg.balance).to(device)
+    if cfg.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True,
+                                                     weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    aug_cfg = AugmentConfig()
+
+    steps_per_epoch = math.ceil(len(y_train) / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    ckpt, best_path = workdir / "checkpoint.safetensors", workdir / "best.safetensors"
+    start_epoch, best_acc, best_epoch, stale = 1, -1.0, 0, 0
+    if resume and ckpt.is_file():
+        meta = _load_checkpoint(ckpt, net, opt, gen)
+        if meta.get("config") != json.loads(json.dumps(asdict(cfg))):
+            raise TrainingError(f"{ckpt}: the checkpoint was made with other settings; start a new run "
+                                f"(another work folder) or resume with the same settings")
+        start_epoch, best_acc, best_epoch, stale = meta["epoch"] + 1, meta["best_acc"], meta["best_epoch"], meta["stale"]
+        history = [EpochStats(**h) for h in meta["history"]]
+        started -= meta.get("seconds", 0.0)
+
+    stopped = False
+    progress = Progress("train", start_epoch, cfg.epochs, 0, steps_per_epoch, history=history)
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout draws: reproducible per epoch, so resumes match
+        net.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        for b, idx in enumerate(_batches(len(y_train), cfg.batch_size, gen, shuffle=True)):
+            if callback.should_stop():
+                stopped = True
+                break
+            step = (epoch - 1) * steps_per_epoch + b
+            lr = lr_at(cfg, step, total_steps)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            yb = y_train[idx].to(device)
+            if head_only:
+                xb = x_train[idx].to(device)
+            else:
+                xb = model.encoder.normalize(x_train[idx])
+                if cfg.augment:
+                    xb = augment(xb, aug_cfg, gen)
+                xb = xb.to(device)
+            logits = net(xb)
+            loss = F.cross_entropy(logits, yb, weight=weights, label_smoothing=cfg.label_smoothing)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"training diverged at epoch {epoch}, batch {b + 1} (loss {loss.item()}); "
+                                    f"try a lower learning rate. The last checkpoint ({ckpt}) and saved models "
+                                    f"are intact.")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item() * len(yb)
+            correct += int((logits.argmax(1) == yb).sum())
+            seen += len(yb)
+            progress.epoch, progress.step, progress.loss, progress.lr = epoch, b + 1, loss.item(), lr
+            progress.elapsed = time.perf_counter() - started
+            callback.on_progress(progress)
+        if stopped and seen == 0:
+            break
+        net.eval()
+        val_loss, val_pred = _evaluate_logits(net, x_val, y_val, device, cfg.tta_flip and not head_only)
+        rep = classification_report(y_val.numpy(), val_pred)
+        improved = rep["accuracy"] > best_acc
+        if improved:
+            best_acc, best_epoch, stale = rep["accuracy"], epoch, 0
+            tmp = best_path.with_suffix(".tmp")
+            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+            os.replace(tmp, best_path)
+        else:
+            stale += 1
+        stats = EpochStats(epoch, cfg.epochs, loss_sum / max(1, seen), correct / max(1, seen), val_loss,
+                           rep["accuracy"], rep["macro_f1"], progress.lr, time.perf_counter() - t0, improved)
+        history.append(stats)
+        if not stopped:
+            _save_checkpoint(ckpt, net, opt, {
+                "config": json.loads(json.dumps(asdict(cfg))), "epoch": epoch, "best_acc": best_acc,
+                "best_epoch": best_epoch, "stale": stale, "history": [asdict(h) for h in history],
+                "seconds": time.perf_counter() - started}, gen)
+        callback.on_epoch(stats, progress)
+        if stopped or (cfg.patience and stale >= cfg.patience):
+            stopped = True
+            break
+
+    if not best_path.is_file():
+        raise TrainingError("no epoch finished; nothing to save (the previous model is intact)")
+    model.load_state_dict(load_file(str(best_path)))
+    model.eval()
+    _, val_pred = _evaluate_logits(net, x_val, y_val, device, cfg.tta_flip and not head_only)
+    report = classification_report(y_val.numpy(), val_pred)
+    model.to("cpu")
+    seconds = time.perf_counter() - started
+    model.meta.update({
+        "training": {"config": json.loads(json.dumps(asdict(cfg))), "data": {
+            "train": {"source": train_set.source, "n": len(train_set), "counts": train_set.class_counts()},
+            "val": {"source": val_set.source, "n": len(val_set), "counts": val_set.class_counts()}},
+            "epochs_run": len(history), "best_epoch": best_epoch, "seconds": round(seconds, 1),
+            "device": device_name(device), "history": [asdict(h) for h in history], **(extra_meta or {})},
+        "metrics": {"val": report},
+    })
+    result = TrainResult(model, history, report, None, stopped, seconds, device_name(device))
+    if name:
+        ok, png = cv2.imencode(".png", confusion_image(report["confusion"]))
+        result.saved_to = save_model(model, name, models_dir=models_dir, overwrite=overwrite,
+                                     card=card(result) if card else None, extra_files={"confusion.png": png.tobytes()})
+    return result

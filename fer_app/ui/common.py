@@ -1,0 +1,62 @@
+"""What the pages share: the cached model (one per process), the model picker, detector settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from fer_app.config import DEFAULT_MODEL, DetectorConfig
+from fer_app.detection import FaceDetector
+from fer_app.model import Classifier, ModelInfo, list_models, load_model
+
+
+@st.cache_resource(show_spinner="Loading model…")
+def cached_model(name: str, stamp: float) -> Classifier:
+    """The model, loaded once per process and shared by all sessions (stamp: the config's mtime,
+    so a model re-saved under the same name is reloaded)."""
+    return load_model(name)
+
+
+def get_model(info: ModelInfo) -> Classifier:
+    stamp = (info.path / "config.json").stat().st_mtime if info.path else 0.0
+    return cached_model(info.name, stamp)
+
+
+def model_picker(key: str = "model") -> ModelInfo | None:
+    """Sidebar select box over `list_models()` (re-read on every run, so new models appear at once)."""
+    models = list_models()
+    if not models:
+        st.sidebar.error("No model found in models/. Train one on the Training page or with "
+                         "`python -m fer_app train`.")
+        return None
+    names = [m.name for m in models]
+    default = names.index(DEFAULT_MODEL) if DEFAULT_MODEL in names else 0
+    labels = {m.name: m.name + (f" (val acc {m.val_accuracy:.1%})" if m.val_accuracy is not None else "")
+              for m in models}
+    name = st.sidebar.selectbox("Model", names, index=default, key=key, format_func=labels.__getitem__)
+    if not any(m.encoder == "clip-vit-b32" for m in models):
+        st.sidebar.caption("CLIP ViT-B/32 is not available: put its weights in `models/clip-vit-base-patch32/` "
+                           "(`python -m fer_app fetch-clip` when online).")
+    return next(m for m in models if m.name == name)
+
+
+def detector_settings(key: str = "det") -> DetectorConfig:
+    """Sidebar controls for the Haar detector, defaults from `DetectorConfig`."""
+    d = DetectorConfig()
+    with st.sidebar.expander("Face detection", expanded=False):
+        width = st.slider("Detection width (px)", 160, 1280, d.detection_width, 40, key=f"{key}-width",
+                          help="Frames are downscaled to this width before detection: smaller is faster.")
+        scale = st.slider("Scale factor", 1.02, 1.5, d.scale_factor, 0.01, key=f"{key}-scale",
+                          help="Step between detection scales: smaller finds more faces, slower.")
+        neighbours = st.slider("Min neighbours", 1, 12, d.min_neighbors, key=f"{key}-nb",
+                               help="Higher: fewer false faces, may miss some.")
+        min_face = st.slider("Min face size (px)", 16, 300, d.min_face, 4, key=f"{key}-min",
+                             help="Smallest face side in the full-resolution frame.")
+    return DetectorConfig(detection_width=width, scale_factor=scale, min_neighbors=neighbours, min_face=min_face,
+                          margin=d.margin)
+
+
+@st.cache_resource
+def cached_detector(config: DetectorConfig) -> FaceDetector:
+    return FaceDetector(config)

@@ -1,0 +1,218 @@
+"""Tests of fer_app.detection on a real photo (assets/astronaut.png) and scenes composited from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from fer_app.config import DetectorConfig
+from fer_app.detection import FaceDetector, _suppress_overlaps, cascade_path, crop_faces, square_box
+from fer_app.imageio import load_image
+from fer_app.types import Face
+
+ASTRONAUT = Path(__file__).resolve().parent.parent / "assets" / "astronaut.png"
+#: The astronaut's face in the 512x512 photo (x, y, w, h), as measured by hand.
+ASTRONAUT_FACE = (176, 65, 97, 97)
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    return load_image(ASTRONAUT)
+
+
+@pytest.fixture(scope="module")
+def detector() -> FaceDetector:
+    return FaceDetector()
+
+
+def _centre(box: tuple[int, int, int, int]) -> tuple[float, float]:
+    return box[0] + box[2] / 2, box[1] + box[3] / 2
+
+
+def _assert_near(found: Face, expected: tuple[float, float, float, float], tolerance: float = 0.2) -> None:
+    """The box's centre and side agree with `expected` within `tolerance` of the expected side."""
+    side = expected[2]
+    (fx, fy), (ex, ey) = _centre(found.box), _centre(expected)
+    assert abs(fx - ex) <= tolerance * side and abs(fy - ey) <= tolerance * side, (found, expected)
+    assert abs(found.w - side) <= 2 * tolerance * side, (found, expected)
+
+
+def _head(astronaut: np.ndarray) -> np.ndarray:
+    """The astronaut's head and shoulders, face box at (60, 55, 97, 97) inside the crop."""
+    x, y, w, _ = ASTRONAUT_FACE
+    return astronaut[y - 55 : y + 2 * w, x - 60 : x + w + 60]
+
+
+def _scene(astronaut: np.ndarray) -> tuple[np.ndarray, list[tuple[float, float, float, float]]]:
+    """A 1280x720 frame with three copies of the head (plain, mirrored and 1.4x).
+
+    The background is the photo's lower part (suit, badges, helmet, flag) stretched to the frame:
+    real texture, and no face.
+    """
+    frame = cv2.resize(astronaut[250:], (1280, 720), interpolation=cv2.INTER_CUBIC)
+    head = _head(astronaut)
+    copies = [(head, 1.0, 40, 150), (head[:, ::-1], 1.0, 480, 380), (head, 1.4, 850, 100)]
+    faces = []
+    for patch, scale, x, y in copies:
+        patch = cv2.resize(patch, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        frame[y : y + patch.shape[0], x : x + patch.shape[1]] = patch
+        faces.append((x + 60 * scale, y + 55 * scale, 97 * scale, 97 * scale))
+    return frame, faces
+
+
+# --- detection ----------------------------------------------------------------------------------
+
+
+def test_finds_the_astronauts_face(detector: FaceDetector, astronaut: np.ndarray) -> None:
+    faces = detector.detect(astronaut)
+    assert len(faces) == 1
+    _assert_near(faces[0], ASTRONAUT_FACE)
+
+
+@pytest.mark.parametrize("kind", ["black", "grey", "noise", "smooth noise"])
+def test_no_face_in_blank_or_noise(detector: FaceDetector, kind: str) -> None:
+    rng = np.random.default_rng(1)
+    frames = {
+        "black": np.zeros((480, 640, 3), np.uint8),
+        "grey": np.full((480, 640, 3), 128, np.uint8),
+        "noise": rng.integers(0, 256, (480, 640, 3), dtype=np.uint8),
+        "smooth noise": cv2.GaussianBlur(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), (0, 0), 3),
+    }
+    assert detector.detect(frames[kind]) == []
+
+
+def test_multi_face_scene_right_count_no_duplicates(detector: FaceDetector, astronaut: np.ndarray) -> None:
+    frame, expected = _scene(astronaut)
+    faces = detector.detect(frame)
+    assert len(faces) == len(expected)
+    assert [f.area for f in faces] == sorted((f.area for f in faces), reverse=True)
+    # Largest first: the 1.4x copy, then the two others in either order.
+    _assert_near(faces[0], expected[2])
+    for want in expected[:2]:
+        assert sum(1 for f in faces if _is_near(f, want)) == 1
+
+
+def _is_near(face: Face, expected: tuple[float, float, float, float]) -> bool:
+    try:
+        _assert_near(face, expected)
+    except AssertionError:
+        return False
+    return True
+
+
+def test_boxes_map_back_to_full_resolution(astronaut: np.ndarray) -> None:
+    """Detection on a 480-px copy of a 1600-px frame gives boxes in the 1600-px frame."""
+    frame = np.full((1000, 1600, 3), 90, np.uint8)
+    big = cv2.resize(astronaut, (768, 768), interpolation=cv2.INTER_CUBIC)
+    frame[150:918, 700:1468] = big
+    expected = (700 + 1.5 * ASTRONAUT_FACE[0], 150 + 1.5 * ASTRONAUT_FACE[1], 1.5 * 97, 1.5 * 97)
+    faces = FaceDetector(DetectorConfig(detection_width=480)).detect(frame)
+    assert len(faces) == 1
+    _assert_near(faces[0], expected)
+    full = FaceDetector(DetectorConfig(detection_width=1600)).detect(frame)
+    assert len(full) == 1
+    _assert_near(faces[0], full[0].box, tolerance=0.15)
+
+
+def test_small_frames_are_not_upscaled(detector: FaceDetector, astronaut: np.ndarray) -> None:
+    small = cv2.resize(astronaut, (320, 320), interpolation=cv2.INTER_AREA)
+    faces = detector.detect(small)  # detection_width 480 > 320: runs at 320
+    assert len(faces) == 1
+    _assert_near(faces[0], tuple(v * 320 / 512 for v in ASTRONAUT_FACE))
+
+
+def test_min_face_is_in_full_resolution_pixels(astronaut: np.ndarray) -> None:
+    frame = cv2.resize(astronaut, (1024, 1024), interpolation=cv2.INTER_CUBIC)  # face ~194 px
+    assert len(FaceDetector(DetectorConfig(min_face=150)).detect(frame)) == 1
+    assert FaceDetector(DetectorConfig(min_face=260)).detect(frame) == []
+
+
+@pytest.mark.parametrize("layout", ["grey", "grey (H, W, 1)", "BGRA"])
+def test_grey_and_other_layouts(detector: FaceDetector, astronaut: np.ndarray, layout: str) -> None:
+    grey = cv2.cvtColor(astronaut, cv2.COLOR_BGR2GRAY)
+    frames = {
+        "grey": grey,
+        "grey (H, W, 1)": grey[:, :, None],
+        "BGRA": cv2.cvtColor(astronaut, cv2.COLOR_BGR2BGRA),
+    }
+    faces = detector.detect(frames[layout])
+    assert len(faces) == 1
+    _assert_near(faces[0], ASTRONAUT_FACE)
+
+
+def test_rejects_bad_frames(detector: FaceDetector) -> None:
+    with pytest.raises(ValueError):
+        detector.detect(np.zeros((10, 10, 3), np.float32))
+    with pytest.raises(ValueError):
+        detector.detect(np.zeros((0, 0, 3), np.uint8))
+
+
+def test_cascade_setting() -> None:
+    assert cascade_path("haarcascade_frontalface_alt.xml") == Path(cv2.data.haarcascades) / (
+        "haarcascade_frontalface_alt.xml"
+    )
+    assert FaceDetector().cascade.is_file()
+    with pytest.raises(FileNotFoundError):
+        FaceDetector(cascade="no_such_cascade.xml")
+
+
+# --- duplicate suppression ----------------------------------------------------------------------
+
+
+def test_overlapping_detections_keep_the_strongest() -> None:
+    boxes = np.array(
+        [
+            [100, 100, 80, 80],  # weak duplicate of the next one (IoU ~0.7)
+            [105, 105, 80, 80],  # strong
+            [120, 125, 30, 30],  # small box inside the strong one
+            [400, 100, 60, 60],  # separate face
+        ],
+        dtype=np.float64,
+    )
+    kept = _suppress_overlaps(boxes, np.array([3, 9, 12, 4]))
+    kept_boxes = sorted(tuple(int(v) for v in box) for box in kept)
+    # The contained box is strongest, so it wins over the two big ones that contain it.
+    assert kept_boxes == [(120, 125, 30, 30), (400, 100, 60, 60)]
+    kept = _suppress_overlaps(boxes[[0, 1, 3]], np.array([3, 9, 4]))
+    assert sorted(tuple(int(v) for v in box) for box in kept) == [(105, 105, 80, 80), (400, 100, 60, 60)]
+
+
+# --- crops --------------------------------------------------------------------------------------
+
+
+def test_crops_are_square_with_margin_and_views() -> None:
+    frame = np.arange(300 * 400 * 3, dtype=np.uint32).astype(np.uint8).reshape(300, 400, 3)
+    faces = [Face(100, 100, 50, 50), Face(200, 50, 40, 60)]
+    crops = crop_faces(frame, faces, margin=0.2)
+    assert [c.shape for c in crops] == [(70, 70, 3), (84, 84, 3)]
+    assert all(np.shares_memory(c, frame) for c in crops)
+    box = square_box(faces[0], frame.shape, 0.2)
+    assert box == Face(90, 90, 70, 70)
+    np.testing.assert_array_equal(crops[0], frame[90:160, 90:160])
+
+
+@pytest.mark.parametrize(
+    "face",
+    [Face(0, 0, 50, 50), Face(370, 10, 30, 30), Face(180, 260, 40, 40), Face(5, 240, 60, 60)],
+)
+def test_crops_near_borders_shrink_stay_square_and_inside(face: Face) -> None:
+    frame = np.zeros((300, 400), np.uint8)
+    box = square_box(face, frame.shape, margin=0.5)
+    assert box.w == box.h
+    assert box.x >= 0 and box.y >= 0 and box.x + box.w <= 400 and box.y + box.h <= 300
+    assert box.w < 2 * face.w  # smaller than the wanted side: clipped, not padded
+    # Still centred on the face and covering it.
+    assert abs((box.x + box.w / 2) - (face.x + face.w / 2)) <= 1
+    assert box.x <= face.x and box.x + box.w >= face.x + face.w
+    (crop,) = crop_faces(frame, [face], margin=0.5)
+    assert crop.shape == (box.h, box.w)
+
+
+def test_detector_crop_uses_its_margin(detector: FaceDetector, astronaut: np.ndarray) -> None:
+    faces = detector.detect(astronaut)
+    (crop,) = detector.crop(astronaut, faces)
+    side = round(max(faces[0].w, faces[0].h) * (1 + 2 * detector.config.margin))
+    assert abs(crop.shape[0] - side) <= 1 and crop.shape[0] == crop.shape[1]

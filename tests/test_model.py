@@ -1,0 +1,108 @@
+"""Classifier, saving and loading models (safetensors + JSON), listing them; CLIP zero-shot through the same code."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fer_app.config import CLASSES
+from fer_app.encoders.compact import CompactEncoder
+from fer_app.heads import Head
+from fer_app.model import (CLIP_ZERO_SHOT, Classifier, ModelError, list_models, load_model, save_model)
+
+
+def _classifier() -> Classifier:
+    torch.manual_seed(0)
+    enc = CompactEncoder((8, 16), (1, 1))
+    return Classifier(enc, Head(enc.embed_dim, len(CLASSES)), name="m", tta_flip=True).eval()
+
+
+def test_predict_proba_batches_mixed_crops():
+    model = _classifier()
+    crops = [np.zeros((48, 48), np.uint8), np.full((100, 90, 3), 128, np.uint8), np.random.randint(0, 255, (30, 30, 3), np.uint8)]
+    probs = model.predict_proba(crops)
+    assert probs.shape == (3, 7) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
+    assert model.predict_proba([]).shape == (0, 7)
+
+
+def test_tta_flip_is_symmetric():
+    model = _classifier()
+    crop = np.random.default_rng(0).integers(0, 255, (48, 48), dtype=np.uint8)
+    np.testing.assert_allclose(model.predict_proba([crop]), model.predict_proba([crop[:, ::-1].copy()]), atol=1e-5)
+
+
+def test_save_load_roundtrip(models_dir):
+    model = _classifier()
+    path = save_model(model, "m1", card="# card\n")
+    assert {p.name for p in path.iterdir()} == {"model.safetensors", "config.json", "README.md"}
+    cfg = json.loads((path / "config.json").read_text())
+    assert cfg["encoder"]["type"] == "compact" and cfg["classes"] == list(CLASSES)
+    loaded = load_model("m1")
+    crops = [np.random.default_rng(1).integers(0, 255, (48, 48), dtype=np.uint8)]
+    np.testing.assert_allclose(loaded.predict_proba(crops), model.predict_proba(crops), atol=1e-6)
+    assert loaded.tta_flip and loaded.name == "m1"
+    assert load_model(path).name == "m1"  # by folder too
+
+
+def test_save_never_overwrites_silently(models_dir):
+    model = _classifier()
+    save_model(model, "m1")
+    with pytest.raises(ModelError, match="exists"):
+        save_model(model, "m1")
+    save_model(model, "m1", overwrite=True)
+    assert [m.name for m in list_models(include_zero_shot=False)] == ["m1"]
+    assert not [p for p in models_dir.iterdir() if p.name.startswith(".")]  # no temp folders left
+
+
+def test_corrupt_weights_named(models_dir):
+    path = save_model(_classifier(), "m1")
+    (path / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ModelError, match=r"model\.safetensors.*not a valid safetensors"):
+        load_model("m1")
+
+
+def test_mismatched_weights_named(models_dir):
+    path = save_model(_classifier(), "m1")
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["encoder"]["widths"] = [8, 32]
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match=r"model\.safetensors.*do not match.*wrong shapes"):
+        load_model("m1")
+
+
+def test_bad_config_and_unknown_model(models_dir):
+    path = save_model(_classifier(), "m1")
+    (path / "config.json").write_text("{not json")
+    with pytest.raises(ModelError, match="config.json.*not valid JSON"):
+        load_model("m1")
+    with pytest.raises(ModelError, match="no model 'nope'"):
+        load_model("nope")
+
+
+def test_clip_zero_shot_with_tiny_clip(models_dir, tiny_clip_dir, monkeypatch):
+    import fer_app.config as config
+
+    monkeypatch.setattr(config, "CLIP_LOCAL_DIR", tiny_clip_dir)
+    assert CLIP_ZERO_SHOT in [m.name for m in list_models()]
+    model = load_model(CLIP_ZERO_SHOT)
+    probs = model.predict_proba([np.full((64, 64, 3), 100, np.uint8), np.zeros((40, 40), np.uint8)])
+    assert probs.shape == (2, 7)
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
+
+
+def test_clip_head_saved_without_clip_weights(models_dir, tiny_clip_dir):
+    from fer_app.encoders.clip import load_clip_encoder
+
+    enc = load_clip_encoder(tiny_clip_dir)
+    model = Classifier(enc, Head(enc.embed_dim, 7, "mlp", hidden=8), name="c").eval()
+    path = save_model(model, "clip-head")
+    with torch.no_grad():
+        keys = set(__import__("safetensors.torch", fromlist=["load_file"]).load_file(str(path / "model.safetensors")))
+    assert keys and all(k.startswith("head.") for k in keys)  # CLIP's own weights are not copied
+    loaded = load_model("clip-head", clip_source=tiny_clip_dir)
+    crop = [np.full((50, 50, 3), 30, np.uint8)]
+    np.testing.assert_allclose(loaded.predict_proba(crop), model.predict_proba(crop), atol=1e-5)

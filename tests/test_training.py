@@ -1,0 +1,102 @@
+"""The training engine on tiny synthetic data: learns, checkpoints, resumes, stops, refuses to overwrite."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_COMPACT
+from fer_app.evaluate import evaluate
+from fer_app.model import ModelError, load_model
+from fer_app.training import (Callback, TrainConfig, TrainingError, class_weights, lr_at, train)
+
+
+def test_trains_saves_and_reports(tiny_model, tiny_splits):
+    model = load_model(tiny_model)
+    report = evaluate(model, tiny_splits["val"])
+    assert report["accuracy"] > 0.5  # chance is 1/7; the class is drawn into the image
+    cfg = json.loads((tiny_model / "config.json").read_text())
+    assert cfg["metrics"]["val"]["accuracy"] == pytest.approx(report["accuracy"], abs=1e-6)
+    assert cfg["training"]["epochs_run"] == 3 and len(cfg["training"]["history"]) == 3
+    assert (tiny_model / "confusion.png").stat().st_size > 1000
+
+
+def test_resume_continues_from_checkpoint(models_dir, tiny_splits, tmp_path):
+    cfg = TrainConfig(**TINY_COMPACT)
+
+    class StopAfterFirstEpoch(Callback):
+        def __init__(self):
+            self.epochs = 0
+
+        def on_epoch(self, stats, progress):
+            self.epochs += 1
+
+        def should_stop(self):
+            return self.epochs >= 1
+
+    first = train(cfg, tiny_splits, workdir=tmp_path / "run", callback=StopAfterFirstEpoch())
+    assert len(first.history) == 1 and first.stopped_early
+    resumed = train(cfg, tiny_splits, workdir=tmp_path / "run", resume=True)
+    full = train(cfg, tiny_splits, workdir=tmp_path / "fresh")
+    assert [h.epoch for h in resumed.history] == [1, 2, 3]
+    # the same seeds and restored optimizer/RNG state give the same run as one without interruption
+    assert resumed.history[-1].train_loss == pytest.approx(full.history[-1].train_loss, rel=1e-4)
+    other = TrainConfig(**{**TINY_COMPACT, "lr": 0.01})
+    with pytest.raises(TrainingError, match="other settings"):
+        train(other, tiny_splits, workdir=tmp_path / "run", resume=True)
+
+
+def test_diverged_run_keeps_previous_model(tiny_model, tiny_splits, models_dir):
+    before = (tiny_model / "model.safetensors").read_bytes()
+    cfg = TrainConfig(**{**TINY_COMPACT, "lr": 1e12, "optimizer": "sgd"})
+    with pytest.raises(TrainingError, match="diverged"):
+        train(cfg, tiny_splits, name="tiny", overwrite=True, workdir=models_dir.parent / "div")
+    assert (tiny_model / "model.safetensors").read_bytes() == before
+
+
+def test_existing_name_refused(tiny_model, tiny_splits):
+    with pytest.raises(ModelError, match="exists"):
+        train(TrainConfig(**TINY_COMPACT), tiny_splits, name="tiny")
+
+
+def test_head_on_cached_embeddings(tiny_model, tiny_splits, models_dir, monkeypatch):
+    import fer_app.training as training
+
+    calls = []
+    real = training.compute_embeddings
+    monkeypatch.setattr(training, "compute_embeddings", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = TrainConfig(mode="head", init_from="tiny", head="mlp", optimizer="adamw", lr=1e-2, epochs=5, threads=1)
+    first = train(cfg, tiny_splits, name="tiny-head", workdir=models_dir.parent / "h1")
+    assert len(calls) == 2  # train + val embedded once
+    train(cfg, tiny_splits, workdir=models_dir.parent / "h2")
+    assert len(calls) == 2  # ... and read from the cache the second time
+    model = load_model("tiny-head")
+    assert model.head.kind == "mlp"
+    assert evaluate(model, tiny_splits["val"])["accuracy"] == pytest.approx(first.report["accuracy"], abs=1e-6)
+
+
+def test_early_stopping(models_dir, tiny_splits, tmp_path):
+    cfg = TrainConfig(**{**TINY_COMPACT, "epochs": 30, "lr": 1e-6, "patience": 1, "schedule": "constant"})
+    result = train(cfg, tiny_splits, workdir=tmp_path / "es")
+    assert result.stopped_early and len(result.history) < 30
+
+
+def test_class_weights_and_schedule():
+    labels = np.array([0] * 100 + [1] * 25 + [2] * 4)
+    w = class_weights(labels, "sqrt", 3).numpy()
+    assert w[2] > w[1] > w[0]
+    assert float((w[labels]).mean()) == pytest.approx(1.0, rel=1e-5)
+    assert np.allclose(class_weights(labels, "none", 3).numpy(), 1)
+    cfg = TrainConfig(lr=0.1, schedule="onecycle")
+    lrs = [lr_at(cfg, s, 100) for s in range(100)]
+    assert max(lrs) == pytest.approx(0.1, rel=0.05) and lrs[0] < 0.05 and lrs[-1] < 0.01
+
+
+def test_bad_config_rejected():
+    with pytest.raises(ValueError, match="balance"):
+        TrainConfig(balance="weird")
+    with pytest.raises(TrainingError, match="val"):
+        train(TrainConfig(**TINY_COMPACT), {"train": None})  # type: ignore[dict-item]
