@@ -1,4 +1,4 @@
-"""The command line: `python -m fer_app predict|evaluate|train|models|fetch-clip ...`.
+"""The command line: `python -m fer_app predict|video|evaluate|train|calibrate|models|fetch-clip|bench|...`.
 
 A thin layer over the library (the same functions the Streamlit pages call). Errors end with
 a one-line message on stderr and a non-zero exit code; never a traceback for bad input.
@@ -16,12 +16,14 @@ from pathlib import Path
 from fer_app.config import DEFAULT_MODEL
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+#: For help texts: `fer_app.runtimes.RUNTIMES` (a test keeps the two in step).
+RUNTIME_NAMES = "torch, torch-int8, onnx-fp32, onnx-int8, openvino-fp32, openvino-bf16"
 
 
-def _progress_bar(total: int, desc: str):
+def _progress_bar(total: int | None, desc: str, unit: str = "img"):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="img", leave=False, disable=not sys.stderr.isatty())
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=not sys.stderr.isatty())
 
 
 # ---------------------------------------------------------------- predict
@@ -33,7 +35,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from fer_app.model import load_model
     from fer_app.pipeline import analyze_image
 
-    model = load_model(args.model, clip_source=args.clip)
+    model = load_model(args.model, clip_source=args.clip, runtime=args.runtime, threads=args.threads)
     detector = FaceDetector(_detector_config(args))
     results, status = [], EXIT_OK
     for path in args.images:
@@ -71,6 +73,48 @@ def _detector_config(args: argparse.Namespace):
     return replace(cfg, **changes)
 
 
+# ---------------------------------------------------------------- video
+
+
+def cmd_video(args: argparse.Namespace) -> int:
+    from fer_app.draw import DrawOptions
+    from fer_app.live import LiveSettings
+    from fer_app.model import load_model
+    from fer_app.video import VideoReader, process_video, write_csv
+
+    VideoReader(args.video).close()  # a bad file fails now, before a model is loaded
+    if args.csv and not Path(args.csv).parent.is_dir():
+        raise ValueError(f"{Path(args.csv).parent}: no such folder (for --csv)")
+    model = load_model(args.model, clip_source=args.clip, runtime=args.runtime, threads=args.threads)
+    settings = LiveSettings(detector=_detector_config(args), smoothing=args.smoothing,
+                            draw=DrawOptions(stats=False, track_ids=True))
+    bar = _progress_bar(None, Path(args.video).name, unit="frame")
+
+    def progress(done: int, total: int | None) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        result = process_video(args.video, model, settings, out_path=args.out, every=args.every, progress=progress)
+    finally:
+        bar.close()
+    if args.csv:
+        write_csv(result.rows, args.csv)
+    report = dict(result.summary.to_dict(), csv=args.csv)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return EXIT_OK
+    s = result.summary
+    print(f"{s.path}: {s.frames} frames ({s.width}x{s.height}, {s.fps:.1f} fps), faces in {s.frames_with_faces}, "
+          f"{s.faces_found} faces found, {s.tracks} track(s)")
+    print(f"model {s.model}: {s.processing_fps:.1f} frames/s; median detect {s.detect_ms:.1f} ms, "
+          f"classify {s.classify_ms:.1f} ms per frame")
+    for path, what in ((s.out_path, "annotated video"), (args.csv, "per-face rows")):
+        if path:
+            print(f"{what}: {path}")
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------- evaluate
 
 
@@ -91,7 +135,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if split not in splits:
         raise DataError(f"{args.data}: no {args.split!r} split (has: {', '.join(splits)})")
     faces = splits[split]
-    model = load_model(args.model, clip_source=args.clip)
+    model = load_model(args.model, clip_source=args.clip, runtime=args.runtime, threads=args.threads)
     bar = _progress_bar(len(faces), f"evaluating {model.name}")
     report = evaluate(model, faces, report=lambda done, total: bar.update(done - bar.n))
     bar.close()
@@ -112,38 +156,51 @@ def _split_name(split: str) -> str:
 # ---------------------------------------------------------------- train
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from fer_app.modelcard import render_card
-    from fer_app.training import Callback, TrainConfig, device_name, pick_device, train
+def _train_config(args: argparse.Namespace):
+    from fer_app.jobs import DEFAULT_LR
+    from fer_app.training import TrainConfig
 
-    cfg = TrainConfig(encoder=args.encoder, mode=args.mode, head=args.head, init_from=args.init_from,
-                      widths=tuple(args.widths), convs_per_stage=tuple(args.convs), epochs=args.epochs,
-                      batch_size=args.batch_size, optimizer=args.optimizer,
-                      lr=args.lr if args.lr else (0.05 if args.optimizer == "sgd" else 1e-3),
-                      weight_decay=args.weight_decay, schedule=args.schedule, label_smoothing=args.label_smoothing,
-                      balance=args.balance, augment=not args.no_augment, tta_flip=not args.no_tta,
-                      patience=args.patience, seed=args.seed, device=args.device, threads=args.threads,
-                      clip_source=args.clip)
-    splits = _load_splits(args)
-    if "val" not in splits:
-        from fer_app.data import split_for_validation
+    return TrainConfig(encoder=args.encoder, mode=args.mode, head=args.head, init_from=args.init_from,
+                       widths=tuple(args.widths), convs_per_stage=tuple(args.convs), epochs=args.epochs,
+                       batch_size=args.batch_size, optimizer=args.optimizer,
+                       lr=args.lr if args.lr else DEFAULT_LR[args.optimizer],
+                       weight_decay=args.weight_decay, schedule=args.schedule, label_smoothing=args.label_smoothing,
+                       balance=args.balance, augment=not args.no_augment, tta_flip=not args.no_tta,
+                       patience=args.patience, seed=args.seed, device=args.device, threads=args.threads,
+                       clip_source=args.clip)
 
-        if "train" not in splits:
-            splits = {"train": next(iter(splits.values()))}
-        splits["train"], splits["val"] = split_for_validation(splits["train"], args.val_fraction, args.seed)
+
+def _load_sources(args: argparse.Namespace):
+    """DATA (with --ferplus) and every --mix source, each given a val split, mixed by weight; counts printed."""
+    from dataclasses import replace
+
+    from fer_app.mixing import Source, load_sources, preview
+
+    first = Source.parse(args.data)
+    first = first if args.ferplus is None else replace(first, ferplus=Path(args.ferplus))
+    splits = load_sources([first, *args.mix], val_fraction=args.val_fraction, seed=args.seed,
+                          on_error=args.on_error)
+    info = preview(splits)
     for split, faces in splits.items():
         note = f" ({faces.skipped} bad rows skipped)" if faces.skipped else ""
-        print(f"{split}: {len(faces)} faces{note}", file=sys.stderr)
-    print(f"device: {device_name(pick_device(args.device))}", file=sys.stderr)
-    command = "python -m fer_app " + shlex.join(sys.argv[1:] if args.argv is None else args.argv)
+        counts = ", ".join(f"{c} {n}" for c, n in info["counts"][split].items())
+        print(f"{split}: {len(faces)} faces{note}: {counts}", file=sys.stderr)
+    for warning in info["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    return splits
+
+
+def _training_bar():
+    """A training callback: a tqdm bar on a terminal, a line now and then in a log file; epochs printed."""
+    from tqdm import tqdm
+
+    from fer_app.training import Callback
 
     class Bar(Callback):
         def __init__(self) -> None:
             self.bar, self.phase = None, ""
 
         def on_progress(self, p) -> None:
-            from tqdm import tqdm
-
             total = p.steps * (p.epochs if p.phase == "train" else 1)
             if self.bar is None or self.phase != p.phase:
                 if self.bar is not None:
@@ -163,12 +220,78 @@ def cmd_train(args: argparse.Namespace) -> int:
                    f"lr {s.lr:.4f} | {s.seconds:.0f}s{' *best' if s.best else ''}")
             (self.bar.write if self.bar is not None else print)(msg, file=sys.stderr)
 
-    result = train(cfg, splits, name=args.name, workdir=args.workdir, resume=args.resume, callback=Bar(),
+    return Bar()
+
+
+def _command(args: argparse.Namespace) -> str:
+    return "python -m fer_app " + shlex.join(sys.argv[1:] if args.argv is None else args.argv)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fer_app.modelcard import render_card
+    from fer_app.training import device_name, pick_device, train
+
+    cfg = _train_config(args)
+    splits = _load_sources(args)
+    print(f"device: {device_name(pick_device(args.device))}", file=sys.stderr)
+    command = _command(args)
+    result = train(cfg, splits, name=args.name, workdir=args.workdir, resume=args.resume, callback=_training_bar(),
                    overwrite=args.overwrite, card=lambda r: render_card(args.name, r.model.config(), command))
     rep = result.report
     print(f"best val accuracy {rep['accuracy']:.4f}, macro-F1 {rep['macro_f1']:.4f} after {len(result.history)} "
           f"epochs ({result.seconds / 60:.1f} min on {result.device})" +
           (f"; saved to {result.saved_to}" if result.saved_to else "; not saved (no --name)"))
+    return EXIT_OK
+
+
+def train_command(cfg, sources: Sequence, *, name: str | None = None, workdir: Path | None = None,
+                  val_fraction: float = 0.1, on_error: str = "stop") -> str:
+    """The `python -m fer_app train` command that runs what `cfg` on `sources` (mixing.Source) says.
+
+    For model cards and the Training page. Only the first source's FER+ votes can be expressed.
+    """
+    from dataclasses import fields
+
+    from fer_app.training import TrainConfig
+
+    first, *more = sources
+    argv = ["train", str(first.path) + (f":{first.weight:g}" if first.weight != 1 else "")]
+    argv += ["--ferplus", str(first.ferplus)] if first.ferplus else []
+    for source in more:
+        argv += ["--mix", f"{source.path}:{source.weight:g}"]
+    argv += ["--name", name] if name else []
+    argv += ["--workdir", str(workdir)] if workdir else []
+    flags = {"widths": "--widths", "convs_per_stage": "--convs", "init_from": "--init-from", "clip_source": "--clip"}
+    switches = {"augment": "--no-augment", "tta_flip": "--no-tta"}
+    default = TrainConfig()
+    for f in fields(TrainConfig):
+        value = getattr(cfg, f.name)
+        if f.name in switches:
+            argv += [switches[f.name]] if not value else []
+        elif f.name == "lr" or value != getattr(default, f.name):
+            flag = flags.get(f.name, "--" + f.name.replace("_", "-"))
+            argv += [flag, *map(str, value)] if isinstance(value, tuple) else [flag, str(value)]
+    argv += ["--val-fraction", f"{val_fraction:g}"] if val_fraction != 0.1 else []
+    argv += ["--on-error", on_error] if on_error != "stop" else []
+    return "python -m fer_app " + shlex.join(argv)
+
+
+# ---------------------------------------------------------------- calibrate
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from fer_app.calibration import CalibrationSession, calibrate
+    from fer_app.metrics import format_report
+    from fer_app.mixing import load_sources
+
+    folder = Path(args.session) if Path(args.session).is_dir() else CalibrationSession(args.session, args.root).folder
+    fer = load_sources([args.fer], seed=args.seed, on_error=args.on_error) if args.fer else None
+    name = args.name or f"{Path(args.model).name}-calibrated-{folder.name}"
+    res = calibrate(args.model, folder, fer, user_weight=args.user_weight, holdout=args.holdout, epochs=args.epochs,
+                    name=name, lr=args.lr, seed=args.seed, threads=args.threads, overwrite=args.overwrite,
+                    callback=_training_bar(), command=_command(args))
+    print(f"held-out captures: {res.held_out}\nbefore ({args.model}):\n{format_report(res.before)}\n"
+          f"after ({name}):\n{format_report(res.after)}\nsaved to {res.saved_to}")
     return EXIT_OK
 
 
@@ -191,7 +314,51 @@ def cmd_fetch_clip(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------- bench / check-runtime
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from fer_app.bench import format_report, run_bench
+
+    report = run_bench(clip=args.clip, runtime_names=args.runtimes, batches=args.batches, repeats=args.repeats,
+                       quick=args.quick, threads=args.threads, compact=args.model, pipeline=args.pipeline)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return EXIT_OK
+
+
+def cmd_check_runtime(args: argparse.Namespace) -> int:
+    from fer_app.bench import clip_encoder
+    from fer_app.model import load_model
+    from fer_app.runtimes import RUNTIMES, TORCH, check_crops, check_runtimes
+
+    head = None
+    if args.model:
+        model = load_model(args.model, clip_source=args.clip, runtime=TORCH)
+        encoder, head, weights = model.encoder, model.head, f"model {model.name}"
+    else:
+        encoder, weights = clip_encoder(args.clip, random_when_missing=False)
+    crops = check_crops(fer_count=args.fer_count)
+    names = args.runtimes or [r for r in RUNTIMES if r != TORCH]
+    results = check_runtimes(encoder, names, crops=crops, head=head, threads=args.threads)
+    failed = any(not r.passed and r.error is None for r in results)
+    if args.json:
+        print(json.dumps({"weights": weights, "results": [r.to_dict() for r in results]}, indent=2))
+        return EXIT_ERROR if failed else EXIT_OK
+    first = results[0] if results else None
+    print(f"{weights}: each runtime against torch fp32 on {len(crops.crops)} face crops ({crops.source}); "
+          f"top-1 of {first.head if first else 'the head'}")
+    for result in results:
+        print(f"  {result.summary()}")
+    return EXIT_ERROR if failed else EXIT_OK
+
+
 # ---------------------------------------------------------------- parser
+
+
+def _source(spec: str):
+    from fer_app.mixing import Source
+
+    return Source.parse(spec)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,17 +371,46 @@ def build_parser() -> argparse.ArgumentParser:
                        f"{DEFAULT_MODEL}; 'clip-vit-b32-zero-shot' for CLIP from text prompts)")
         p.add_argument("--clip", default=None, metavar="PATH", help="folder (or HF hub id) of CLIP ViT-B/32 "
                        "weights (default models/clip-vit-base-patch32, then the HF cache)")
+        runtime_args(p)
+
+    def runtime_args(p: argparse.ArgumentParser, *, runtime: bool = True) -> None:
+        if runtime:  # names are checked by fer_app.runtimes (not imported here: it imports torch)
+            p.add_argument("--runtime", default="auto", metavar="RUNTIME",
+                           help=f"where the CLIP encoder runs: auto (default: the fastest CPU runtime that passes "
+                           f"the accuracy check here, or $FER_APP_RUNTIME when set), {RUNTIME_NAMES}; the compact "
+                           f"model runs in torch")
+        p.add_argument("--threads", type=int, default=None, help="inference threads (default $FER_APP_THREADS, "
+                       "else the physical cores, less one from 4 cores up)")
+
+    def detector_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--detection-width", type=int, help="downscale frames to this width before detection")
+        p.add_argument("--scale-factor", type=float, help="Haar cascade scale factor (e.g. 1.1)")
+        p.add_argument("--min-neighbors", type=int, help="Haar cascade min neighbours (higher: fewer false faces)")
+        p.add_argument("--min-face", type=int, help="smallest face side in pixels")
 
     p = sub.add_parser("predict", help="detect faces in images and classify their expressions",
                        description="Per face: box (x, y, w, h), label and the 7 probabilities.")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     model_args(p)
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--detection-width", type=int, help="downscale frames to this width before detection")
-    p.add_argument("--scale-factor", type=float, help="Haar cascade scale factor (e.g. 1.1)")
-    p.add_argument("--min-neighbors", type=int, help="Haar cascade min neighbours (higher: fewer false faces)")
-    p.add_argument("--min-face", type=int, help="smallest face side in pixels")
+    detector_args(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("video", help="track faces through a video file and classify them frame by frame",
+                       description="The live pipeline (detect, track, classify, smooth) over every frame of "
+                       "a video (mp4, webm, avi, mov, ...). Prints a summary; --csv writes one row per face "
+                       "and frame, --out the annotated video.")
+    p.add_argument("video", metavar="IN")
+    p.add_argument("--out", metavar="OUT.mp4", help="write the annotated video (H.264 .mp4, .mov or .mkv)")
+    p.add_argument("--csv", metavar="OUT.csv", help="write per-face rows: frame, time, track, x, y, w, h, label, "
+                   "the 7 probabilities")
+    p.add_argument("--every", type=int, default=1, metavar="N", help="process every N-th frame (default 1)")
+    p.add_argument("--smoothing", type=float, default=0.6, help="weight of the past in each face's running "
+                   "average of probabilities, 0 to <1 (default 0.6; 0: off)")
+    model_args(p)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    detector_args(p)
+    p.set_defaults(func=cmd_video)
 
     def data_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("data", help="fer2013.csv, a folder (train/<class>/*, test/<class>/*) or the dev .npz")
@@ -234,6 +430,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Checkpoints every epoch into --workdir; --resume continues an interrupted run. "
                        "The best epoch on val is saved atomically as models/NAME.")
     data_args(p)
+    p.add_argument("--mix", action="append", default=[], type=_source, metavar="SOURCE:WEIGHT",
+                   help="another data set (any DATA format, a .zip of the folder layout, or calibration captures "
+                   "~/.fer_app/calibration/NAME) mixed in: WEIGHT repeats (>1) or subsamples (<1) its train faces; "
+                   "repeatable. DATA may take a :WEIGHT too")
     p.add_argument("--name", help="save the best model as models/NAME (omit for a dry run)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing models/NAME")
     p.add_argument("--encoder", choices=("compact", "clip-vit-b32"), default="compact")
@@ -264,12 +464,64 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --workdir")
     p.set_defaults(func=cmd_train, argv=None)
 
+    p = sub.add_parser("calibrate", help="fine-tune a model's head on your own captured faces",
+                       description="Captures come from the Live webcam page (calibration capture). A held-out share "
+                       "of them measures accuracy before and after; the result is saved as a new model.")
+    p.add_argument("session", metavar="NAME", help="calibration session (captures in ~/.fer_app/calibration/NAME/"
+                   "<class>/*.png) or a folder of class folders")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"the model to start from (default {DEFAULT_MODEL})")
+    p.add_argument("--fer", type=_source, metavar="DATA", help="FER-2013 (any DATA format) to mix in, so the head "
+                   "keeps what it knows")
+    p.add_argument("--on-error", choices=("stop", "skip"), default="stop", help="bad rows/images in --fer")
+    p.add_argument("--user-weight", type=float, default=5.0, help="how many times each capture counts (default 5)")
+    p.add_argument("--holdout", type=float, default=0.3, help="share of captures held out to measure (default 0.3)")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--name", help="save as models/NAME (default MODEL-calibrated-SESSION)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing models/NAME")
+    p.add_argument("--root", type=Path, help="calibration folder (default ~/.fer_app/calibration)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    p.set_defaults(func=cmd_calibrate, argv=None)
+
     p = sub.add_parser("models", help="list the models you can use")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("fetch-clip", help="download CLIP ViT-B/32 to models/clip-vit-base-patch32 (needs internet)")
     p.add_argument("--dest", help="where to save (default models/clip-vit-base-patch32)")
     p.set_defaults(func=cmd_fetch_clip)
+
+    p = sub.add_parser("bench", help="time the CLIP encoder in each CPU runtime, Haar detection and the compact model",
+                       description="Per runtime and batch: median and p95 ms per face, faces/s, peak memory and the "
+                       "ratio to torch fp32 in the same run, with each runtime's accuracy check. Without CLIP "
+                       "weights, the full-size ViT-B/32 architecture with random weights is timed.")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8], metavar="N", help="batch sizes (default 1 4 8)")
+    p.add_argument("--runtimes", nargs="+", metavar="RUNTIME",
+                   help=f"runtimes to time (default all: {RUNTIME_NAMES}); torch is always the reference")
+    p.add_argument("--repeats", type=int, default=20, help="timed calls per runtime and batch (default 20)")
+    p.add_argument("--quick", action="store_true", help="3 timed calls and fewer check crops: a smoke test")
+    p.add_argument("--clip", default=None, metavar="PATH", help="CLIP weights folder, or 'random' for the "
+                   "full-size architecture with random weights (default: local weights, else random)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"the compact model to time (default {DEFAULT_MODEL})")
+    p.add_argument("--pipeline", action="store_true", help="also run the live pipeline on synthetic 640x480 clips")
+    runtime_args(p, runtime=False)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("check-runtime", help="check each CPU runtime's CLIP embeddings against torch fp32",
+                       description="Cosine similarity of the embeddings and agreement of the head's top-1 label on "
+                       "real face crops (the bundled astronaut picture and FER-2013 val faces when present). "
+                       "Exits with 1 when a runtime fails (mean cosine < 0.99 or top-1 agreement < 98%%).")
+    p.add_argument("--clip", default=None, metavar="PATH", help="CLIP weights folder or hub id (default "
+                   "models/clip-vit-base-patch32, then the HF cache), or 'random' for random weights")
+    p.add_argument("--model", default=None, help="a CLIP model (name or folder): its encoder and its head are "
+                   "checked (default: CLIP alone, with a fixed random head)")
+    p.add_argument("--runtimes", "--runtime", nargs="+", metavar="RUNTIME",
+                   help="runtimes to check (default all but torch)")
+    p.add_argument("--fer-count", type=int, default=240, help="FER-2013 val faces to add to the crops (default 240)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    runtime_args(p, runtime=False)
+    p.set_defaults(func=cmd_check_runtime)
     return parser
 
 

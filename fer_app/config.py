@@ -36,8 +36,8 @@ class DetectorConfig:
     *full-resolution* frame. margin: extra border around each face crop, as a fraction of the side.
     """
 
-    detection_width: int = 480
-    scale_factor: float = 1.1
-    min_neighbors: int = 6
+    detection_width: int = 640
+    scale_factor: float = 1.15
+    min_neighbors: int = 4
     min_face: int = 40
     margin: float = 0.1

@@ -1,69 +1,427 @@
 """The frame pipeline for live video: detect -> batch classify (in a worker) -> track/smooth -> draw.
 
-CONTRACT STUB (to be implemented): the signatures below are what the pages and the CLI use.
+`LivePipeline.process` runs in the video thread. Every frame it detects faces and matches them to
+tracks (`fer_app.tracking`), so boxes follow faces on every frame. All crops of a frame are
+classified in one batch: in the video thread when that is fast (synchronous mode), otherwise in a
+worker thread that the video thread never waits for. It hands the worker the latest crops, with
+their track ids, only when the worker is idle, and draws each track's last smoothed result
+meanwhile. `asynchronous=None` picks the mode from the measured classification time. `update`
+swaps the model or the settings from another thread; the change applies from the next frame.
+`stats` gives rolling medians/p95 of the stage timings, and `timeline` the session's emotion rows.
 """
 
 from __future__ import annotations
 
+import math
+import queue
+import statistics
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from fer_app.config import DetectorConfig
+from fer_app.detection import FaceDetector
+from fer_app.draw import DrawOptions, draw_predictions, draw_stats
 from fer_app.model import Classifier
+from fer_app.tracking import FaceTracker, Track
 from fer_app.types import Prediction
 
+__all__ = ["DrawOptions", "FrameTiming", "LivePipeline", "LiveSettings", "LiveStats"]
 
-@dataclass(frozen=True)
-class DrawOptions:
-    boxes: bool = True
-    labels: bool = True
-    bars: bool = True        # a small bar chart of the top probabilities per face
-    stats: bool = True       # FPS / latency overlay
+#: Classification times (ms) the automatic mode choice looks at, and how many it needs.
+_AUTO_WINDOW, _AUTO_MIN = 5, 3
+#: How often the on-frame stats overlay is refreshed (s): readable, and cheap.
+_OVERLAY_EVERY = 0.5
 
 
 @dataclass(frozen=True)
 class LiveSettings:
+    """What the page can change while the stream runs.
+
+    smoothing: exponential average weight of the past per track (0 = off). asynchronous: classify
+    in a worker thread; None = automatic, in a worker while the median classification takes longer
+    than `async_above_ms` (back in the video thread below half of it). max_missed: frames a face
+    may go undetected before its track ends (a face seen again later gets a new track).
+    """
+
     detector: DetectorConfig = field(default_factory=DetectorConfig)
-    smoothing: float = 0.6   # exponential average weight of the past per track (0 = off)
+    smoothing: float = 0.6
     draw: DrawOptions = field(default_factory=DrawOptions)
-    asynchronous: bool | None = None   # classify in a worker thread; None = auto (when it's slower than a frame)
+    asynchronous: bool | None = None
+    max_missed: int = 8
+    async_above_ms: float = 15.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.smoothing < 1.0:
+            raise ValueError(f"smoothing must be in [0, 1), got {self.smoothing}")
+        if self.max_missed < 0 or self.async_above_ms < 0:
+            raise ValueError(f"max_missed and async_above_ms must be >= 0: {self}")
 
 
 @dataclass(frozen=True)
 class LiveStats:
-    fps: float
-    detect_ms: tuple[float, float]     # (median, p95) over a rolling window
-    classify_ms: tuple[float, float]
+    """Rolling statistics of the stream; each `*_ms` is (median, p95) over the last frames."""
+
+    fps: float  # frames processed per second
+    detect_ms: tuple[float, float]
+    classify_ms: tuple[float, float]  # per batch, in whichever thread ran it
     draw_ms: tuple[float, float]
-    frame_ms: tuple[float, float]
-    faces: int
+    frame_ms: tuple[float, float]  # the video thread's time per frame, all stages
+    faces: int  # faces in the last frame
     model: str
-    frames: int
-    label_refresh_hz: float            # how often each face's label gets a new classification
+    frames: int  # frames processed in all
+    label_refresh_hz: float  # classifications per second per face (mean over the last frame's faces)
+    asynchronous: bool = False  # whether the last frame's classification went to the worker
+    error: str | None = None  # the worker's last error, if its last batch failed
+
+    def overlay_lines(self) -> list[str]:
+        """The text of the on-frame stats overlay."""
+        mode = "async" if self.asynchronous else "sync"
+        return [f"{self.fps:.1f} FPS  faces {self.faces}  labels {self.label_refresh_hz:.1f}/s",
+                (f"detect {self.detect_ms[0]:.1f}  classify {self.classify_ms[0]:.1f} ({mode})  "
+                 f"draw {self.draw_ms[0]:.1f} ms"),
+                f"model {self.model}"] + ([f"error: {self.error}"] if self.error else [])
+
+
+@dataclass(frozen=True)
+class FrameTiming:
+    """The last frame's stage times in ms; classify_ms is None when the video thread classified nothing."""
+
+    detect_ms: float
+    classify_ms: float | None
+    draw_ms: float
+    frame_ms: float
+
+
+@dataclass(frozen=True)
+class _Job:
+    generation: int
+    model: Classifier
+    crops: list[np.ndarray]
+    track_ids: list[int]
+
+
+@dataclass(frozen=True)
+class _Result:
+    generation: int
+    track_ids: list[int]
+    probabilities: np.ndarray | None
+    seconds: float
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class _Pending:
+    model: Classifier | None = None
+    settings: LiveSettings | None = None
+    detector: FaceDetector | None = None
+
+
+class _Worker:
+    """One background thread classifying one batch at a time; its latest result waits to be taken."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._busy = False
+        self._result: _Result | None = None
+        self.thread = threading.Thread(target=self._run, name="fer-app-classify", daemon=True)
+        self.thread.start()
+
+    @property
+    def busy(self) -> bool:
+        with self._lock:
+            return self._busy
+
+    def submit(self, job: _Job) -> None:
+        """Queue a batch; call only when not `busy` (one caller, the video thread)."""
+        with self._lock:
+            self._busy = True
+        self._jobs.put(job)
+
+    def take(self) -> _Result | None:
+        """The finished result not taken yet, if any."""
+        with self._lock:
+            result, self._result = self._result, None
+        return result
+
+    def close(self, timeout: float = 2.0) -> None:
+        self._jobs.put(None)
+        self.thread.join(timeout)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            start = self._clock()
+            try:
+                probs, error = job.model.predict_proba(job.crops), None
+            except Exception as exc:  # noqa: BLE001 - reported through stats(); the stream goes on
+                probs, error = None, f"{type(exc).__name__}: {exc}"
+            result = _Result(job.generation, job.track_ids, probs, self._clock() - start, error)
+            with self._lock:
+                self._result, self._busy = result, False
 
 
 class LivePipeline:
-    """Thread-safe: `process` runs in the video thread, `update`/`stats`/`timeline` from the page."""
+    """Thread-safe: `process` runs in the video thread, `update`/`stats`/`timeline` from the page.
 
-    def __init__(self, model: Classifier, settings: LiveSettings | None = None) -> None: ...
+    window: frames in the rolling statistics. timeline_every: seconds between timeline rows
+    (0: every frame); timeline_length: rows kept (the oldest go first).
+    """
+
+    def __init__(self, model: Classifier, settings: LiveSettings | None = None, *, window: int = 120,
+                 timeline_every: float = 0.2, timeline_length: int = 3000,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self._settings = settings or LiveSettings()
+        self._model = model
+        self._detector = FaceDetector(self._settings.detector)
+        self._tracker = FaceTracker(smoothing=self._settings.smoothing, max_missed=self._settings.max_missed)
+        self._clock, self._t0 = clock, clock()
+        self._lock = threading.Lock()
+        self._pending: _Pending | None = None
+        self._worker: _Worker | None = None
+        self._generation = 0  # results of an older generation (model or mode since changed) are dropped
+        self._auto_async, self._was_async = True, False
+        self._recent_classify: deque[float] = deque(maxlen=_AUTO_WINDOW)
+        self._times: dict[str, deque[float]] = {k: deque(maxlen=window) for k in ("detect", "classify", "draw",
+                                                                                  "frame", "start")}
+        self._frames, self._faces, self._refresh_hz = 0, 0, 0.0
+        self._error: str | None = None
+        self._predictions: list[Prediction] = []
+        self._last_timing: FrameTiming | None = None
+        self._timeline: deque[dict] = deque(maxlen=timeline_length)
+        self._timeline_every, self._timeline_at = timeline_every, -math.inf
+        self._overlay: list[str] = []
+        self._overlay_at = -math.inf
+
+    # ------------------------------------------------------------ page thread
+
+    @property
+    def settings(self) -> LiveSettings:
+        """The settings in use (an `update` not yet applied is not included)."""
+        with self._lock:
+            return self._settings
+
+    @property
+    def model(self) -> Classifier:
+        with self._lock:
+            return self._model
 
     def update(self, model: Classifier | None = None, settings: LiveSettings | None = None) -> None:
-        """Swap model/settings; applied from the next frame, the stream keeps running."""
+        """Swap model/settings; applied from the next frame, the stream keeps running.
 
-    def process(self, frame: np.ndarray) -> np.ndarray:
-        """Annotated copy of a BGR frame."""
-        raise NotImplementedError
+        A new model drops the tracks' probabilities and any batch in flight; tracks keep their ids.
+        A new detector is built here, so the video thread doesn't pay for loading the cascade.
+        """
+        with self._lock:
+            latest = self._pending.settings if self._pending and self._pending.settings else self._settings
+        detector = None
+        if settings is not None and settings.detector != latest.detector:
+            detector = FaceDetector(settings.detector)
+        with self._lock:
+            old = self._pending or _Pending()
+            self._pending = _Pending(model if model is not None else old.model, settings or old.settings,
+                                     detector or old.detector)
 
     def predictions(self) -> list[Prediction]:
-        """Smoothed predictions of the last frame (with track ids)."""
-        raise NotImplementedError
+        """Smoothed predictions of the last frame (with track ids); faces not classified yet are left out."""
+        with self._lock:
+            return list(self._predictions)
 
     def stats(self) -> LiveStats:
-        raise NotImplementedError
+        with self._lock:
+            starts = self._times["start"]
+            span = starts[-1] - starts[0] if len(starts) > 1 else 0.0
+            return LiveStats(
+                fps=(len(starts) - 1) / span if span > 0 else 0.0,
+                detect_ms=_median_p95(self._times["detect"]),
+                classify_ms=_median_p95(self._times["classify"]),
+                draw_ms=_median_p95(self._times["draw"]),
+                frame_ms=_median_p95(self._times["frame"]),
+                faces=self._faces, model=self._model.name, frames=self._frames,
+                label_refresh_hz=self._refresh_hz, asynchronous=self._was_async, error=self._error)
 
-    def timeline(self) -> list[dict]:
-        """Rows {t, track, label, <class>: prob...} for the session's emotion timeline."""
-        raise NotImplementedError
+    def last_timing(self) -> FrameTiming | None:
+        """Stage times of the last frame (None before the first)."""
+        with self._lock:
+            return self._last_timing
 
-    def close(self) -> None: ...
+    def timeline(self, track: int | None = None, *, largest: bool = False) -> list[dict]:
+        """Rows {t, track, largest, label, confidence, <class>: prob...} for the session's emotion timeline.
+
+        t: seconds since the pipeline started. Filter to one track, or to the largest face of each frame.
+        """
+        with self._lock:
+            rows = list(self._timeline)
+        return [r for r in rows if (track is None or r["track"] == track) and (not largest or r["largest"])]
+
+    @property
+    def classifying(self) -> bool:
+        """Whether the worker thread is busy with a batch."""
+        return self._worker is not None and self._worker.busy
+
+    def close(self) -> None:
+        """Stop the worker thread (it finishes the batch in hand); `process` may still be called after."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.close()
+
+    def __enter__(self) -> LivePipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ video thread
+
+    def process(self, frame: np.ndarray) -> np.ndarray:
+        """Annotated copy of a BGR (or grey/BGRA) frame."""
+        annotated, _ = self._step(frame, annotate=True)
+        return annotated
+
+    def analyze(self, frame: np.ndarray) -> list[Prediction]:
+        """Like `process` without drawing: the frame's smoothed predictions (with track ids)."""
+        _, predictions = self._step(frame, annotate=False)
+        return predictions
+
+    def _step(self, frame: np.ndarray, *, annotate: bool) -> tuple[np.ndarray | None, list[Prediction]]:
+        start = self._clock()
+        settings = self._apply_pending()
+        tracks = self._tracker.update(self._detector.detect(frame))
+        detected = self._clock()
+        classify_s = self._classify(frame, tracks, settings, detected)
+        classified = self._clock()
+        classes = tuple(self._model.classes)
+        predictions = [Prediction(t.face, t.probabilities, classes, track_id=t.id)
+                       for t in tracks if t.probabilities is not None]
+        annotated = None
+        if annotate:
+            annotated = _to_bgr(frame)
+            draw_predictions(annotated, predictions, pending=[t.face for t in tracks if t.probabilities is None],
+                             options=settings.draw)
+            if settings.draw.stats:
+                draw_stats(annotated, self._overlay_lines(classified))
+        end = self._clock()
+        timing = FrameTiming((detected - start) * 1e3, None if classify_s is None else classify_s * 1e3,
+                             (end - classified) * 1e3 if annotate else 0.0, (end - start) * 1e3)
+        self._record(start, timing, tracks, predictions, annotate)
+        return annotated, predictions
+
+    def _apply_pending(self) -> LiveSettings:
+        """Apply what `update` queued; returns the settings for this frame."""
+        with self._lock:
+            pending, self._pending = self._pending, None
+            if pending is None:
+                return self._settings
+            if pending.model is not None and pending.model is not self._model:
+                self._model = pending.model
+                self._generation += 1
+                self._tracker.clear_probabilities()
+                self._recent_classify.clear()
+                self._auto_async, self._error = True, None
+            if pending.settings is not None:
+                if pending.detector is not None:
+                    self._detector = pending.detector
+                self._settings = pending.settings
+                self._tracker.smoothing = self._settings.smoothing
+                self._tracker.max_missed = self._settings.max_missed
+            return self._settings
+
+    def _classify(self, frame: np.ndarray, tracks: list[Track], settings: LiveSettings, now: float) -> float | None:
+        """Classify the frame's faces in one batch, here or in the worker; the seconds it took here."""
+        use_worker = settings.asynchronous if settings.asynchronous is not None else self._auto_async
+        if use_worker != self._was_async:
+            self._generation += 1  # a batch in flight would overwrite newer results
+            self._was_async = use_worker
+        if self._worker is not None:
+            result = self._worker.take()
+            if result is not None and result.generation == self._generation:
+                self._apply_result(result, now)
+        if not tracks:
+            return None
+        crops = self._detector.crop(frame, [t.face for t in tracks])
+        ids = [t.id for t in tracks]
+        if use_worker:
+            worker = self._worker or self._start_worker()
+            if not worker.busy:
+                worker.submit(_Job(self._generation, self._model, [np.array(c) for c in crops], ids))
+            return None
+        start = self._clock()
+        probs = self._model.predict_proba(crops)
+        seconds = self._clock() - start
+        self._apply_result(_Result(self._generation, ids, probs, seconds), now)
+        return seconds
+
+    def _start_worker(self) -> _Worker:
+        self._worker = _Worker(self._clock)
+        return self._worker
+
+    def _apply_result(self, result: _Result, now: float) -> None:
+        """Fold a batch's probabilities into its tracks (those still alive) and note its time."""
+        if result.probabilities is not None:
+            for track_id, probs in zip(result.track_ids, result.probabilities):
+                self._tracker.add_probabilities(track_id, probs, now)
+        ms = result.seconds * 1e3
+        self._recent_classify.append(ms)
+        if len(self._recent_classify) >= _AUTO_MIN:
+            median = statistics.median(self._recent_classify)
+            if median > self._settings.async_above_ms:
+                self._auto_async = True
+            elif median < self._settings.async_above_ms / 2:
+                self._auto_async = False
+        with self._lock:
+            self._times["classify"].append(ms)
+            self._error = result.error
+
+    def _record(self, start: float, timing: FrameTiming, tracks: list[Track], predictions: list[Prediction],
+                annotated: bool) -> None:
+        """Statistics, snapshot for the page thread, and timeline rows of the frame just done."""
+        rates = [hz for t in tracks if (hz := t.refresh_hz()) is not None]
+        rows = self._timeline_rows(start, predictions)
+        with self._lock:
+            self._frames += 1
+            self._times["start"].append(start)
+            self._times["detect"].append(timing.detect_ms)
+            self._times["frame"].append(timing.frame_ms)
+            if annotated:
+                self._times["draw"].append(timing.draw_ms)
+            self._faces, self._predictions, self._last_timing = len(tracks), predictions, timing
+            self._refresh_hz = sum(rates) / len(rates) if rates else 0.0
+            self._timeline.extend(rows)
+
+    def _timeline_rows(self, now: float, predictions: list[Prediction]) -> list[dict]:
+        if not predictions or now - self._timeline_at < self._timeline_every:
+            return []
+        self._timeline_at = now
+        largest = max(predictions, key=lambda p: p.face.area)
+        t = round(now - self._t0, 3)
+        return [{"t": t, "track": p.track_id, "largest": p is largest, "label": p.label,
+                 "confidence": round(p.confidence, 4),
+                 **{c: round(float(v), 4) for c, v in zip(p.classes, p.probabilities)}} for p in predictions]
+
+    def _overlay_lines(self, now: float) -> list[str]:
+        if now - self._overlay_at >= _OVERLAY_EVERY:
+            self._overlay, self._overlay_at = self.stats().overlay_lines(), now
+        return self._overlay
+
+
+def _median_p95(values: deque[float]) -> tuple[float, float]:
+    if not values:
+        return (0.0, 0.0)
+    arr = np.fromiter(values, dtype=np.float64, count=len(values))
+    median, p95 = np.percentile(arr, (50, 95))
+    return (float(median), float(p95))
+
+
+def _to_bgr(frame: np.ndarray) -> np.ndarray:
+    """A BGR copy of a grey, BGR or BGRA frame (to draw on)."""
+    if frame.ndim == 2 or frame.shape[2] == 1:
+        return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    if frame.shape[2] == 4:
+        return cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+    return frame.copy()

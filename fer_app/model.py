@@ -55,11 +55,12 @@ class Classifier(nn.Module):
 
     @torch.inference_mode()
     def predict_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Probabilities for preprocessed pixels, averaged with the mirror image when tta_flip is on."""
-        probs = torch.softmax(self(pixels), dim=1)
-        if self.tta_flip:
-            probs = (probs + torch.softmax(self(pixels.flip(-1)), dim=1)) / 2
-        return probs
+        """Probabilities for preprocessed pixels, averaged with the mirror image when tta_flip is on
+        (the crops and their mirror images go through the encoder in one batch: one call per frame)."""
+        if not self.tta_flip:
+            return torch.softmax(self(pixels), dim=1)
+        probs = torch.softmax(self(torch.cat([pixels, pixels.flip(-1)])), dim=1)
+        return (probs[:len(pixels)] + probs[len(pixels):]) / 2
 
     def predict_proba(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """(N, num_classes) float32 probabilities for N face crops (grey or BGR uint8)."""
@@ -136,23 +137,43 @@ def load_state(module: nn.Module, tensors: dict[str, torch.Tensor], path: Path) 
     module.load_state_dict(tensors)
 
 
-def build_encoder(cfg: dict, *, clip_source: str | Path | None = None, allow_download: bool = False) -> Encoder:
-    """An encoder from its config entry (CLIP weights are loaded from their own source)."""
+def build_encoder(cfg: dict, *, clip_source: str | Path | None = None, allow_download: bool = False,
+                  runtime: str = "torch", threads: int | None = None) -> Encoder:
+    """An encoder from its config entry (CLIP weights are loaded from their own source).
+
+    runtime: "torch" (default: a trainable torch module), "auto" or a name of `fer_app.runtimes.RUNTIMES`
+    to run it in (see `fer_app.runtimes.select_runtime`; `auto` checks it with a random head here).
+    """
     kind = cfg.get("type")
     if kind == CompactEncoder.encoder_id:
-        return CompactEncoder.from_config(cfg)
-    if kind == "clip-vit-b32":
+        encoder: Encoder = CompactEncoder.from_config(cfg)
+    elif kind == "clip-vit-b32":
         from fer_app.encoders.clip import load_clip_encoder
 
-        return load_clip_encoder(clip_source or cfg.get("source"), allow_download=allow_download)
-    raise ModelError(f"unknown encoder type {kind!r}")
+        encoder = load_clip_encoder(clip_source or cfg.get("source"), allow_download=allow_download)
+    else:
+        raise ModelError(f"unknown encoder type {kind!r}")
+    return encoder if runtime == "torch" else _in_runtime(encoder, runtime, threads)
+
+
+def _in_runtime(encoder: Encoder, runtime: str, threads: int | None, head: nn.Module | None = None) -> Encoder:
+    from fer_app.runtimes import select_runtime
+
+    return select_runtime(encoder, runtime, threads=threads, head=head)
 
 
 def load_model(name_or_path: str | Path = DEFAULT_MODEL, *, models_dir: Path | None = None,
-               clip_source: str | Path | None = None, allow_download: bool = False) -> Classifier:
-    """Load a saved model by name or folder; `clip-vit-b32-zero-shot` builds CLIP's zero-shot classifier."""
+               clip_source: str | Path | None = None, allow_download: bool = False, runtime: str = "auto",
+               threads: int | None = None) -> Classifier:
+    """Load a saved model by name or folder; `clip-vit-b32-zero-shot` builds CLIP's zero-shot classifier.
+
+    runtime: where the encoder runs (`fer_app.runtimes`). "auto", the default, picks the fastest CPU
+    runtime that passes the accuracy check with this model's head for CLIP, and torch for the compact
+    encoder; "torch" gives the plain (trainable) torch encoder. threads: None for the default count.
+    """
     if str(name_or_path) == CLIP_ZERO_SHOT:
-        return clip_zero_shot(clip_source, allow_download=allow_download)
+        model = clip_zero_shot(clip_source, allow_download=allow_download)
+        return _with_runtime(model, runtime, threads)
     folder = model_dir(name_or_path, models_dir)
     if not folder.is_dir():
         names = ", ".join(m.name for m in list_models(models_dir)) or "none"
@@ -169,7 +190,14 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL, *, models_dir: Path | N
         load_state(model, tensors, weights_path)
     else:
         load_state(model.head, {k.removeprefix("head."): v for k, v in tensors.items()}, weights_path)
-    return model.eval()
+    return _with_runtime(model.eval(), runtime, threads)
+
+
+def _with_runtime(model: Classifier, runtime: str, threads: int | None) -> Classifier:
+    """`model` with its encoder in `runtime` (checked against the model's own head under "auto")."""
+    if runtime != "torch":
+        model.encoder = _in_runtime(model.encoder, runtime, threads, head=model.head)
+    return model
 
 
 def clip_zero_shot(clip_source: str | Path | None = None, *, allow_download: bool = False) -> Classifier:

@@ -1,0 +1,499 @@
+"""Benchmarks: the CLIP image encoder in each CPU runtime against torch fp32, Haar detection, the
+compact model and (with `pipeline=True`) the live pipeline; `python -m fer_app bench` prints them.
+
+Every runtime is timed in the same process and run, on preprocessed real face crops (the astronaut
+of assets/), at each batch size: the median and p95 of the ms per face over `repeats` calls (after
+warm-up calls), faces per second at the median, and the ratio of its median to torch fp32's at the
+same batch. Each runtime also goes through the accuracy check of `fer_app.runtimes` (cosine and
+top-1 agreement with torch fp32 on face crops, with a fixed random head unless a model's head is given).
+
+Peak memory is the largest increase of the process's resident set size (RSS) over its size just
+before the runtime was loaded, while it loads and runs the timed calls (the accuracy check is not
+included); RSS is sampled every 2 ms, with psutil when installed, else from /proc/self/statm. The
+torch fp32 reference is loaded before any runtime, so its row counts its activations, not its weights.
+
+Without real CLIP weights, the full-size ViT-B/32 architecture with random weights (seeded, so the
+export cache is reused across runs) gives the same arithmetic (about 8.8 GFLOP per face) and speed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import gc
+import os
+import platform
+import statistics
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fer_app import runtimes
+from fer_app.config import DEFAULT_MODEL, DetectorConfig
+from fer_app.encoders.base import Encoder
+from fer_app.runtimes import TORCH, AccuracyCheck, CheckCrops, CheckResult, Progress
+
+DEFAULT_BATCHES = (1, 4, 8)
+DEFAULT_REPEATS = 20
+QUICK_REPEATS = 3
+#: The issue's targets for the best runtime that passes the accuracy check (ms per face).
+TARGET_MS = {1: 45.0, 8: 30.0}
+FRAME_SIZE = (640, 480)
+#: Side of each pasted face in the synthetic frames (the face itself is about 95 px).
+FACE_SIDE = 170
+#: A special `clip` source: the full-size architecture with random weights.
+RANDOM_CLIP = "random"
+RANDOM_SEED = 0
+
+
+# ------------------------------------------------------------------------------------- memory
+
+def _rss_reader() -> tuple[str, Callable[[], int]]:
+    """(description, function returning the current RSS in bytes)."""
+    try:
+        import psutil
+
+        process = psutil.Process()
+        return "psutil RSS", lambda: process.memory_info().rss
+    except ImportError:
+        page = os.sysconf("SC_PAGE_SIZE")
+
+        def statm() -> int:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * page
+
+        return "/proc/self/statm RSS", statm
+
+
+MEMORY_METHOD, _rss = _rss_reader()
+
+
+class PeakRss:
+    """Context manager: the peak RSS increase (bytes) over the RSS at entry, sampled in a thread."""
+
+    def __init__(self, interval: float = 0.002) -> None:
+        self.interval, self.peak, self.base = interval, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, _rss() - self.base)
+
+    def __enter__(self) -> PeakRss:
+        _release_memory()
+        self.base = _rss()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss() - self.base)
+
+    @property
+    def mb(self) -> float:
+        return self.peak / 2**20
+
+
+def _release_memory() -> None:
+    """Collect garbage and hand freed heap back to the OS (glibc), so RSS baselines are comparable."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+# ------------------------------------------------------------------------------------- inputs
+
+def random_clip_encoder() -> Encoder:
+    """CLIP ViT-B/32's image tower at full size (CLIPVisionConfig's defaults, projection 512), random weights."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from fer_app.encoders.clip import ClipEncoder
+
+    torch.manual_seed(RANDOM_SEED)
+    vision = CLIPVisionModelWithProjection(CLIPVisionConfig()).eval()
+    return ClipEncoder(vision, source=f"{RANDOM_CLIP} (full-size ViT-B/32 architecture, seed {RANDOM_SEED})").eval()
+
+
+def clip_encoder(source: str | Path | None, *, random_when_missing: bool = True) -> tuple[Encoder, str]:
+    """The CLIP encoder to measure and how to describe it: `source`'s weights, or "random" weights.
+
+    None uses the local CLIP weights when there are some, else (with `random_when_missing`) the
+    random full-size architecture; without it, ClipWeightsMissing says where to put the weights.
+    """
+    from fer_app.encoders.clip import ClipWeightsMissing, load_clip_encoder
+
+    if source is None:
+        try:
+            encoder = load_clip_encoder(None)
+            return encoder, f"CLIP ViT-B/32 weights from {encoder.source}"
+        except ClipWeightsMissing:
+            if not random_when_missing:
+                raise
+            source = RANDOM_CLIP
+    if str(source) == RANDOM_CLIP:
+        return random_clip_encoder(), f"full-size CLIP ViT-B/32 architecture, random weights (seed {RANDOM_SEED})"
+    return load_clip_encoder(source), f"CLIP weights from {source}"
+
+
+def synthetic_frame(faces: int, shift: int = 0) -> np.ndarray:
+    """A 640x480 BGR frame with `faces` copies (1 to 3) of the astronaut's face at known places.
+
+    shift moves the faces by that many pixels, for clips whose faces move a little.
+    """
+    width, height = FRAME_SIZE
+    face = _astronaut_face(FACE_SIDE)
+    side = FACE_SIDE
+    ys, xs = np.mgrid[0:height, 0:width]
+    frame = np.stack([(90 + 60 * xs / width), (110 + 40 * ys / height), np.full_like(xs, 120.0)], axis=-1)
+    frame = frame.astype(np.uint8)
+    for i, (fx, fy) in enumerate(((30, 60), (235, 250), (440, 40))[:faces]):
+        dx = shift if i % 2 == 0 else -shift
+        frame[fy:fy + side, fx + dx:fx + dx + side] = face
+    return frame
+
+
+@functools.lru_cache(maxsize=2)
+def _astronaut_face(side: int) -> np.ndarray:
+    """The astronaut's face with some background around it, resized to side x side (read-only)."""
+    import cv2
+
+    from fer_app.detection import FaceDetector
+    from fer_app.imageio import load_image
+
+    image = load_image(runtimes.ASSETS_DIR / "astronaut.png")
+    x, y, w, h = FaceDetector().detect(image)[0].box
+    pad = int(0.4 * w)
+    face = cv2.resize(image[max(0, y - pad):y + h + pad, max(0, x - pad):x + w + pad], (side, side),
+                      interpolation=cv2.INTER_AREA)
+    face.setflags(write=False)
+    return face
+
+
+# ------------------------------------------------------------------------------------- timing
+
+@dataclass(frozen=True)
+class Timing:
+    """One runtime at one batch size; times are per face."""
+
+    batch: int
+    median_ms: float
+    p95_ms: float
+    faces_per_s: float
+    ratio_to_torch: float | None = None
+
+
+def measure(call: Callable[[], object], batch: int, repeats: int, warmup: int = 2) -> Timing:
+    """Time `call()` (which handles `batch` faces) `repeats` times after `warmup` calls."""
+    seconds = runtimes.time_calls(call, repeats, warmup)
+    median = statistics.median(seconds)
+    p95 = float(np.percentile(seconds, 95))
+    return Timing(batch, round(median * 1000 / batch, 2), round(p95 * 1000 / batch, 2), round(batch / median, 2))
+
+
+def time_encoder(encoder: Encoder, pixels: torch.Tensor, batches: Sequence[int], repeats: int) -> list[Timing]:
+    timings = []
+    with torch.inference_mode():
+        for batch in batches:
+            timings.append(measure(functools.partial(encoder, runtimes.tile_batch(pixels, batch)), batch, repeats))
+    return timings
+
+
+@dataclass
+class RuntimeBench:
+    """What the benchmark found for one runtime."""
+
+    runtime: str
+    load_s: float | None = None
+    peak_rss_mb: float | None = None
+    timings: list[Timing] = field(default_factory=list)
+    check: CheckResult | None = None
+    error: str | None = None
+
+    def at(self, batch: int) -> Timing | None:
+        return next((t for t in self.timings if t.batch == batch), None)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["check"] = self.check.to_dict() if self.check else None
+        return out
+
+
+def bench_runtimes(encoder: Encoder, names: Sequence[str], *, batches: Sequence[int], repeats: int,
+                   threads: int, crops: CheckCrops, head: torch.nn.Module | None = None,
+                   cache_dir: Path | None = None, progress: Progress | None = runtimes.log) -> list[RuntimeBench]:
+    """Load, time and check each runtime in turn (one at a time in memory); ratios are to torch's row."""
+    say = progress or (lambda message: None)
+    pixels = encoder.preprocess(runtimes.astronaut_crops()[:8])
+    check = AccuracyCheck(encoder, crops, head)
+    rows = []
+    for name in names:
+        row = RuntimeBench(name)
+        rows.append(row)
+        reason = runtimes.unavailable_reason(name)
+        if reason is not None:
+            row.error = reason
+            continue
+        say(f"bench: {name}...")
+        try:
+            with PeakRss() as memory:
+                start = time.perf_counter()
+                candidate = runtimes.load_runtime(encoder, name, threads=threads, cache_dir=cache_dir,
+                                                  progress=progress)
+                row.load_s = round(time.perf_counter() - start, 2)
+                row.timings = time_encoder(candidate, pixels, batches, repeats)
+            row.peak_rss_mb = round(memory.mb, 1)
+            row.check = check(candidate)
+            del candidate  # one runtime in memory at a time
+        except runtimes.RuntimeUnavailable as exc:
+            row.error = str(exc)
+        _release_memory()
+    reference = next((r for r in rows if r.runtime == TORCH and r.timings), None)
+    if reference is not None:
+        for row in rows:
+            row.timings = [_with_ratio(t, reference.at(t.batch)) for t in row.timings]
+    return rows
+
+
+def _with_ratio(timing: Timing, reference: Timing | None) -> Timing:
+    ratio = round(timing.median_ms / reference.median_ms, 3) if reference and reference.median_ms else None
+    return Timing(timing.batch, timing.median_ms, timing.p95_ms, timing.faces_per_s, ratio)
+
+
+def best_runtime(rows: Sequence[RuntimeBench], batches: Sequence[int]) -> dict | None:
+    """The fastest runtime that passes its check (by the mean ms per face over `batches`), against the targets."""
+    passing = [r for r in rows if r.check is not None and r.check.passed and r.timings]
+    if not passing:
+        return None
+    best = min(passing, key=lambda r: float(np.mean([t.median_ms for t in r.timings])))
+    targets = {b: {"target_ms": ms, "median_ms": best.at(b).median_ms, "met": best.at(b).median_ms <= ms}
+               for b, ms in TARGET_MS.items() if best.at(b) is not None}
+    return {"runtime": best.runtime, "targets": targets}
+
+
+# ------------------------------------------------------------------------- detection, compact
+
+def bench_detection(repeats: int, faces: Sequence[int] = (1, 3)) -> list[dict]:
+    """Haar detection (default DetectorConfig) on 640x480 synthetic frames with 1 and 3 faces."""
+    from fer_app.detection import FaceDetector
+
+    detector = FaceDetector(DetectorConfig())
+    out = []
+    for count in faces:
+        frame = synthetic_frame(count)
+        found = len(detector.detect(frame))
+        timing = measure(functools.partial(detector.detect, frame), 1, max(repeats, 5))
+        out.append({"faces": count, "found": found, "median_ms": timing.median_ms, "p95_ms": timing.p95_ms})
+    return out
+
+
+def bench_compact(model_name: str | Path, batches: Sequence[int], repeats: int) -> dict:
+    """The compact model's forward (encoder + head) and its whole `predict_proba` (preprocessing,
+    mirror-image TTA) per face; {"missing": ...} when there is no such model."""
+    from fer_app.model import ModelError, load_model
+
+    try:
+        model = load_model(model_name, runtime=TORCH)
+    except ModelError as exc:
+        return {"model": str(model_name), "missing": str(exc)}
+    crops = runtimes.astronaut_crops()[:8]
+    pixels = model.encoder.preprocess(crops)
+    forward, predict = [], []
+    with torch.inference_mode():
+        for batch in batches:
+            x, batch_crops = runtimes.tile_batch(pixels, batch), _cycle(crops, batch)
+            forward.append(asdict(measure(functools.partial(model, x), batch, repeats)))
+            predict.append(asdict(measure(functools.partial(model.predict_proba, batch_crops), batch, repeats)))
+    return {"model": model.name, "encoder": model.encoder.encoder_id, "tta_flip": model.tta_flip,
+            "forward": forward, "predict_proba": predict}
+
+
+def bench_clip_preprocessing(encoder: Encoder, batches: Sequence[int], repeats: int) -> list[dict]:
+    """CLIP's preprocessing (resize, crop, normalise) per face, which every runtime shares."""
+    crops = runtimes.astronaut_crops()[:8]
+    return [asdict(measure(functools.partial(encoder.preprocess, _cycle(crops, b)), b, repeats)) for b in batches]
+
+
+def _cycle(crops: Sequence[np.ndarray], count: int) -> list[np.ndarray]:
+    """`count` crops, repeating `crops` cyclically."""
+    return [crops[i % len(crops)] for i in range(count)]
+
+
+# ---------------------------------------------------------------------------------- pipeline
+
+def live_pipeline_ready() -> bool:
+    """Whether fer_app.live's LivePipeline is implemented (not the contract stub)."""
+    import inspect
+
+    from fer_app import live
+
+    return "NotImplementedError" not in inspect.getsource(live.LivePipeline)
+
+
+def bench_pipeline(model: torch.nn.Module, frames: int, faces: Sequence[int] = (1, 3)) -> list[dict]:
+    """LivePipeline with its default settings on synthetic 640x480 clips: processed FPS, frame latency."""
+    from fer_app.live import LivePipeline
+
+    out = []
+    for count in faces:
+        clip = [synthetic_frame(count, shift=i % 6) for i in range(8)]
+        latencies = []
+        with LivePipeline(model) as pipeline:
+            start = time.perf_counter()
+            for i in range(frames):
+                t = time.perf_counter()
+                pipeline.process(clip[i % len(clip)])
+                latencies.append(time.perf_counter() - t)
+            wall = time.perf_counter() - start
+            stats = pipeline.stats()
+        out.append({"model": stats.model, "faces": count, "frames": frames, "fps": round(frames / wall, 2),
+                    "frame_p50_ms": round(statistics.median(latencies) * 1000, 2),
+                    "frame_p95_ms": round(float(np.percentile(latencies, 95)) * 1000, 2),
+                    "classify_p50_ms": round(stats.classify_ms[0], 2),
+                    "label_refresh_hz": round(stats.label_refresh_hz, 2), "asynchronous": stats.asynchronous})
+    return out
+
+
+def _pipeline_models(compact: str | Path, encoder: Encoder, runtime: str, threads: int,
+                     cache_dir: Path | None, progress: Progress | None) -> list[torch.nn.Module]:
+    """The compact model (when it exists) and the CLIP encoder in `runtime` with a random head."""
+    from fer_app.heads import Head
+    from fer_app.model import Classifier, ModelError, load_model
+
+    models = []
+    with contextlib.suppress(ModelError):
+        models.append(load_model(compact, runtime=TORCH))
+    torch.manual_seed(RANDOM_SEED)
+    clip = runtimes.load_runtime(encoder, runtime, threads=threads, cache_dir=cache_dir, progress=progress)
+    models.append(Classifier(clip, Head(encoder.embed_dim, 7), name=f"clip ({runtime}, random head)",
+                             tta_flip=True).eval())
+    return models
+
+
+# ------------------------------------------------------------------------------------ report
+
+def machine() -> dict:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {"cpu": runtimes.cpu_info(), "python": platform.python_version(),
+            "versions": runtimes.versions("torch", "transformers", "onnxruntime", "openvino", "cv2"),
+            "load_average": [round(x, 2) for x in load] if load else None}
+
+
+def run_bench(*, clip: str | Path | None = None, runtime_names: Sequence[str] | None = None,
+              batches: Sequence[int] = DEFAULT_BATCHES, repeats: int = DEFAULT_REPEATS, quick: bool = False,
+              threads: int | None = None, compact: str | Path = DEFAULT_MODEL, pipeline: bool = False,
+              pipeline_frames: int = 60, cache_dir: Path | None = None,
+              progress: Progress | None = runtimes.log) -> dict:
+    """The whole benchmark as a JSON-serialisable report (see `format_report`)."""
+    threads = runtimes.resolve_threads(threads)
+    names = list(runtime_names or runtimes.RUNTIMES)
+    runtimes.require_known(names)
+    if TORCH not in names:
+        names.insert(0, TORCH)  # the reference every ratio is to
+    repeats = QUICK_REPEATS if quick else repeats
+    crops = runtimes.check_crops(fer_count=20 if quick else 240)
+    if quick:
+        crops = CheckCrops(crops.crops[::3], crops.source + ", every third")
+    report: dict = {"machine": dict(machine(), threads=threads), "memory_method": MEMORY_METHOD,
+                    "batches": list(batches), "repeats": repeats}
+    encoder, described = clip_encoder(clip)
+    report["clip"] = {"weights": described, "embed_dim": encoder.embed_dim,
+                      "preprocessing": bench_clip_preprocessing(encoder, batches, repeats)}
+    rows = bench_runtimes(encoder, names, batches=batches, repeats=repeats, threads=threads, crops=crops,
+                          cache_dir=cache_dir, progress=progress)
+    report["runtimes"] = [r.to_dict() for r in rows]
+    report["best"] = best_runtime(rows, batches)
+    report["detection"] = bench_detection(repeats)
+    report["compact"] = bench_compact(compact, batches, repeats)
+    if pipeline:
+        if live_pipeline_ready():
+            best = report["best"]["runtime"] if report["best"] else TORCH
+            report["pipeline"] = [row for model in _pipeline_models(compact, encoder, best, threads, cache_dir,
+                                                                    progress)
+                                  for row in bench_pipeline(model, 10 if quick else pipeline_frames)]
+        else:
+            report["pipeline"] = {"missing": "fer_app.live.LivePipeline is not implemented yet"}
+    report["machine"]["load_average_end"] = machine()["load_average"]
+    return report
+
+
+def _fmt(value: float | None, spec: str = ".1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _check_text(check: dict | None) -> str:
+    if not check:
+        return "-"
+    if check.get("error"):
+        return "not checked"
+    verdict = "pass" if check["passed"] else "FAIL"
+    return (f"{verdict} cos {check['cosine_mean']:.4f} (min {check['cosine_min']:.3f}) "
+            f"top-1 {check['top1_agreement']:.1%}")
+
+
+def format_report(report: dict) -> str:
+    """The benchmark as text tables."""
+    m = report["machine"]
+    cpu = m["cpu"]
+    lines = [f"machine: {cpu['model']}, {cpu['cores']} physical cores ({', '.join(cpu['flags']) or 'no AVX'}); "
+             f"{m['threads']} inference thread(s); load average {m['load_average']} at the start, "
+             f"{m.get('load_average_end')} at the end",
+             f"versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}",
+             f"CLIP image encoder: {report['clip']['weights']}; {report['repeats']} timed calls per batch "
+             f"after 2 warm-up calls; peak memory = {report['memory_method']} increase while loading and running",
+             "",
+             f"{'runtime':<14} {'batch':>5} {'median ms/face':>14} {'p95 ms/face':>12} {'faces/s':>8} "
+             f"{'x torch':>8} {'peak MB':>8} {'load s':>7}  accuracy vs torch fp32"]
+    for row in report["runtimes"]:
+        if row["error"]:
+            lines.append(f"{row['runtime']:<14} {'':>5} unavailable: {row['error']}")
+            continue
+        for i, t in enumerate(row["timings"]):
+            tail = (f"{_fmt(row['peak_rss_mb'], '.0f'):>8} {_fmt(row['load_s']):>7}  {_check_text(row['check'])}"
+                    if i == 0 else "")
+            lines.append(f"{row['runtime'] if i == 0 else '':<14} {t['batch']:>5} {t['median_ms']:>14.1f} "
+                         f"{t['p95_ms']:>12.1f} {t['faces_per_s']:>8.1f} {_fmt(t['ratio_to_torch'], '.2f'):>8} "
+                         f"{tail}".rstrip())
+    checks = [r["check"] for r in report["runtimes"] if r["check"]]
+    if checks:
+        lines.append(f"accuracy check: {checks[0]['n']} crops ({checks[0]['crops']}); top-1 of "
+                     f"{checks[0]['head']} ({checks[0]['labels_seen']} distinct labels from torch); pass = mean "
+                     f"cosine >= {runtimes.COSINE_MIN} and top-1 agreement >= {runtimes.TOP1_MIN:.0%}")
+    best = report["best"]
+    if best:
+        met = "; ".join(f"batch {b}: {v['median_ms']:.1f} ms/face (target <= {v['target_ms']:.0f}: "
+                        f"{'met' if v['met'] else 'NOT met'})" for b, v in best["targets"].items())
+        lines.append(f"best runtime passing the check: {best['runtime']}" + (f"; {met}" if met else ""))
+    else:
+        lines.append("no runtime passed the accuracy check")
+    pre = ", ".join(f"batch {t['batch']}: {t['median_ms']:.2f}" for t in report["clip"]["preprocessing"])
+    lines += ["", f"CLIP preprocessing, ms per face (shared by every runtime): {pre}"]
+    det = "; ".join(f"{d['faces']} face(s), {d['found']} found: median {d['median_ms']:.1f} ms, p95 {d['p95_ms']:.1f}"
+                    for d in report["detection"])
+    lines.append(f"Haar detection per 640x480 frame (default settings): {det}")
+    compact = report["compact"]
+    if "missing" in compact:
+        lines.append(f"compact model {compact['model']}: missing ({compact['missing']})")
+    else:
+        for what in ("forward", "predict_proba"):
+            cells = ", ".join(f"batch {t['batch']}: {t['median_ms']:.2f} (p95 {t['p95_ms']:.2f})"
+                              for t in compact[what])
+            lines.append(f"compact model {compact['model']} {what}, ms per face: {cells}")
+    pipeline = report.get("pipeline")
+    if isinstance(pipeline, dict):
+        lines.append(f"live pipeline: {pipeline['missing']}")
+    elif pipeline:
+        lines += ["", f"{'live pipeline (640x480)':<40} {'faces':>5} {'FPS':>6} {'p50 ms':>7} {'p95 ms':>7} "
+                      f"{'classify ms':>11} {'labels/s':>8} mode"]
+        for p in pipeline:
+            lines.append(f"{p['model'][:40]:<40} {p['faces']:>5} {p['fps']:>6.1f} {p['frame_p50_ms']:>7.1f} "
+                         f"{p['frame_p95_ms']:>7.1f} {p['classify_p50_ms']:>11.1f} {p['label_refresh_hz']:>8.1f} "
+                         f"{'async' if p['asynchronous'] else 'sync'}")
+    return "\n".join(lines)

@@ -1,0 +1,441 @@
+"""Training page: data -> preview -> model and settings -> a background job with live progress -> results, save.
+
+A view over the library: `fer_app.mixing` (sources, zip uploads, preview), `fer_app.jobs` (the
+server's one background job, what can be trained here, checkpoints, saving), `fer_app.training`
+(settings and their defaults) and `fer_app.calibration` (captures review, calibrate). The job lives
+in the server process, so a reloaded page shows it; while it runs, a fragment polls it every second.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from fer_app import calibration, jobs, mixing
+from fer_app.cli import train_command
+from fer_app.config import CLASSES
+from fer_app.data import DataError, Splits
+from fer_app.metrics import confusion_image
+from fer_app.model import ModelError, ModelInfo
+from fer_app.training import EpochStats, TrainConfig, device_name, pick_device
+from fer_app.ui import common
+
+POLL_S = 1.0
+THUMBS_PER_ROW = 8
+SERVER, UPLOAD, CAPTURES = "Server path", "Uploaded zip", "Calibration captures"
+PHASES = {"start": "Starting", "embed": "Computing embeddings (cached for the next run)",
+          "compare": "Evaluating the model in use on the same val split", "done": "Finishing"}
+
+
+def duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading data…")
+def load_data(key: tuple[tuple[str, float, str, float], ...], val_fraction: float, seed: int, on_error: str) -> Splits:
+    """The mixed splits of the sources in `key` (path, weight, FER+ path, change stamp), shared by sessions."""
+    sources = [mixing.Source(Path(path), weight, Path(ferplus) if ferplus else None)
+               for path, weight, ferplus, _ in key]
+    return mixing.load_sources(sources, val_fraction=val_fraction, seed=seed, on_error=on_error)
+
+
+def source_key(sources: list[mixing.Source]) -> tuple[tuple[str, float, str, float], ...]:
+    return tuple((str(s.path), s.weight, str(s.ferplus or ""), mixing.data_stamp(s.path)) for s in sources)
+
+
+# ---------------------------------------------------------------- the job panel (top of the page)
+
+
+def history_charts(history: tuple[EpochStats, ...] | list[EpochStats]) -> None:
+    if not history:
+        st.caption("Loss and accuracy curves appear after the first epoch.")
+        return
+    table = pd.DataFrame([asdict(h) for h in history]).set_index("epoch")
+    left, right = st.columns(2)
+    left.line_chart(table[["train_loss", "val_loss"]], x_label="epoch", y_label="loss")
+    right.line_chart(table[["train_accuracy", "val_accuracy", "val_macro_f1"]], x_label="epoch", y_label="accuracy")
+
+
+@st.fragment(run_every=POLL_S)
+def running_panel(job: jobs.Job) -> None:
+    """Progress of the running job, refreshed every second; a full rerun shows the results when it ends."""
+    status = job.status()
+    if not status.running:
+        st.rerun()
+    st.subheader(f"Running: {status.title}")
+    what = (f"Epoch {status.epoch}/{status.epochs}, batch {status.step}/{status.steps}" if status.phase == "train"
+            else PHASES.get(status.phase, status.phase))
+    eta = f" · about {duration(status.eta)} left" if math.isfinite(status.eta) and status.phase == "train" else ""
+    st.progress(min(max(status.fraction, 0.0), 1.0), text=what + eta)
+    cols = st.columns(4)
+    cols[0].metric("Batch loss", f"{status.loss:.3f}" if math.isfinite(status.loss) else "–")
+    cols[1].metric("Learning rate", f"{status.lr:.2e}")
+    cols[2].metric("Elapsed", duration(status.elapsed))
+    best = max((h.val_accuracy for h in status.history), default=None)
+    cols[3].metric("Best val accuracy", f"{best:.1%}" if best is not None else "–")
+    history_charts(status.history)
+    if status.stop_requested:
+        st.info("Stopping at the next batch; the best epoch so far is kept.")
+    elif st.button("Stop", key="job-stop", help="Stop at the next batch and keep the best epoch so far"):
+        job.stop()
+        st.info("Stopping at the next batch; the best epoch so far is kept.")
+
+
+def save_form(job: jobs.Job, status: jobs.JobStatus) -> None:
+    if status.saved_to is not None:
+        st.success(f"Saved as **{status.saved_to.name}** ({status.saved_to}); the model pickers list it now.")
+        return
+    name = st.text_input("Save as", value=status.run_name, key="save-name",
+                         help="The folder name under models/. Nothing is saved until you press Save.")
+    exists = jobs.model_exists(name)
+    overwrite = False
+    if exists:
+        st.warning(f"A model named {name.strip()!r} exists: choose another name, or tick Overwrite.")
+        overwrite = st.checkbox(f"Overwrite {name.strip()}", key="save-overwrite")
+    if st.button("Save model", key="save", type="primary", disabled=exists and not overwrite):
+        try:
+            job.save(name, overwrite=overwrite)
+        except (ModelError, ValueError, OSError) as exc:
+            st.error(f"Not saved: {jobs.error_message(exc)}")
+        else:
+            st.rerun()  # the sidebar's model picker lists the new model
+
+
+def training_results(job: jobs.Job, status: jobs.JobStatus) -> None:
+    result = status.result
+    rep = result.report
+    how = "stopped early" if result.stopped_early else "finished"
+    st.success(f"{status.title}: {how} after {len(result.history)} epochs ({duration(result.seconds)} on "
+               f"{result.device}); the best epoch's weights are kept.")
+    base = status.baseline
+    cols = st.columns(2)
+    for col, key, label in ((cols[0], "accuracy", "Val accuracy"), (cols[1], "macro_f1", "Val macro-F1")):
+        delta = f"{rep[key] - base[key]:+.1%} vs {status.baseline_name}" if base else None
+        col.metric(label, f"{rep[key]:.1%}", delta=delta)
+    if base:
+        st.caption(f"The model in use, {status.baseline_name}, on the same val split: accuracy {base['accuracy']:.1%}, "
+                   f"macro-F1 {base['macro_f1']:.1%}.")
+    elif status.baseline_error:
+        st.warning(f"The model in use could not be evaluated for comparison: {status.baseline_error}")
+    history_charts(result.history)
+    left, right = st.columns(2)
+    left.dataframe(pd.DataFrame(rep["per_class"]).T.style.format({"precision": "{:.3f}", "recall": "{:.3f}",
+                                                                   "f1": "{:.3f}"}))
+    right.image(confusion_image(rep["confusion"]), channels="BGR", caption="Confusion matrix on val (rows: true)")
+    save_form(job, status)
+
+
+def calibration_results(status: jobs.JobStatus) -> None:
+    result: calibration.CalibrationResult = status.result
+    where = f"saved as **{result.saved_to.name}**; the model pickers list it now" if result.saved_to else "not saved"
+    st.success(f"{status.title}: done, {where}.")
+    before, after = result.before["accuracy"], result.after["accuracy"]
+    cols = st.columns(2)
+    cols[0].metric("Accuracy on your held-out captures, before", f"{before:.1%}")
+    cols[1].metric("... and after calibration", f"{after:.1%}", delta=f"{after - before:+.1%}")
+    st.caption(f"{result.held_out} captures were held out: never trained on, nor used to pick the epoch.")
+    history_charts(result.training.history)
+
+
+def job_panel() -> None:
+    """The server's job: its live progress while it runs, else how the last one ended (until dismissed)."""
+    job = jobs.current_job()
+    if job is None:
+        return
+    status = job.status()
+    if status.running:
+        running_panel(job)
+        return
+    with st.container(border=True):
+        if status.result is None:
+            ended = "was stopped" if status.state == jobs.STOPPED else "failed"
+            st.error(f"{status.title} {ended}: {status.error}")
+            st.caption(f"Nothing was saved: the models in use are intact. Finished epochs stay checkpointed in "
+                       f"{jobs.run_dir(status.run_name)}.")
+        elif status.kind == "calibrate":
+            calibration_results(status)
+        else:
+            training_results(job, status)
+        st.button("Dismiss", key="job-dismiss", on_click=jobs.clear_job, args=(job,))
+
+
+# ---------------------------------------------------------------- 1. data
+
+
+def weight_input(key: str, default: float, shown: bool) -> float:
+    if not shown:
+        return default
+    return st.number_input("Weight", 0.01, 100.0, default, 0.5, key=f"weight-{key}",
+                           help="How much this source counts: 2 repeats each train face twice, 0.5 keeps half.")
+
+
+def data_sources() -> list[mixing.Source]:
+    kinds = st.multiselect("Data sources", [SERVER, UPLOAD, CAPTURES], default=[SERVER], key="data-kinds",
+                           help="Several sources are mixed by weight (e.g. FER-2013 + your captures weighted up).")
+    several = len(kinds) > 1
+    sources = []
+    for kind in kinds:
+        with st.container(border=True):
+            if kind == SERVER:
+                path = st.text_input("Data on the server", key="data-path", placeholder="/data/fer2013.csv",
+                                     help="fer2013.csv, a folder (train/<class>/*.png + test/<class>/*.png, or "
+                                          "<class>/*.png), the dev .npz, or a .zip of the folder layout.")
+                ferplus = st.text_input("FER+ votes (fer2013new.csv), optional", key="data-ferplus",
+                                        help="Use FER+ majority labels; the path above must be the matching "
+                                             "fer2013.csv.")
+                weight = weight_input("server", 1.0, several)
+                if path.strip():
+                    sources.append(mixing.Source(Path(path.strip()).expanduser(), weight,
+                                                 Path(ferplus.strip()).expanduser() if ferplus.strip() else None))
+            elif kind == UPLOAD:
+                upload = st.file_uploader("Zip of the folder layout", type=["zip"], key="data-zip",
+                                          help="train/<class>/*.png and test/<class>/*.png (or <class>/*.png), "
+                                               "at the top of the zip or under one folder.")
+                weight = weight_input("zip", 1.0, several)
+                if upload is not None:
+                    try:
+                        sources.append(mixing.Source(mixing.extract_upload(upload.getvalue()), weight))
+                    except (DataError, ValueError, OSError) as exc:
+                        st.error(f"{upload.name}: {jobs.error_message(exc)}")
+            else:
+                names = calibration.list_sessions()
+                if not names:
+                    st.info("No calibration captures yet: capture them on the Live webcam page.")
+                    continue
+                name = st.selectbox("Captures of", names, key="data-captures")
+                weight = weight_input("captures", 5.0, several)
+                sources.append(mixing.Source(calibration.CalibrationSession(name).folder, weight))
+    return sources
+
+
+def data_section() -> tuple[Splits | None, list[mixing.Source], dict]:
+    """The chosen sources loaded and previewed; (splits or None, sources, loading options)."""
+    st.subheader("1. Data")
+    sources = data_sources()
+    cols = st.columns(3)
+    on_error = cols[0].radio("Bad rows or images", ["skip", "stop"], key="data-on-error", horizontal=True,
+                             format_func={"skip": "skip and count", "stop": "stop with an error"}.get)
+    val_fraction = cols[1].number_input("Val share", 0.05, 0.5, 0.1, 0.05, key="data-val",
+                                        help="Held out for validation from sources without a val split.")
+    seed = cols[2].number_input("Seed", 0, 2 ** 31 - 1, TrainConfig().seed, key="data-seed",
+                                help="For the validation split, the mixing and training.")
+    options = {"val_fraction": float(val_fraction), "on_error": on_error, "seed": int(seed)}
+    if not sources:
+        st.info("Choose a data source to see a preview.")
+        return None, sources, options
+    try:
+        splits = load_data(source_key(sources), float(val_fraction), int(seed), on_error)
+    except (DataError, ValueError, OSError) as exc:
+        st.error(f"The data cannot be used: {jobs.error_message(exc)}")
+        return None, sources, options
+    info = mixing.preview(splits)
+    counts = pd.DataFrame(info["counts"]).reindex(list(CLASSES))
+    left, right = st.columns(2)
+    left.dataframe(counts)
+    right.bar_chart(counts, stack=False)
+    st.caption(" · ".join(f"{split}: {n} faces" for split, n in info["totals"].items()))
+    st.image(mixing.sample_grid(splits["train"]), caption="Random train faces per class")
+    for warning in info["warnings"]:
+        st.warning(warning)
+    if info["skip_reasons"]:
+        with st.expander("Skipped rows and files: the first ones"):
+            st.code("\n".join(info["skip_reasons"]), language=None)
+    return splits, sources, options
+
+
+# ---------------------------------------------------------------- 2. model and settings
+
+
+def ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.replace(",", " ").split())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise ValueError(f"{what}: give positive whole numbers, e.g. 32, 64, 128")
+    return values
+
+
+def model_section(current: ModelInfo | None, seed: int) -> TrainConfig | None:
+    """The run's settings (defaults from TrainConfig), or None (with an error shown) when they are invalid."""
+    st.subheader("2. Model")
+    device = pick_device()
+    st.caption(f"Device in use: {device_name(device)}")
+    starts = ["scratch"] + (["current"] if current else [])
+    start_choice = st.radio("Starting point", starts, key="model-start", horizontal=True,
+                            format_func={"scratch": "From scratch",
+                                         "current": f"From the model in use ({current.name if current else ''})"}.get)
+    start = current if start_choice == "current" else None
+    choices = jobs.training_choices(start, device)
+    available = [c for c in choices if c.available]
+    for c in choices:
+        if not c.available:
+            st.caption(f"Not available: {c.label}: {c.note}.")
+    if not available:
+        st.error("Nothing can be trained from this starting point here.")
+        return None
+    label = st.radio("What to train", [c.label for c in available], key=f"model-what-{start_choice}")
+    choice = next(c for c in available if c.label == label)
+    d = TrainConfig()
+    head = st.radio("Head", ["linear", "mlp"], index=["linear", "mlp"].index(d.head), key="model-head",
+                    horizontal=True, help="linear: one layer on the embeddings; mlp: a hidden layer of 256.")
+    with st.expander("Settings", expanded=False):
+        cols = st.columns(3)
+        epochs = cols[0].number_input("Epochs", 1, 1000, d.epochs, key="set-epochs",
+                                      help="Passes over the train faces; the best epoch on val is kept.")
+        batch = cols[1].number_input("Batch size", 1, 4096, d.batch_size, key="set-batch")
+        optimizer = cols[2].selectbox("Optimizer", ["sgd", "adamw"], key=f"set-optimizer-{choice.mode}",
+                                      index=1 if choice.mode == "head" else ["sgd", "adamw"].index(d.optimizer),
+                                      help="SGD with Nesterov momentum, or AdamW (the default for heads).")
+        lr = cols[0].number_input("Peak learning rate", min_value=1e-8, value=jobs.DEFAULT_LR[optimizer],
+                                  step=1e-3, format="%.6g", key=f"set-lr-{optimizer}",
+                                  help="The schedule's highest learning rate.")
+        schedules = ["onecycle", "cosine", "constant"]
+        schedule = cols[1].selectbox("Schedule", schedules, index=schedules.index(d.schedule), key="set-schedule",
+                                     help="onecycle: warm-up then cosine decay; cosine: decay only; constant.")
+        weight_decay = cols[2].number_input("Weight decay", 0.0, 1.0, d.weight_decay, 1e-4, format="%.6g",
+                                            key="set-wd")
+        balances = ["none", "sqrt", "inverse"]
+        balance = cols[0].selectbox("Class balancing", balances, index=balances.index(d.balance), key="set-balance",
+                                    help="Loss weights against imbalance (disgust is rare): 1/sqrt(n) or 1/n.")
+        smoothing = cols[1].number_input("Label smoothing", 0.0, 0.5, d.label_smoothing, 0.05, key="set-smoothing")
+        patience = cols[2].number_input("Early stopping patience", 0, 1000, d.patience, key="set-patience",
+                                        help="Stop after this many epochs without val improvement (0: off).")
+        augment = cols[0].checkbox("Augmentation", d.augment, key="set-augment", disabled=choice.mode == "head",
+                                   help="Flips, small affine moves, jitter, erasing (full training only).")
+        tta = cols[1].checkbox("Mirror-image averaging", d.tta_flip, key="set-tta",
+                               help="Predict on the face and its mirror image and average.")
+        threads = cols[2].number_input("CPU threads", 0, 256, d.threads, key="set-threads",
+                                       help="0: torch's default.")
+        scratch_compact = start is None and choice.encoder == "compact"
+        widths = st.text_input("Channels per stage", ", ".join(map(str, d.widths)), key="set-widths",
+                               disabled=not scratch_compact, help="Compact CNN from scratch only.")
+        convs = st.text_input("Convolutions per stage", ", ".join(map(str, d.convs_per_stage)), key="set-convs",
+                              disabled=not scratch_compact)
+    try:
+        return TrainConfig(encoder=start.encoder if start else choice.encoder, mode=choice.mode, head=head,
+                           init_from=start.name if start else None,
+                           widths=ints(widths, "channels per stage"), convs_per_stage=ints(convs, "convolutions"),
+                           epochs=int(epochs), batch_size=int(batch), optimizer=optimizer, lr=float(lr),
+                           weight_decay=float(weight_decay), schedule=schedule, label_smoothing=float(smoothing),
+                           balance=balance, augment=augment, tta_flip=tta, patience=int(patience),
+                           seed=seed, threads=int(threads))
+    except ValueError as exc:
+        st.error(f"Invalid settings: {exc}")
+        return None
+
+
+def start_section(cfg: TrainConfig | None, splits: Splits | None, sources: list[mixing.Source], options: dict,
+                  current: ModelInfo | None) -> None:
+    st.subheader("3. Run")
+    st.session_state.setdefault("run-name", f"run-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_name = st.text_input("Run name", key="run-name",
+                             help="Checkpoints go to ~/.fer_app/runs/<run name> each epoch: a run cut short (server "
+                                  "restart) resumes from there. You name the model when you save it.")
+    resume, checkpoint = False, None
+    try:
+        checkpoint = jobs.find_checkpoint(run_name)
+    except ValueError as exc:
+        st.error(str(exc))
+        run_name = ""
+    if checkpoint:
+        st.info(f"This run has a checkpoint at epoch {checkpoint.epoch}/{checkpoint.config.epochs} (best val "
+                f"accuracy {checkpoint.best_accuracy:.1%}).")
+        resume = st.checkbox("Resume it (with its own settings, on the same data)", key="run-resume")
+        if resume:
+            cfg = checkpoint.config
+    if cfg is not None and sources:
+        with st.expander("The same run from the command line"):
+            st.code(train_command(cfg, sources, workdir=jobs.run_dir(run_name) if run_name else None,
+                                  val_fraction=options["val_fraction"], on_error=options["on_error"]),
+                    language="bash")
+    ready = cfg is not None and splits is not None and bool(run_name)
+    if st.button("Start training", key="start", type="primary", disabled=not ready):
+        assert cfg is not None and splits is not None
+        command = train_command(cfg, sources, workdir=jobs.run_dir(run_name), val_fraction=options["val_fraction"],
+                                on_error=options["on_error"])
+        try:
+            jobs.start_training(cfg, splits, run_name=run_name, resume=resume,
+                                baseline=current.name if current else None, command=command)
+        except (jobs.JobRunning, ValueError) as exc:
+            st.error(jobs.error_message(exc))
+        else:
+            st.rerun()
+
+
+# ---------------------------------------------------------------- calibration
+
+
+def captures_review(session: calibration.CalibrationSession) -> None:
+    counts = session.counts()
+    st.caption(" · ".join(f"{c}: {n}" for c, n in counts.items()) + f" (aim: {session.per_class} each)")
+    for label in CLASSES:
+        files = session.list(label)
+        with st.expander(f"{label}: {len(files)} captures"):
+            for start in range(0, len(files), THUMBS_PER_ROW):
+                cols = st.columns(THUMBS_PER_ROW)
+                for col, path in zip(cols, files[start:start + THUMBS_PER_ROW], strict=False):
+                    col.image(str(path), width=64)
+                    col.button("Delete", key=f"delete-{label}-{path.name}", on_click=session.delete, args=(path,))
+
+
+def calibration_section(current: ModelInfo | None) -> None:
+    st.caption("Capture your own faces per emotion on the Live webcam page (Calibration capture, in its sidebar), "
+               "review them here, then calibrate: the head of the model in use is fine-tuned on them (and on "
+               "FER-2013, when given), and its accuracy on captures held out is shown before and after.")
+    names = calibration.list_sessions()
+    if not names:
+        st.info("No calibration captures yet.")
+        return
+    name = st.selectbox("Captures of", names, key="cal-session")
+    session = calibration.CalibrationSession(name)
+    captures_review(session)
+    if current is None:
+        st.info("Pick the model to calibrate in the sidebar.")
+        return
+    fer = st.text_input("FER-2013 to mix in (optional)", key="cal-fer",
+                        help="Any data format; its train split keeps the head general.")
+    cols = st.columns(3)
+    user_weight = cols[0].number_input("Weight of your captures", 0.5, 100.0, 5.0, 0.5, key="cal-weight")
+    holdout = cols[1].number_input("Held-out share", 0.1, 0.6, 0.3, 0.05, key="cal-holdout",
+                                   help="Captures never trained on: accuracy is measured on them.")
+    epochs = cols[2].number_input("Epochs", 1, 500, 15, key="cal-epochs")
+    out = st.text_input("Save as", f"{current.name}-calibrated-{name}", key="cal-name")
+    exists = jobs.model_exists(out)
+    overwrite = exists and st.checkbox(f"Overwrite {out.strip()}", key="cal-overwrite")
+    if exists and not overwrite:
+        st.warning(f"A model named {out.strip()!r} exists: choose another name, or tick Overwrite.")
+    if st.button("Calibrate", key="cal-start", type="primary", disabled=exists and not overwrite):
+        try:
+            fer_splits = load_data(source_key([mixing.Source(Path(fer.strip()))]), 0.1, 0, "skip") \
+                if fer.strip() else None
+            calibration.start_calibration(current.name, session.folder, fer_splits, name=out.strip(),
+                                          user_weight=float(user_weight), holdout=float(holdout), epochs=int(epochs),
+                                          overwrite=overwrite)
+        except (jobs.JobRunning, DataError, ValueError, OSError) as exc:
+            st.error(jobs.error_message(exc))
+        else:
+            st.rerun()
+
+
+# ---------------------------------------------------------------- the page
+
+st.title("Training")
+model_in_use = common.model_picker()
+job_panel()
+train_tab, calibration_tab = st.tabs(["Train a model", "Calibration"])
+with train_tab:
+    data, chosen, loading = data_section()
+    config = model_section(model_in_use, loading["seed"])
+    start_section(config, data, chosen, loading, model_in_use)
+with calibration_tab:
+    calibration_section(model_in_use)

@@ -1,0 +1,118 @@
+"""`python -m fer_app bench` and `check-runtime` run end to end on the tiny CLIP and a tiny compact model.
+
+Timings are not asserted: only that every section is measured and reported.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fer_app import bench, cli, runtimes
+from fer_app.cli import main
+from fer_app.runtimes import RUNTIMES, TORCH
+
+CHEAP = ["torch", "onnx-fp32"]
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_bench_quick_json(capsys: pytest.CaptureFixture[str], tiny_clip_dir: Path, tiny_model: Path,
+                          models_dir: Path) -> None:
+    code, out, err = run(capsys, "bench", "--quick", "--json", "--clip", str(tiny_clip_dir), "--model",
+                         str(tiny_model), "--batches", "1", "2", "--threads", "1", "--pipeline")
+    assert code == 0, err
+    report = json.loads(out)  # progress went to stderr: stdout is pure JSON
+    assert {"machine", "memory_method", "clip", "runtimes", "best", "detection", "compact"} <= report.keys()
+    assert [r["runtime"] for r in report["runtimes"]] == list(RUNTIMES)
+    torch_row = report["runtimes"][0]
+    assert [t["batch"] for t in torch_row["timings"]] == [1, 2]
+    assert all(t["ratio_to_torch"] == 1.0 for t in torch_row["timings"])
+    for row in report["runtimes"]:
+        if row["error"] is None:
+            assert {"median_ms", "p95_ms", "faces_per_s", "ratio_to_torch"} <= row["timings"][0].keys()
+            assert row["peak_rss_mb"] is not None and row["check"]["n"] > 0
+        else:
+            assert runtimes.unavailable_reason(row["runtime"]) is not None
+    assert report["best"]["runtime"] in RUNTIMES
+    assert [d["faces"] for d in report["detection"]] == [1, 3]
+    assert all(d["found"] == d["faces"] for d in report["detection"])  # the synthetic frames' faces are found
+    assert report["compact"]["model"] == "tiny" and len(report["compact"]["forward"]) == 2
+    assert (models_dir / ".onnx-cache").is_dir()
+    if bench.live_pipeline_ready():
+        pipeline = report["pipeline"]
+        assert [(p["model"].split()[0], p["faces"]) for p in pipeline] == [("tiny", 1), ("tiny", 3), ("clip", 1),
+                                                                            ("clip", 3)]
+        assert all(p["fps"] > 0 and p["frame_p95_ms"] >= p["frame_p50_ms"] for p in pipeline)
+    else:
+        assert "missing" in report["pipeline"]
+
+
+def test_bench_quick_table(capsys: pytest.CaptureFixture[str], tiny_clip_dir: Path, models_dir: Path) -> None:
+    code, out, _ = run(capsys, "bench", "--quick", "--clip", str(tiny_clip_dir), "--runtimes", "onnx-fp32",
+                       "--batches", "1", "--threads", "1", "--model", "no-such-model")
+    assert code == 0
+    for heading in ("median ms/face", "p95 ms/face", "faces/s", "x torch", "peak MB", "accuracy vs torch fp32"):
+        assert heading in out
+    lines = out.splitlines()
+    assert any(line.startswith("torch ") for line in lines) and any(line.startswith("onnx-fp32") for line in lines)
+    assert "best runtime passing the check" in out
+    assert "Haar detection per 640x480 frame" in out
+    assert "compact model no-such-model: missing" in out
+
+
+def test_bench_rejects_an_unknown_runtime(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "bench", "--runtimes", "tensorrt")
+    assert code == 1 and "unknown runtime 'tensorrt'" in err
+
+
+def test_check_runtime(capsys: pytest.CaptureFixture[str], tiny_clip_dir: Path, models_dir: Path) -> None:
+    code, out, err = run(capsys, "check-runtime", "--clip", str(tiny_clip_dir), "--runtimes", *CHEAP, "--json",
+                         "--fer-count", "5", "--threads", "1")
+    assert code == 0, err
+    results = json.loads(out)["results"]
+    assert [r["runtime"] for r in results] == CHEAP
+    assert all(r["passed"] and r["cosine_mean"] > 0.9999 for r in results)
+    assert "random linear head" in results[0]["head"] and "astronaut" in results[0]["crops"]
+    code, out, _ = run(capsys, "check-runtime", "--clip", str(tiny_clip_dir), "--runtime", "onnx-fp32",
+                       "--fer-count", "0", "--threads", "1")
+    assert code == 0 and "onnx-fp32: passes" in out
+
+
+def test_check_runtime_fails_loudly(capsys: pytest.CaptureFixture[str], tiny_clip_dir: Path, models_dir: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    real = runtimes.AccuracyCheck.__call__
+
+    def always_fails(self: runtimes.AccuracyCheck, encoder: object) -> runtimes.CheckResult:
+        return runtimes.CheckResult(**dict(real(self, encoder).to_dict(), passed=False))
+
+    monkeypatch.setattr(runtimes.AccuracyCheck, "__call__", always_fails)
+    code, out, _ = run(capsys, "check-runtime", "--clip", str(tiny_clip_dir), "--runtime", TORCH,
+                       "--fer-count", "0", "--threads", "1")
+    assert code == 1 and "torch: FAILS" in out
+
+
+def test_check_runtime_without_clip_weights(capsys: pytest.CaptureFixture[str], models_dir: Path,
+                                            monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    code, _, err = run(capsys, "check-runtime")
+    assert code == 1 and "CLIP ViT-B/32 weights were not found" in err
+
+
+def test_synthetic_frames_have_their_faces() -> None:
+    frame = bench.synthetic_frame(3, shift=4)
+    assert frame.shape == (480, 640, 3) and frame.dtype.name == "uint8"
+
+
+def test_help_lists_every_runtime() -> None:
+    assert cli.RUNTIME_NAMES.split(", ") == list(RUNTIMES)

@@ -1,0 +1,488 @@
+"""The live page end to end: headless Chromium with a fake camera <-> `streamlit run app.py` over WebRTC.
+
+The camera is a clip made here from real faces at known places on a plain grey background:
+the astronaut's face (assets/astronaut.png), and FER-2013 validation faces with their labels when
+../shared/data/fer2013-trainval.npz is present. The test clicks START in the component, waits
+for processed frames, then checks that
+- the server found a face at each known place and labelled it (the page's stats file, below),
+- the video that came back has the server's annotation colours around each of those faces, and
+  none on the empty background,
+- the page shows the live stats (metrics such as "Processed FPS"),
+and prints the server's FPS. The page writes its stats and predictions to the file named by
+FER_APP_STATS_FILE (its test hook).
+
+Network: the test must keep its traffic on loopback, so it runs inside a private network namespace
+with only `lo` (plus 127.0.0.2, which aiortc's ICE needs besides 127.0.0.1). Started normally, the
+test re-runs this file under `unshare -n` (as root; `unshare -rn` otherwise) and reports each
+inner test's outcome as its own. Where that is impossible, or Chromium or Playwright are missing,
+it skips with the reason, except when the environment variable CI is set: then it fails.
+Chromium is Debian's (`make browser`); Playwright never downloads a browser here.
+See /work/shared/docs/webrtc-e2e.md (the recipe) for the flags and pitfalls.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from xml.etree import ElementTree
+
+import cv2
+import numpy as np
+import pytest
+
+from fer_app.config import CLASSES, DEFAULT_MODEL, DetectorConfig
+from fer_app.detection import FaceDetector
+from fer_app.draw import CLASS_COLOURS, PENDING_COLOUR
+from fer_app.types import Face
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[1]
+FER_NPZ = Path(__file__).resolve().parents[2] / "shared" / "data" / "fer2013-trainval.npz"
+ASTRONAUT = ROOT / "assets" / "astronaut.png"
+CHROMIUM = Path("/usr/bin/chromium")
+#: Set (to "1") in the environment of the run inside the private network namespace.
+INSIDE_ENV = "FER_APP_E2E_NETNS"
+INSIDE = os.environ.get(INSIDE_ENV) == "1"
+NAMESPACE_SETUP = "ip link set lo up && ip addr add 127.0.0.2/8 dev lo"
+
+WIDTH, HEIGHT, CLIP_FPS, CLIP_SECONDS = 640, 480, 15, 3
+#: Seconds to wait for the page (its first run loads the model) and for the processed frames: generous,
+#: for a machine busy with other work.
+PAGE_TIMEOUT, FRAMES_TIMEOUT = 180, 180
+#: Processed frames before the checks (tracks settled, smoothing converged).
+MIN_FRAMES = 30
+CHROMIUM_FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream", "--allow-loopback-in-peer-connection",
+]
+#: Colours the server draws: one per class, and the box of a face not classified yet.
+DRAWN_COLOURS = np.array([*CLASS_COLOURS.values(), PENDING_COLOUR], np.int16)
+#: A pixel "has a drawn colour" within this distance (max over B, G, R) of one of DRAWN_COLOURS.
+COLOUR_TOLERANCE = 40
+
+
+# ---------------------------------------------------------------- the outer run: re-run inside `unshare -n`
+
+
+def _unavailable(reason: str) -> None:
+    """Skip, or fail when CI is set (there the browser test must run)."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set: the browser test must run, not skip)", pytrace=False)
+    pytest.skip(reason)
+
+
+def _namespace_command() -> list[str] | None:
+    """`unshare -n` (root) or `unshare -rn` (an unprivileged user namespace), whichever works here."""
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return None
+    for command in (["unshare", "-n"], ["unshare", "-rn"]):
+        probe = subprocess.run([*command, "bash", "-c", NAMESPACE_SETUP], capture_output=True, timeout=30,
+                               check=False)
+        if probe.returncode == 0:
+            return command
+    return None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # passed, failed, skipped
+    message: str
+    output: str
+
+
+@pytest.fixture(scope="module")
+def namespace_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
+    """Run this file once inside a private network namespace; each inner test's outcome by test name."""
+    missing = [what for what, ok in [(f"Chromium ({CHROMIUM}; `make browser` installs Debian's)", CHROMIUM.exists()),
+                                     ("the playwright package", _has_playwright())] if not ok]
+    if missing:
+        _unavailable(f"browser test needs {' and '.join(missing)}")
+    unshare = _namespace_command()
+    if unshare is None:
+        _unavailable("browser test needs a private network namespace with only loopback: `unshare -n` (root) "
+                     "or `unshare -rn` and `ip` are not available or not permitted here")
+    report = tmp_path_factory.mktemp("netns") / "junit.xml"
+    command = [*unshare, "bash", "-c", f'{NAMESPACE_SETUP} && exec "$@"', "netns",
+               sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)),
+               f"--junitxml={report}", "-o", "junit_logging=all", "-o", "junit_family=xunit2"]
+    started = time.monotonic()
+    run = subprocess.run(command, cwd=ROOT, env={**os.environ, INSIDE_ENV: "1"}, capture_output=True, text=True,
+                         timeout=1800, check=False)
+    print(f"inner run in a private network namespace ({' '.join(unshare)}): {time.monotonic() - started:.0f} s")
+    if not report.exists():
+        pytest.fail(f"the run inside the namespace produced no report (exit {run.returncode}):\n"
+                    f"{(run.stdout + run.stderr)[-4000:]}", pytrace=False)
+    return _read_junit(report)
+
+
+def _has_playwright() -> bool:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _read_junit(path: Path) -> dict[str, Outcome]:
+    outcomes = {}
+    for case in ElementTree.parse(path).iter("testcase"):
+        status, message = "passed", ""
+        for kind in ("failure", "error", "skipped"):
+            node = case.find(kind)
+            if node is not None:
+                status = "skipped" if kind == "skipped" else "failed"
+                message = f"{node.get('message', '')}\n{node.text or ''}".strip()
+                break
+        output = "\n".join(n.text or "" for n in case.iter() if n.tag in ("system-out", "system-err"))
+        outcomes[case.get("name", "")] = Outcome(status, message, output)
+    return outcomes
+
+
+def _relay(request: pytest.FixtureRequest) -> None:
+    """The outer test: take the outcome of the same test inside the namespace."""
+    outcomes: dict[str, Outcome] = request.getfixturevalue("namespace_run")
+    outcome = outcomes.get(request.node.name)
+    if outcome is None:
+        pytest.fail(f"{request.node.name} did not run inside the namespace (ran: {', '.join(outcomes)})",
+                    pytrace=False)
+    print(outcome.output)
+    if outcome.status == "skipped":
+        pytest.skip(outcome.message.removeprefix("Skipped: ") or "skipped inside the namespace")
+    if outcome.status == "failed":
+        pytest.fail(f"inside the private network namespace:\n{outcome.message}", pytrace=False)
+
+
+# ---------------------------------------------------------------- the clip
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A face put into the clip: its box in clip pixels, and its FER-2013 label (None for the astronaut)."""
+
+    box: Face
+    label: str | None
+
+
+@dataclass(frozen=True)
+class Scene:
+    frame: np.ndarray  # BGR, all grey: anything coloured in the returned video was drawn by the server
+    faces: list[Placed]
+
+
+def _background(seed: int = 0) -> np.ndarray:
+    """Smooth dark-grey texture, no face, darker than the grey the server draws (neutral / pending boxes)."""
+    noise = np.random.default_rng(seed).integers(0, 256, (HEIGHT // 16, WIDTH // 16)).astype(np.float32)
+    smooth = cv2.resize(cv2.GaussianBlur(noise, (0, 0), 1.5), (WIDTH, HEIGHT), interpolation=cv2.INTER_CUBIC)
+    smooth = (smooth - smooth.min()) / max(1e-6, float(np.ptp(smooth)))
+    return cv2.cvtColor((40 + 50 * smooth).astype(np.uint8), cv2.COLOR_GRAY2BGR)
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+
+
+def astronaut_scene() -> Scene:
+    """The astronaut's head twice (plain and mirrored); her face is at (60, 55, 97, 97) in the head crop."""
+    from fer_app.imageio import load_image
+
+    head = _grey(load_image(ASTRONAUT)[10:259, 116:333])
+    frame = _background()
+    faces = []
+    for patch, (x, y) in [(head, (40, 130)), (head[:, ::-1], (380, 130))]:
+        frame[y : y + patch.shape[0], x : x + patch.shape[1]] = patch
+        faces.append(Placed(Face(x + 60, y + 55, 97, 97), None))
+    return Scene(frame, faces)
+
+
+def fer_scene() -> Scene:
+    """Four FER-2013 validation faces (48 -> 160 px) with different labels, each one the detector finds alone
+    in its place: the first such faces in the split's order."""
+    data = np.load(FER_NPZ)
+    images, labels, names = data["val_x"], data["val_y"], [str(c) for c in data["classes"]]
+    side, slots = 160, [(20, 40), (330, 40), (20, 280), (330, 280)]
+    detector = FaceDetector(DetectorConfig())
+    frame, faces, used = _background(), [], set()
+    candidates = iter(range(len(images)))
+    for x, y in slots:
+        for index in candidates:
+            if names[labels[index]] in used:
+                continue
+            trial = frame.copy()
+            face = cv2.resize(images[index], (side, side), interpolation=cv2.INTER_CUBIC)
+            trial[y : y + side, x : x + side] = cv2.cvtColor(face, cv2.COLOR_GRAY2BGR)
+            placed = [*faces, Placed(Face(x, y, side, side), names[labels[index]])]
+            if _matches(detector.detect(trial), [p.box for p in placed]):
+                frame, faces = trial, placed
+                used.add(names[labels[index]])
+                break
+    assert len(faces) == len(slots), "not enough FER-2013 faces the detector finds"
+    return Scene(frame, faces)
+
+
+def _near(found: Face, expected: Face) -> bool:
+    """Same face: centres within a third of the expected side, sides within a factor 1.6."""
+    dx = found.x + found.w / 2 - (expected.x + expected.w / 2)
+    dy = found.y + found.h / 2 - (expected.y + expected.h / 2)
+    return max(abs(dx), abs(dy)) <= expected.w / 3 and 1 / 1.6 <= found.w / expected.w <= 1.6
+
+
+def _matches(found: list[Face], expected: list[Face]) -> bool:
+    """Exactly one found face near each expected one, and no other."""
+    return len(found) == len(expected) and all(sum(_near(f, e) for f in found) == 1 for e in expected)
+
+
+def write_y4m(path: Path, frame: np.ndarray, frames: int) -> Path:
+    """A plain 4:2:0 y4m clip of one still frame (Chromium's fake camera loops it)."""
+    yuv = cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420).tobytes()
+    with open(path, "wb") as f:
+        f.write(f"YUV4MPEG2 W{WIDTH} H{HEIGHT} F{CLIP_FPS}:1 Ip A1:1 C420\n".encode())
+        f.writelines(b"FRAME\n" + yuv for _ in range(frames))
+    return path
+
+
+SCENES = {"astronaut": astronaut_scene, "fer2013": fer_scene}
+
+
+# ---------------------------------------------------------------- the server and the browser (inside)
+
+
+@pytest.fixture(scope="module")
+def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled models/ when it has the default model, else a folder with a tiny model trained here."""
+    if (ROOT / "models" / DEFAULT_MODEL / "config.json").exists():
+        return ROOT / "models"
+    from conftest import TINY_COMPACT, make_faces
+
+    from fer_app.training import TrainConfig, train
+
+    folder = tmp_path_factory.mktemp("e2e") / "models"
+    train(TrainConfig(**TINY_COMPACT), {"train": make_faces(24, seed=1), "val": make_faces(8, seed=2)},
+          name="tiny", workdir=folder.parent / "run", models_dir=folder)
+    return folder
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    stats_file: Path
+    log: Path
+
+
+@pytest.fixture()
+def server(models_root: Path, tmp_path: Path) -> Iterator[Server]:
+    """`python -m streamlit run app.py` on a free loopback port, with the page's stats file hook on."""
+    port, log, stats_file = _free_port(), tmp_path / "streamlit.log", tmp_path / "stats.json"
+    env = {**os.environ, "FER_APP_MODELS": str(models_root), "FER_APP_STATS_FILE": str(stats_file)}
+    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+               "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
+               "--server.fileWatcherType", "none"]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + PAGE_TIMEOUT
+        while not _healthy(url):
+            assert process.poll() is None, f"streamlit exited ({process.returncode}):\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"streamlit not healthy after {PAGE_TIMEOUT} s"
+            time.sleep(0.2)
+        yield Server(url, stats_file, log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+            return response.read().strip() == b"ok"
+    except OSError:
+        return False
+
+
+def _read_stats(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+_GRAB_VIDEO = """(video) => {
+    if (!video.videoWidth) return null;
+    const canvas = document.createElement("canvas");
+    canvas.width = video.videoWidth; canvas.height = video.videoHeight;
+    canvas.getContext("2d").drawImage(video, 0, 0);
+    return canvas.toDataURL("image/png");
+}"""
+
+
+def _decode(data_url: str) -> np.ndarray:
+    png = base64.b64decode(data_url.split(",", 1)[1])
+    return cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+
+
+def _new_drawing(returned: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """Mask of pixels the server drew: near one of its colours in the returned frame while the source pixel
+    was far from that colour (video coding moves pixels by far less than the margin between the two)."""
+    drawn = np.zeros(returned.shape[:2], bool)
+    for colour in DRAWN_COLOURS:
+        near = np.abs(returned.astype(np.int16) - colour).max(axis=2) <= COLOUR_TOLERANCE
+        far_before = np.abs(source.astype(np.int16) - colour).max(axis=2) > 2 * COLOUR_TOLERANCE
+        drawn |= near & far_before
+    return drawn
+
+
+def _outline(mask_shape: tuple[int, int], box: Face, inner: int, outer: int) -> np.ndarray:
+    """Mask of the band from `inner` px inside to `outer` px outside a box's border, plus its label strip above."""
+    band = np.zeros(mask_shape, bool)
+    height, width = mask_shape
+    band[max(0, box.y - outer - 30) : min(height, box.y + box.h + outer),
+         max(0, box.x - outer) : min(width, box.x + box.w + outer)] = True
+    band[box.y + inner : box.y + box.h - inner, box.x + inner : box.x + box.w - inner] = False
+    return band
+
+
+def _scaled(face: Face, scale: float) -> Face:
+    return Face(round(face.x * scale), round(face.y * scale), round(face.w * scale), round(face.h * scale))
+
+
+# ---------------------------------------------------------------- the test
+
+
+@dataclass(frozen=True)
+class Observed:
+    returned: np.ndarray  # a frame of the video that came back, BGR
+    stats: dict  # the page's stats file after the frames
+    page_fps: str  # the "Processed FPS" metric as the page shows it
+    first_frame_s: float  # from the click on START to the first processed frame (to a stats refresh)
+
+
+START, STOP = re.compile(r"^start$", re.IGNORECASE), re.compile(r"^stop$", re.IGNORECASE)
+
+
+@pytest.mark.parametrize("scene_name", list(SCENES))
+def test_live_page_in_browser(scene_name: str, request: pytest.FixtureRequest) -> None:
+    if not INSIDE:
+        _relay(request)
+        return
+    interfaces = sorted(os.listdir("/sys/class/net"))
+    assert interfaces == ["lo"], f"{INSIDE_ENV} is set but this namespace has interfaces {interfaces}"
+    if scene_name == "fer2013" and not FER_NPZ.exists():
+        pytest.skip(f"no FER-2013 faces: {FER_NPZ} is absent")
+    started = time.monotonic()
+    scene = SCENES[scene_name]()
+    tmp: Path = request.getfixturevalue("tmp_path")
+    clip = write_y4m(tmp / "camera.y4m", scene.frame, CLIP_FPS * CLIP_SECONDS)
+    server: Server = request.getfixturevalue("server")
+    seen = _stream_in_browser(server, clip, tmp / "profile", len(scene.faces))
+
+    height, width = seen.returned.shape[:2]
+    scale = width / WIDTH
+    assert abs(height - HEIGHT * scale) <= 2, f"returned video {width}x{height} is not 4:3"
+    source = cv2.resize(scene.frame, (width, height), interpolation=cv2.INTER_AREA)
+    drawn = _new_drawing(seen.returned, source)
+    predicted = [(Face(*p["box"]), p) for p in seen.stats["predictions"]]
+    lines, agree = [], 0
+    for placed in scene.faces:
+        expected = _scaled(placed.box, scale)
+        found = [(face, p) for face, p in predicted if _near(face, expected)]
+        assert len(found) == 1, f"face at {placed.box} not found once by the server: {seen.stats['predictions']}"
+        face, prediction = found[0]
+        assert prediction["label"] in CLASSES and 0 < prediction["confidence"] <= 1, prediction
+        around = int(drawn[_outline(drawn.shape, face, 3, 4)].sum())
+        # The 2 px box alone is 8 px per pixel of side; ask for a quarter (video coding blurs thin lines).
+        assert around >= 2 * face.w, f"no box drawn around the face at {placed.box}: {around} px"
+        agree += prediction["label"] == placed.label
+        lines.append(f"  face at {placed.box.box}: server box {face.box}, {prediction['label']} "
+                     f"({prediction['confidence']:.0%})" + (f", FER-2013 says {placed.label}" if placed.label else "")
+                     + f"; {around} px in the server's colours around it")
+    assert len(predicted) == len(scene.faces), f"faces where there are none: {seen.stats['predictions']}"
+    bottom = drawn[round(0.9 * height) :]  # no face there, so no box, label, bars or stats overlay
+    assert bottom.mean() < 0.01, "the server's colours where nothing was drawn"
+    assert float(seen.page_fps) > 0 and seen.stats["fps"] > 0
+
+    stats = seen.stats
+    print(f"[{scene_name}] model {stats['model']}; returned video {width}x{height}; first processed frame "
+          f"{seen.first_frame_s:.1f} s after START; server FPS {stats['fps']:.1f} after {stats['frames']} frames "
+          f"(median ms: detect {stats['detect_ms'][0]:.1f}, classify {stats['classify_ms'][0]:.1f} "
+          f"{'in the worker' if stats['asynchronous'] else 'in the video thread'}, draw {stats['draw_ms'][0]:.1f}, "
+          f"frame {stats['frame_ms'][0]:.1f}); the page shows Processed FPS {seen.page_fps}; "
+          f"{time.monotonic() - started:.0f} s")
+    print("\n".join(lines))
+    if any(p.label for p in scene.faces):
+        print(f"  live labels agree with FER-2013's on {agree} of {len(scene.faces)} faces")
+
+
+def _stream_in_browser(server: Server, clip: Path, profile: Path, faces: int) -> Observed:
+    """Open the page in headless Chromium with `clip` as the camera, START, wait for the processed frames
+    (`faces` labelled), read the returned video and the page's FPS, STOP."""
+    from playwright.sync_api import sync_playwright
+
+    timeout_ms = PAGE_TIMEOUT * 1000
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(profile), executable_path=str(CHROMIUM), headless=True,
+            args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-video-capture={clip}"])
+        try:
+            page = context.pages[0] if context.pages else context.new_page()
+            page.goto(server.url, timeout=timeout_ms)
+            component = page.frame_locator('iframe[title*="webrtc_streamer"]')
+            component.get_by_role("button", name=START).click(timeout=timeout_ms)
+            clicked = time.monotonic()
+            first_frame = _wait_for_frames(server, faces)
+            returned = _grab_video(component.locator("video").first)
+            metric = page.locator('[data-testid="stMetric"]', has_text="Processed FPS")
+            metric.first.wait_for(timeout=timeout_ms)
+            page_fps = metric.first.locator('[data-testid="stMetricValue"]').inner_text().strip()
+            stats = _read_stats(server.stats_file)
+            component.get_by_role("button", name=STOP).click(timeout=timeout_ms)
+        finally:
+            context.close()
+    return Observed(returned, stats, page_fps, first_frame - clicked)
+
+
+def _wait_for_frames(server: Server, faces: int) -> float:
+    """Wait until MIN_FRAMES frames are processed with `faces` faces labelled; when the first frame was seen."""
+    deadline, first = time.monotonic() + FRAMES_TIMEOUT, None
+    while time.monotonic() < deadline:
+        stats = _read_stats(server.stats_file)
+        if stats and stats["frames"] > 0:
+            first = first or time.monotonic()
+            if stats["frames"] >= MIN_FRAMES and len(stats["predictions"]) >= faces:
+                return first
+        time.sleep(0.25)
+    pytest.fail(f"no {MIN_FRAMES} processed frames with {faces} labelled faces within {FRAMES_TIMEOUT} s; last "
+                f"stats {_read_stats(server.stats_file)}; server log:\n{server.log.read_text()[-3000:]}")
+
+
+def _grab_video(video) -> np.ndarray:
+    """A frame of the returned video, drawn into a canvas inside the component's frame."""
+    deadline = time.monotonic() + PAGE_TIMEOUT
+    while time.monotonic() < deadline:
+        data = video.evaluate(_GRAB_VIDEO)
+        if data:
+            return _decode(data)
+        time.sleep(0.25)
+    pytest.fail(f"the returned <video> showed no frame within {PAGE_TIMEOUT} s")

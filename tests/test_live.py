@@ -1,0 +1,293 @@
+"""Tests of fer_app.live on frames made from a real face photo, with the real Haar detector.
+
+Frames are 640x480: the lower part of assets/astronaut.png (suit, badges, flag), upside down and
+stretched, as a textured background without a face, with copies of her head pasted at known places. `FakeModel` stands in for a Classifier with chosen
+probabilities, an optional delay and a gate, to make the threading tests deterministic. The scene
+helpers and `FakeModel` are shared with test_video.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from fer_app.config import CLASSES, DetectorConfig
+from fer_app.imageio import load_image
+from fer_app.live import DrawOptions, LivePipeline, LiveSettings, LiveStats
+from fer_app.model import load_model
+
+ASTRONAUT = Path(__file__).resolve().parent.parent / "assets" / "astronaut.png"
+#: The astronaut's face in the photo (x, y, w, h); the pasted head has it at (60, 55) of its own.
+ASTRONAUT_FACE = (176, 65, 97, 97)
+HEAD_SCALE = 0.8
+#: Detection on a 320 px wide copy: plenty for these ~78 px faces, and quick on a busy test machine.
+DETECTOR = DetectorConfig(detection_width=320)
+SYNC = LiveSettings(detector=DETECTOR, asynchronous=False)
+
+
+@lru_cache(maxsize=1)
+def _photo() -> np.ndarray:
+    return load_image(ASTRONAUT)
+
+
+@lru_cache(maxsize=4)
+def _head(scale: float) -> np.ndarray:
+    x, y, w, _ = ASTRONAUT_FACE
+    head = _photo()[y - 55 : y + 2 * w, x - 60 : x + w + 60]
+    return cv2.resize(head, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+
+
+def scene(*places: tuple[int, int], scale: float = HEAD_SCALE, size: tuple[int, int] = (640, 480)) -> np.ndarray:
+    """A BGR frame with a copy of the astronaut's head whose top-left corner is at each (x, y)."""
+    frame = cv2.resize(_photo()[:249:-1], size, interpolation=cv2.INTER_AREA)
+    head = _head(scale)
+    for x, y in places:
+        frame[y : y + head.shape[0], x : x + head.shape[1]] = head
+    return frame
+
+
+def face_centre(x: int, y: int, scale: float = HEAD_SCALE) -> tuple[float, float]:
+    """Where the face centre of a head pasted at (x, y) lies."""
+    return x + (60 + 97 / 2) * scale, y + (55 + 97 / 2) * scale
+
+
+def moving(step: int) -> tuple[int, int]:
+    """A head crossing the frame: 12 px right and 3 px down per frame."""
+    return 20 + 12 * step, 60 + 3 * step
+
+
+def probs(label: str, p: float = 0.9) -> np.ndarray:
+    out = np.full(len(CLASSES), (1 - p) / (len(CLASSES) - 1), np.float32)
+    out[CLASSES.index(label)] = p
+    return out
+
+
+class FakeModel:
+    """A stand-in Classifier: fixed probabilities for every crop, after an optional gate and delay."""
+
+    def __init__(self, label: str = "happy", *, name: str = "fake", delay: float = 0.0,
+                 gate: threading.Event | None = None, error: Exception | None = None) -> None:
+        self.name, self.classes = name, CLASSES
+        self.probs, self.delay, self.gate, self.error = probs(label), delay, gate, error
+        self.batches: list[int] = []
+        self.finished_at: float | None = None
+
+    def predict_proba(self, crops) -> np.ndarray:
+        if self.gate is not None:
+            assert self.gate.wait(10), "gate never opened"
+        time.sleep(self.delay)
+        self.batches.append(len(crops))
+        self.finished_at = time.perf_counter()
+        if self.error is not None:
+            raise self.error
+        return np.tile(self.probs, (len(crops), 1))
+
+
+def wait_until_idle(pipeline: LivePipeline, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while pipeline.classifying:
+        assert time.monotonic() < deadline, "the worker never finished"
+        time.sleep(0.01)
+
+
+# --- synchronous mode -----------------------------------------------------------------------------
+
+
+def test_sync_tracks_a_moving_face_and_fills_stats(tiny_model: Path) -> None:
+    model = load_model(tiny_model)
+    with LivePipeline(model, SYNC, timeline_every=0) as pipeline:
+        track_ids = set()
+        for step in range(10):
+            frame = scene(moving(step))
+            out = pipeline.process(frame)
+            assert out.shape == frame.shape and out.dtype == np.uint8 and (out != frame).any()
+            (pred,) = pipeline.predictions()
+            cx, cy = face_centre(*moving(step))
+            assert abs(pred.face.x + pred.face.w / 2 - cx) < 20 and abs(pred.face.y + pred.face.h / 2 - cy) < 20
+            assert pred.probabilities.shape == (7,) and pred.probabilities.sum() == pytest.approx(1, abs=1e-4)
+            track_ids.add(pred.track_id)
+        assert len(track_ids) == 1
+        stats = pipeline.stats()
+    assert isinstance(stats, LiveStats)
+    assert stats.frames == 10 and stats.faces == 1 and stats.model == "tiny" and not stats.asynchronous
+    for median, p95 in (stats.detect_ms, stats.classify_ms, stats.draw_ms, stats.frame_ms):
+        assert 0 < median <= p95
+    assert stats.frame_ms[0] >= stats.detect_ms[0]
+    assert stats.fps > 0 and stats.label_refresh_hz > 0 and stats.error is None
+    assert any("FPS" in line for line in stats.overlay_lines())
+    timing = pipeline.last_timing()
+    assert timing.detect_ms > 0 and timing.classify_ms > 0 and timing.frame_ms >= timing.detect_ms
+    rows = pipeline.timeline()
+    assert len(rows) == 10 and all(r["largest"] and r["track"] in track_ids for r in rows)
+    assert set(rows[0]) == {"t", "track", "largest", "label", "confidence", *CLASSES}
+    assert rows[-1]["t"] >= rows[0]["t"]
+
+
+def test_new_face_gets_a_new_id_and_one_batch_per_frame() -> None:
+    model = FakeModel()
+    with LivePipeline(model, SYNC) as pipeline:
+        first = None
+        for step in range(3):
+            (pred,) = pipeline.analyze(scene(moving(step)))
+            first = first or pred.track_id
+            assert pred.track_id == first
+        for step in range(3, 6):
+            preds = pipeline.analyze(scene(moving(step), (420, 250)))
+            assert len(preds) == 2
+            by_place = {p.face.x > 400: p.track_id for p in preds}
+            assert by_place[False] == first and by_place[True] != first
+    assert model.batches == [1, 1, 1, 2, 2, 2]  # all crops of a frame in one batch
+
+
+def test_returning_face_does_not_inherit() -> None:
+    model = FakeModel("happy")
+    settings = replace(SYNC, smoothing=0.9, max_missed=2)
+    with LivePipeline(model, settings) as pipeline:
+        (before,) = [pipeline.analyze(scene((200, 100))) for _ in range(3)][-1]
+        pipeline.analyze(scene())  # one missed frame: the track lives on
+        (same,) = pipeline.analyze(scene((204, 100)))
+        assert same.track_id == before.track_id
+        for _ in range(3):  # longer than max_missed: the track ends
+            assert pipeline.analyze(scene()) == []
+        model.probs = probs("sad")
+        (back,) = pipeline.analyze(scene((204, 100)))
+    assert back.track_id != before.track_id
+    np.testing.assert_allclose(back.probabilities, probs("sad"))  # nothing mixed in from the old track
+
+
+def test_smoothing_damps_a_flip() -> None:
+    model = FakeModel("happy")
+    with LivePipeline(model, replace(SYNC, smoothing=0.6)) as pipeline:
+        for _ in range(4):
+            pipeline.analyze(scene((200, 100)))
+        model.probs = probs("sad")
+        (pred,) = pipeline.analyze(scene((200, 100)))
+        assert pred.label == "happy"  # one odd frame doesn't flip the label
+        pipeline.update(settings=replace(SYNC, smoothing=0.0))
+        (pred,) = pipeline.analyze(scene((200, 100)))
+        assert pred.label == "sad"
+
+
+def test_update_applies_to_the_next_frame() -> None:
+    frame = scene((200, 100))
+    with LivePipeline(FakeModel("happy", name="a"), SYNC) as pipeline:
+        pipeline.process(frame)
+        pipeline.update(model=FakeModel("angry", name="b"))
+        assert pipeline.stats().model == "a" and pipeline.predictions()[0].label == "happy"
+        pipeline.process(frame)
+        assert pipeline.stats().model == "b" and pipeline.predictions()[0].label == "angry"
+
+        nothing = DrawOptions(boxes=False, labels=False, bars=False, stats=False)
+        pipeline.update(settings=replace(SYNC, draw=nothing))
+        assert (pipeline.process(frame) == frame).all()
+
+        pipeline.update(settings=replace(SYNC, detector=replace(DETECTOR, min_face=300)))
+        pipeline.process(frame)
+        assert pipeline.stats().faces == 0 and pipeline.predictions() == []
+        assert pipeline.settings.detector.min_face == 300
+
+
+def test_grey_frame_gives_a_colour_annotation() -> None:
+    grey = cv2.cvtColor(scene((200, 100)), cv2.COLOR_BGR2GRAY)
+    with LivePipeline(FakeModel(), SYNC) as pipeline:
+        out = pipeline.process(grey)
+    assert out.shape == (480, 640, 3) and len(pipeline.predictions()) == 1
+
+
+def test_timeline_largest_face_and_cap() -> None:
+    frame = scene((20, 60))
+    head = _head(1.1)
+    frame[200 : 200 + head.shape[0], 380 : 380 + head.shape[1]] = head  # a second, larger face
+    with LivePipeline(FakeModel(), SYNC, timeline_every=0, timeline_length=5) as pipeline:
+        for _ in range(4):
+            pipeline.analyze(frame)
+        rows = pipeline.timeline()
+        assert len(rows) == 5  # 8 rows made, the oldest dropped
+        largest = pipeline.timeline(largest=True)
+        big = max(pipeline.predictions(), key=lambda p: p.face.area).track_id
+        assert largest and all(r["track"] == big for r in largest)
+        assert all(r["track"] == big for r in pipeline.timeline(track=big))
+
+
+def test_bad_settings() -> None:
+    with pytest.raises(ValueError):
+        LiveSettings(smoothing=1.0)
+
+
+# --- asynchronous mode ----------------------------------------------------------------------------
+
+
+def test_async_never_blocks_the_video_thread() -> None:
+    """The model is held at a gate, then sleeps 200 ms: process() returns meanwhile, boxes keep moving,
+    and the label shows up only once the worker is done.
+
+    The gate makes "returned while the model was still busy" a certainty rather than a race against a
+    wall-clock limit, which a loaded test machine can blow.
+    """
+    gate = threading.Event()
+    model = FakeModel("surprise", delay=0.2, gate=gate)
+    with LivePipeline(model, replace(SYNC, asynchronous=True)) as pipeline:
+        for step in range(4):
+            frame = scene(moving(step))
+            out = pipeline.process(frame)
+            assert pipeline.classifying and not model.batches  # returned while the model is still at work
+            assert pipeline.predictions() == [] and pipeline.stats().faces == 1
+            x, y = (int(v) for v in face_centre(*moving(step)))
+            around_face = np.s_[y - 50 : y + 50, x - 50 : x + 50]
+            assert (out[around_face] != frame[around_face]).any()  # its box follows the face
+        gate.set()
+        deadline = time.monotonic() + 30
+        while not pipeline.predictions():
+            assert time.monotonic() < deadline, "no label after the worker finished"
+            step += 1
+            pipeline.process(scene(moving(step)))
+            seen_at = time.perf_counter()
+        assert model.finished_at is not None and model.finished_at < seen_at
+        (pred,) = pipeline.predictions()
+        assert pred.label == "surprise" and pred.track_id == 1  # the face's first and only track
+        stats = pipeline.stats()
+        assert stats.asynchronous and stats.classify_ms[0] >= 200
+    assert model.batches[0] == 1
+
+
+def test_auto_mode_follows_the_classification_time() -> None:
+    fast = FakeModel("happy")
+    with LivePipeline(fast, replace(SYNC, asynchronous=None)) as pipeline:
+        for step in range(8):
+            pipeline.process(scene(moving(step)))
+            wait_until_idle(pipeline)
+        assert not pipeline.stats().asynchronous  # fast: classified in the video thread
+        pipeline.update(model=FakeModel("sad", name="slow", delay=0.03))
+        for step in range(8):
+            pipeline.process(scene(moving(step)))
+            wait_until_idle(pipeline)
+        stats = pipeline.stats()
+        assert stats.asynchronous and stats.model == "slow"  # slower than async_above_ms: in the worker
+        assert pipeline.predictions()[0].label == "sad"
+
+
+def test_worker_error_is_reported_and_the_stream_goes_on() -> None:
+    model = FakeModel(error=RuntimeError("out of memory"))
+    with LivePipeline(model, replace(SYNC, asynchronous=True)) as pipeline:
+        pipeline.process(scene((200, 100)))
+        wait_until_idle(pipeline)
+        out = pipeline.process(scene((200, 100)))
+        assert out.shape == (480, 640, 3)
+        assert "out of memory" in pipeline.stats().error
+        assert pipeline.predictions() == []
+
+
+def test_close_stops_the_worker() -> None:
+    pipeline = LivePipeline(FakeModel(), replace(SYNC, asynchronous=True))
+    pipeline.process(scene((200, 100)))
+    worker = pipeline._worker.thread
+    pipeline.close()
+    assert not worker.is_alive()
+    pipeline.close()  # twice is fine

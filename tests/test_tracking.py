@@ -1,0 +1,132 @@
+"""Tests of fer_app.tracking: track ids across frames, track death, and probability smoothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fer_app.config import CLASSES
+from fer_app.tracking import FaceTracker, centre_distance, iou
+from fer_app.types import Face
+
+
+def probs(label: str, p: float = 0.9) -> np.ndarray:
+    """Probabilities with `p` on `label` and the rest spread evenly."""
+    out = np.full(len(CLASSES), (1 - p) / (len(CLASSES) - 1), np.float32)
+    out[CLASSES.index(label)] = p
+    return out
+
+
+def ids(tracker: FaceTracker, *faces: Face) -> list[int]:
+    return [t.id for t in tracker.update(faces)]
+
+
+def test_iou_and_centre_distance() -> None:
+    a = Face(0, 0, 10, 10)
+    assert iou(a, a) == 1.0
+    assert iou(a, Face(5, 0, 10, 10)) == pytest.approx(50 / 150)
+    assert iou(a, Face(20, 20, 10, 10)) == 0.0
+    assert centre_distance(a, Face(10, 0, 10, 10)) == pytest.approx(1.0)
+
+
+def test_ids_stable_while_faces_move() -> None:
+    tracker = FaceTracker()
+    first = ids(tracker, Face(50, 60, 80, 80), Face(400, 200, 90, 90))
+    for step in range(1, 15):
+        moved = ids(tracker, Face(50 + 12 * step, 60 + 4 * step, 80, 80), Face(400 - 8 * step, 200, 90, 90))
+        assert moved == first
+    assert len(tracker.tracks) == 2
+
+
+def test_order_of_detections_does_not_matter() -> None:
+    tracker = FaceTracker()
+    a, b = ids(tracker, Face(0, 0, 80, 80), Face(300, 0, 80, 80))
+    assert ids(tracker, Face(305, 2, 80, 80), Face(4, 3, 80, 80)) == [b, a]
+
+
+def test_fast_move_without_overlap_keeps_id() -> None:
+    tracker = FaceTracker(max_shift=0.6)
+    (a,) = ids(tracker, Face(100, 100, 100, 100))
+    assert ids(tracker, Face(150, 120, 100, 100)) == [a]  # IoU 0.25, centres half a side apart
+    assert ids(tracker, Face(400, 120, 100, 100)) != [a]  # a jump of 2.5 sides: another face
+
+
+def test_new_face_gets_new_id_and_ids_are_never_reused() -> None:
+    tracker = FaceTracker(max_missed=0)
+    (a,) = ids(tracker, Face(0, 0, 80, 80))
+    a2, b = ids(tracker, Face(2, 0, 80, 80), Face(300, 0, 80, 80))
+    assert a2 == a and b != a
+    ids(tracker)  # both gone (max_missed=0)
+    (c,) = ids(tracker, Face(300, 0, 80, 80))
+    assert c not in (a, b)
+
+
+def test_track_survives_short_gaps_and_dies_after_max_missed() -> None:
+    tracker = FaceTracker(max_missed=3)
+    (a,) = ids(tracker, Face(100, 100, 80, 80))
+    tracker.add_probabilities(a, probs("happy"), now=0.0)
+    for _ in range(3):
+        ids(tracker)
+    assert ids(tracker, Face(104, 100, 80, 80)) == [a]  # back within 3 frames: same face, same label
+    assert tracker.get(a).probabilities is not None
+    for _ in range(4):
+        ids(tracker)
+    assert tracker.get(a) is None and tracker.tracks == []
+    (back,) = tracker.update([Face(104, 100, 80, 80)])
+    assert back.id != a and back.probabilities is None  # returning face starts from scratch
+    assert not tracker.add_probabilities(a, probs("sad"), now=1.0)  # a late result for the dead track is dropped
+
+
+def test_different_face_elsewhere_does_not_take_a_missing_tracks_id() -> None:
+    tracker = FaceTracker(max_missed=5)
+    (a,) = ids(tracker, Face(50, 50, 80, 80))
+    tracker.add_probabilities(a, probs("angry"), now=0.0)
+    (b,) = tracker.update([Face(450, 300, 80, 80)])  # `a` is missing, another face appears far away
+    assert b.id != a and b.probabilities is None
+
+
+def test_very_different_size_is_another_face() -> None:
+    tracker = FaceTracker()
+    (a,) = ids(tracker, Face(100, 100, 60, 60))
+    assert ids(tracker, Face(60, 60, 200, 200)) != [a]
+
+
+def test_smoothing_damps_a_flip() -> None:
+    tracker = FaceTracker(smoothing=0.6)
+    (track,) = tracker.update([Face(0, 0, 80, 80)])
+    tracker.add_probabilities(track.id, probs("happy"), now=0.0)
+    np.testing.assert_allclose(track.probabilities, probs("happy"))  # the first result is taken as is
+    for t in range(1, 4):
+        tracker.add_probabilities(track.id, probs("happy"), now=t / 10)
+    tracker.add_probabilities(track.id, probs("sad"), now=0.4)  # a one-frame flip
+    assert CLASSES[int(np.argmax(track.probabilities))] == "happy"
+    assert track.probabilities.sum() == pytest.approx(1.0, abs=1e-5)
+    for t in range(5, 8):
+        tracker.add_probabilities(track.id, probs("sad"), now=t / 10)
+    assert CLASSES[int(np.argmax(track.probabilities))] == "sad"  # a lasting change comes through
+
+
+def test_smoothing_off_follows_every_result() -> None:
+    tracker = FaceTracker(smoothing=0.0)
+    (track,) = tracker.update([Face(0, 0, 80, 80)])
+    tracker.add_probabilities(track.id, probs("happy"), now=0.0)
+    tracker.add_probabilities(track.id, probs("sad"), now=0.1)
+    np.testing.assert_allclose(track.probabilities, probs("sad"))
+
+
+def test_refresh_rate_and_clear() -> None:
+    tracker = FaceTracker()
+    (track,) = tracker.update([Face(0, 0, 80, 80)])
+    assert track.refresh_hz() is None
+    for i in range(5):
+        tracker.add_probabilities(track.id, probs("fear"), now=i * 0.1)
+    assert track.refresh_hz() == pytest.approx(10.0)
+    tracker.clear_probabilities()
+    assert track.probabilities is None and track.refresh_hz() is None
+    assert [t.id for t in tracker.update([Face(1, 0, 80, 80)])] == [track.id]
+
+
+@pytest.mark.parametrize("kwargs", [{"smoothing": 1.0}, {"smoothing": -0.1}, {"max_missed": -1}])
+def test_bad_settings(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        FaceTracker(**kwargs)

@@ -1,0 +1,342 @@
+"""The Streamlit pages under `streamlit.testing.v1.AppTest`, and the WebRTC configuration (`fer_app.ui.rtc`).
+
+The pages load a tiny model trained for the test (`tiny_model`, in a temporary models/), so they
+never depend on the bundled one. `webrtc_streamer` needs a real Streamlit server, so the live page
+runs with it replaced by `FakeStreamer`, which records its arguments and plays for a few loop turns.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+import streamlit_webrtc
+from streamlit.testing.v1 import AppTest
+
+from fer_app.imageio import load_image
+from fer_app.ui.rtc import ENV_VAR, RtcConfigError, ice_servers, rtc_configuration
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = ROOT / "app.py"
+PAGES = ROOT / "fer_app" / "ui"
+ASTRONAUT = ROOT / "assets" / "astronaut.png"
+TIMEOUT = 300  # seconds per AppTest run: generous, for a machine busy training
+
+
+# ---------------------------------------------------------------- rtc_configuration
+
+
+def test_rtc_default_is_an_empty_ice_server_list() -> None:
+    # An empty LIST: {} or {"iceServers": None} would make streamlit-webrtc fall back to a public STUN server.
+    assert rtc_configuration(environ={}, secrets={}) == {"iceServers": []}
+    assert rtc_configuration(environ={ENV_VAR: "  "}, secrets={"rtc": {}}) == {"iceServers": []}
+
+
+def test_rtc_from_environment_variable() -> None:
+    servers = [{"urls": ["turn:turn.example.org:3478"], "username": "u", "credential": "p"}, "stun:stun.example.org"]
+    config = rtc_configuration(environ={ENV_VAR: json.dumps(servers)}, secrets={})
+    assert config == {"iceServers": [servers[0], {"urls": "stun:stun.example.org"}]}
+
+
+def test_rtc_from_secrets_toml() -> None:
+    # [rtc]
+    # ice_servers = [{ urls = "stun:stun.example.org:3478" }, { urls = ["turn:t.example.org"], username = "u", ... }]
+    secrets = {"rtc": {"ice_servers": [{"urls": "stun:stun.example.org:3478"},
+                                       {"urls": ["turn:t.example.org"], "username": "u", "credential": "p"}]}}
+    assert ice_servers(environ={}, secrets=secrets) == [
+        {"urls": "stun:stun.example.org:3478"}, {"urls": ["turn:t.example.org"], "username": "u", "credential": "p"}]
+
+
+def test_rtc_environment_wins_over_secrets() -> None:
+    secrets = {"rtc": {"ice_servers": ["stun:from-secrets.example.org"]}}
+    assert ice_servers(environ={ENV_VAR: '["stun:from-env.example.org"]'}, secrets=secrets) == [
+        {"urls": "stun:from-env.example.org"}]
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("not json", "not valid JSON"),
+    ('{"urls": "stun:x"}', "expected a list"),
+    ("[42]", "expected a URL or a table"),
+    ('[{"url": "stun:x"}]', "unknown key(s) url"),
+    ('[{"urls": []}]', "non-empty list"),
+    ('["http://example.org"]', "is not a stun:"),
+])
+def test_rtc_malformed_lists_are_clear_errors(value: str, message: str) -> None:
+    with pytest.raises(RtcConfigError, match=r"FER_APP_ICE_SERVERS.*" + message.replace("(", r"\(").replace(")", r"\)")):
+        rtc_configuration(environ={ENV_VAR: value}, secrets={})
+
+
+def test_rtc_reads_streamlit_secrets_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    import streamlit as st
+    from streamlit.runtime.secrets import Secrets
+
+    secrets = Secrets()
+    secrets._secrets = {"rtc": {"ice_servers": ["stun:stun.example.org"]}}
+    monkeypatch.setattr(st, "secrets", secrets)
+    assert rtc_configuration() == {"iceServers": [{"urls": "stun:stun.example.org"}]}
+
+
+# ---------------------------------------------------------------- helpers
+
+
+class FakeStreamer:
+    """Stands in for `webrtc_streamer`: records each call; its context plays for `plays` reads of `state`."""
+
+    def __init__(self, plays: int = 0) -> None:
+        self.plays = plays
+        self.calls: list[dict[str, Any]] = []
+
+    def __call__(self, **kwargs: Any) -> Any:
+        self.calls.append(kwargs)
+        fake = self
+
+        class State:
+            @property
+            def playing(self) -> bool:
+                fake.plays -= 1
+                return fake.plays >= 0
+
+        class Context:
+            state = State()
+
+        return Context()
+
+    def callback(self):
+        return self.calls[-1]["video_frame_callback"]
+
+
+@pytest.fixture()
+def streamer(monkeypatch: pytest.MonkeyPatch) -> FakeStreamer:
+    fake = FakeStreamer()
+    monkeypatch.setattr(streamlit_webrtc, "webrtc_streamer", fake)
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    return fake
+
+
+def run_page(name: str) -> AppTest:
+    at = AppTest.from_file(str(PAGES / f"{name}.py"), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def camera_frame() -> av.VideoFrame:
+    """A 640x480 webcam-like frame with the astronaut's face in it."""
+    frame = np.full((480, 640, 3), 90, np.uint8)
+    frame[:, 64:576] = load_image(ASTRONAUT)[32:512]
+    return av.VideoFrame.from_ndarray(frame, format="bgr24")
+
+
+def feed_until_classified(callback, pipeline, *, frames: int, timeout: float = 120) -> None:
+    """Send at least `frames` frames through the page's callback, and more until the face has a label
+    (classification may run in the pipeline's worker thread)."""
+    deadline = time.monotonic() + timeout
+    for _ in range(frames):
+        callback(camera_frame())
+    while not pipeline.predictions():
+        assert time.monotonic() < deadline, "the face was never classified"
+        time.sleep(0.05)
+        callback(camera_frame())
+
+
+# ---------------------------------------------------------------- navigation
+
+
+def test_app_starts_on_the_live_page_and_switches_pages(tiny_model: Path, streamer: FakeStreamer) -> None:
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, at.exception
+    assert at.title[0].value == "Live webcam"
+    for page, title in [("photo", "Photo"), ("video", "Video file"), ("train", None), ("live", "Live webcam")]:
+        at.switch_page(str(PAGES / f"{page}.py"))
+        at.run()
+        assert not at.exception, (page, at.exception)
+        if title:
+            assert at.title[0].value == title
+
+
+@pytest.mark.parametrize("page", ["live", "photo", "video", "train"])
+def test_each_page_renders(page: str, tiny_model: Path, streamer: FakeStreamer) -> None:
+    at = run_page(page)
+    if page != "train":  # the training page is another issue's: it only has to render
+        assert at.title
+        assert at.sidebar.selectbox(key="model").value == "tiny"
+
+
+def test_pages_say_so_when_there_is_no_model(models_dir: Path, streamer: FakeStreamer) -> None:
+    for page in ("live", "photo", "video"):
+        at = run_page(page)
+        assert "No model found" in at.sidebar.error[0].value
+    assert not streamer.calls
+
+
+# ---------------------------------------------------------------- live page
+
+
+def test_live_page_starts_the_streamer_with_an_empty_ice_list(tiny_model: Path, streamer: FakeStreamer) -> None:
+    at = run_page("live")
+    assert len(streamer.calls) == 1
+    call = streamer.calls[0]
+    assert call["key"] == "live"
+    assert call["rtc_configuration"] == {"iceServers": []}
+    assert call["media_stream_constraints"] == {"video": True, "audio": False}
+    assert callable(call["video_frame_callback"])
+    out = call["video_frame_callback"](camera_frame())
+    assert isinstance(out, av.VideoFrame) and (out.width, out.height) == (640, 480)
+    pipeline = at.session_state["live-pipeline"]
+    assert pipeline.stats().frames == 1 and pipeline.stats().faces == 1
+
+
+def test_live_page_ice_servers_from_secrets(tiny_model: Path, streamer: FakeStreamer) -> None:
+    at = AppTest.from_file(str(PAGES / "live.py"), default_timeout=TIMEOUT)
+    at.secrets["rtc"] = {"ice_servers": [{"urls": "turn:turn.example.org", "username": "u", "credential": "p"}]}
+    at.run()
+    assert not at.exception
+    assert streamer.calls[0]["rtc_configuration"] == {
+        "iceServers": [{"urls": "turn:turn.example.org", "username": "u", "credential": "p"}]}
+
+
+def test_live_page_bad_ice_servers_is_an_error_not_a_crash(tiny_model: Path, streamer: FakeStreamer,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_VAR, "[not json")
+    at = run_page("live")
+    assert "Invalid ICE server configuration" in at.error[0].value
+    assert streamer.calls[0]["rtc_configuration"] == {"iceServers": []}
+
+
+def test_live_sidebar_changes_reach_the_running_pipeline(tiny_model: Path, streamer: FakeStreamer) -> None:
+    at = run_page("live")
+    pipeline = at.session_state["live-pipeline"]
+    assert pipeline.settings.smoothing == pytest.approx(0.6) and pipeline.settings.draw.bars
+    at.sidebar.slider(key="live-smoothing").set_value(0.3)
+    at.sidebar.checkbox(key="live-bars").uncheck()
+    at.sidebar.slider(key="det-nb").set_value(3)
+    at.run()
+    assert not at.exception
+    assert at.session_state["live-pipeline"] is pipeline  # the same pipeline: the stream keeps running
+    assert all(call["key"] == "live" for call in streamer.calls)
+    streamer.callback()(camera_frame())  # updates apply from the next frame
+    assert pipeline.settings.smoothing == pytest.approx(0.3)
+    assert not pipeline.settings.draw.bars and pipeline.settings.draw.boxes
+    assert pipeline.settings.detector.min_neighbors == 3
+
+
+def test_live_stats_and_timeline_while_playing(tiny_model: Path, streamer: FakeStreamer, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    stats_file = tmp_path / "stats.json"
+    monkeypatch.setenv("FER_APP_STATS_FILE", str(stats_file))
+    at = run_page("live")  # not playing yet: no stats, an empty timeline
+    assert not at.metric
+    pipeline = at.session_state["live-pipeline"]
+    feed_until_classified(streamer.callback(), pipeline, frames=8)
+    frames = pipeline.stats().frames
+    streamer.plays = 2  # the next run loops twice (refreshing stats, timeline, stats file), then stops
+    at.run()
+    assert not at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert {"Processed FPS", "Detect (median / p95)", "Classify (median / p95)", "Draw (median / p95)", "Faces",
+            "Model"} <= set(metrics)
+    assert metrics["Faces"] == "1" and metrics["Model"] == "tiny"
+    assert at.get("arrow_line_chart") or at.get("vega_lite_chart")
+    assert [b.label for b in at.get("download_button")] == ["Download timeline CSV (all faces)"]
+    written = json.loads(stats_file.read_text())
+    assert written["frames"] == frames and written["faces"] == 1 and written["model"] == "tiny"
+    assert len(written["predictions"]) == 1 and written["predictions"][0]["label"] in written["predictions"][0][
+        "probabilities"]
+
+
+def test_two_sessions_get_their_own_pipeline_and_share_the_model(tiny_model: Path, streamer: FakeStreamer) -> None:
+    first, second = run_page("live"), run_page("live")
+    one, two = first.session_state["live-pipeline"], second.session_state["live-pipeline"]
+    assert one is not two
+    assert one.model is two.model  # st.cache_resource: loaded once per process
+    streamer.calls[0]["video_frame_callback"](camera_frame())
+    assert (one.stats().frames, two.stats().frames) == (1, 0)
+
+
+# ---------------------------------------------------------------- photo page
+
+
+def upload(at: AppTest, key: str, name: str, data: bytes, mime: str) -> AppTest:
+    at.file_uploader(key=key).set_value((name, data, mime))
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_photo_upload_gives_faces_and_downloads(tiny_model: Path) -> None:
+    at = upload(run_page("photo"), "photo-upload", "astronaut.png", ASTRONAUT.read_bytes(), "image/png")
+    assert not at.error
+    table = at.dataframe[0].value
+    assert len(table) == 1
+    assert table["label"].iloc[0] in {"angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"}
+    assert table.filter(["angry", "happy", "neutral"]).shape[1] == 3
+    assert at.get("image")
+    assert at.get("vega_lite_chart") or at.get("arrow_bar_chart")
+    assert [b.label for b in at.get("download_button")] == ["Download annotated PNG", "Download JSON result"]
+
+
+@pytest.mark.parametrize(("name", "data", "expected"), [
+    ("notes.jpg", b"this is text, not a JPEG\n" * 4, "not a recognised image file"),
+    ("cut.png", ASTRONAUT.read_bytes()[:5000], "truncated or corrupt"),
+])
+def test_photo_bad_upload_is_an_error_message(tiny_model: Path, name: str, data: bytes, expected: str) -> None:
+    at = upload(run_page("photo"), "photo-upload", name, data, "image/jpeg")
+    assert len(at.error) == 1
+    assert name in at.error[0].value and expected in at.error[0].value
+    assert not at.dataframe and not at.get("download_button")
+
+
+def test_photo_without_a_face_says_so(tiny_model: Path) -> None:
+    import cv2
+
+    blank = cv2.imencode(".png", np.full((200, 300, 3), 128, np.uint8))[1].tobytes()
+    at = upload(run_page("photo"), "photo-upload", "wall.png", blank, "image/png")
+    assert not at.error
+    assert any("No face found" in i.value for i in at.info)
+    assert not at.dataframe
+
+
+# ---------------------------------------------------------------- video page
+
+
+@pytest.fixture(scope="module")
+def tiny_mp4(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A 12-frame H.264 clip: the astronaut's photo drifting right."""
+    from fer_app.video import VideoWriter
+
+    photo = load_image(ASTRONAUT)
+    path = tmp_path_factory.mktemp("video") / "clip.mp4"
+    with VideoWriter(path, 12, 640, 512) as writer:
+        for i in range(12):
+            frame = np.full((512, 640, 3), 100, np.uint8)
+            frame[:, 4 * i : 4 * i + 512] = photo
+            writer.write(frame)
+    return path.read_bytes()
+
+
+def test_video_upload_gives_video_timeline_and_csv(tiny_model: Path, tiny_mp4: bytes) -> None:
+    at = upload(run_page("video"), "video-upload", "clip.mp4", tiny_mp4, "video/mp4")
+    assert not at.error
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Frames"] == "12" and metrics["Faces followed"] == "1"
+    assert at.get("video")
+    assert [b.label for b in at.get("download_button")] == ["Download CSV (one row per face and frame)",
+                                                            "Download annotated MP4"]
+    assert any("Face #" in m.value for m in at.markdown)
+    assert at.get("arrow_line_chart") or at.get("vega_lite_chart")
+    at.run()  # a rerun (e.g. after a download) reuses the result instead of processing again
+    assert at.session_state["video-result"][1].summary.frames == 12
+
+
+def test_video_bad_upload_is_an_error_message(tiny_model: Path) -> None:
+    at = upload(run_page("video"), "video-upload", "holiday.mp4", b"this is not a video" * 10, "video/mp4")
+    assert len(at.error) == 1 and "holiday.mp4" in at.error[0].value
+    assert "fer-app-video-" not in at.error[0].value  # the temporary path is not shown
+    assert not at.get("video")

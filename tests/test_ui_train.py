@@ -1,0 +1,299 @@
+"""The Training page under AppTest, end to end on tiny generated data: preview -> train -> results -> save.
+
+Training runs in the server's background job (fer_app.jobs), so the tests rerun the page until the
+job has ended, as the page's polling fragment does in a browser. Tiny networks come from the page's
+own settings (channels 8, 16; one convolution per stage).
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from conftest import make_faces
+from fer_app import config
+from fer_app.calibration import CalibrationSession, CaptureRecorder, CaptureScheduler
+from fer_app.config import CLASSES
+from fer_app.jobs import STOPPED, clear_job, current_job, find_checkpoint
+from fer_app.model import list_models
+from fer_app.types import Face
+from test_calibration import synthetic_frame
+from test_cli import write_fer2013_csv
+from test_mixing import layout_files, png
+
+PAGE = Path(__file__).resolve().parent.parent / "fer_app" / "ui" / "train.py"
+TIMEOUT = 600  # seconds per AppTest run (AppTest's default is 3): the first run imports torch; busy machines
+WAIT = 1800  # seconds for a background job to end
+
+
+@pytest.fixture(autouse=True)
+def no_job_left() -> Iterator[None]:
+    yield
+    job = current_job()
+    if job is not None:
+        job.stop()
+        job.wait(WAIT)
+    clear_job()
+
+
+@pytest.fixture()
+def fer_csv(tmp_path: Path) -> Path:
+    return write_fer2013_csv(tmp_path / "fer2013.csv", {"train": make_faces(12, 1), "val": make_faces(4, 2)})
+
+
+def page() -> AppTest:
+    at = AppTest.from_file(str(PAGE), default_timeout=TIMEOUT)
+    return run(at)
+
+
+def run(at: AppTest) -> AppTest:
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def texts(at: AppTest) -> str:
+    return "\n".join(str(e.value) for kind in ("subheader", "caption", "markdown", "info", "error", "warning",
+                                               "success")
+                     for e in at.get(kind))
+
+
+def tiny_settings(at: AppTest, *, epochs: int = 2, run_name: str = "ui-run") -> AppTest:
+    if not at.text_input(key="set-widths").disabled:  # a compact CNN from scratch
+        at.text_input(key="set-widths").set_value("8, 16")
+        at.text_input(key="set-convs").set_value("1, 1")
+    at.number_input(key="set-epochs").set_value(epochs)
+    at.number_input(key="set-batch").set_value(16)
+    at.number_input(key="set-threads").set_value(1)
+    if not at.checkbox(key="set-augment").disabled:
+        at.checkbox(key="set-augment").set_value(False)
+    at.text_input(key="run-name").set_value(run_name)
+    return run(at)
+
+
+def with_data(at: AppTest, path: Path) -> AppTest:
+    at.text_input(key="data-path").set_value(str(path))
+    return run(at)
+
+
+def until_done(at: AppTest, timeout: float = WAIT) -> AppTest:
+    """Rerun the page until the job has ended, then once more: the results."""
+    end = time.monotonic() + timeout
+    while (job := current_job()) is not None and job.running:
+        assert time.monotonic() < end, "the job did not end in time"
+        time.sleep(0.2)
+        run(at)
+    return run(at)
+
+
+def start(at: AppTest) -> AppTest:
+    assert not at.button(key="start").disabled, texts(at)
+    at.button(key="start").click()
+    return run(at)
+
+
+def table_with(at: AppTest, column: str):
+    """The first table shown with `column`."""
+    return next(df.value for df in at.dataframe if column in df.value.columns)
+
+
+def listed(at: AppTest, name: str) -> bool:
+    """Whether the sidebar's model picker offers `name` (its labels add the val accuracy)."""
+    return any(option.split(" (")[0] == name for option in at.sidebar.selectbox(key="model").options)
+
+
+def zip_of(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def test_preview_train_compare_save_and_listed(tiny_model, fer_csv):
+    at = with_data(page(), fer_csv)
+    counts = table_with(at, "train")
+    assert list(counts.index) == list(CLASSES) and counts.loc["happy", "train"] == 12
+    assert counts.loc["happy", "val"] == 4 and at.image  # the table, and the sample grid
+    assert "fewer than 20 faces" in texts(at) and "Device in use: CPU" in texts(at)
+    at = start(tiny_settings(at))
+    at = until_done(at)
+    assert "finished after 2 epochs" in at.success[0].value
+    accuracy = at.metric[0]
+    assert accuracy.label == "Val accuracy" and "vs tiny" in accuracy.delta  # against the model in use
+    assert "The model in use, tiny, on the same val split" in texts(at)
+    per_class = table_with(at, "f1")
+    assert set(per_class.index) == set(CLASSES) and "f1" in per_class.columns
+    assert len(at.image) >= 2  # the sample grid and the confusion matrix
+    assert "ui-model" not in [m.name for m in list_models()]  # nothing saved until asked
+
+    at.text_input(key="save-name").set_value("tiny")
+    run(at)
+    assert "A model named 'tiny' exists" in texts(at) and at.button(key="save").disabled
+    at.text_input(key="save-name").set_value("ui-model")
+    run(at)
+    at.button(key="save").click()
+    run(at)
+    assert "Saved as **ui-model**" in texts(at)
+    assert "ui-model" in [m.name for m in list_models()]
+    assert listed(at, "ui-model")  # the pickers list it at once
+    card = (config.MODELS_DIR / "ui-model" / "README.md").read_text()
+    assert "python -m fer_app train" in card and "--widths 8 16" in card and "--name ui-model" in card
+
+
+def test_clip_head_on_frozen_embeddings(models_dir, fer_csv, tiny_clip_dir, monkeypatch):
+    monkeypatch.setattr(config, "CLIP_LOCAL_DIR", tiny_clip_dir)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    at = with_data(page(), fer_csv)
+    assert "Not available: CLIP ViT-B/32: full fine-tune: needs a GPU" in texts(at)
+    at.radio(key="model-what-scratch").set_value("CLIP ViT-B/32: head on frozen embeddings")
+    run(at)
+    assert at.checkbox(key="set-augment").disabled  # no augmentation on cached embeddings
+    at = start(tiny_settings(at, run_name="clip-run"))
+    at = until_done(at)
+    assert "finished after 2 epochs" in at.success[0].value, texts(at)
+    at.text_input(key="save-name").set_value("clip-head")
+    run(at)
+    at.button(key="save").click()
+    run(at)
+    saved = {m.name: m for m in list_models()}
+    assert saved["clip-head"].encoder == "clip-vit-b32"
+    assert listed(at, "clip-head")
+
+
+def test_reload_shows_the_running_job_second_start_refused_stop_keeps_best(models_dir, fer_csv):
+    first = start(tiny_settings(with_data(page(), fer_csv), epochs=500, run_name="long-run"))
+    assert current_job() is not None and current_job().running
+    while not current_job().status().history:
+        time.sleep(0.1)
+    reloaded = page()  # a new session: the job lives in the server process
+    assert "Running: training long-run" in texts(reloaded)
+    assert any(p.text.startswith("Epoch") for p in reloaded.get("progress"))
+    reloaded = start(tiny_settings(with_data(reloaded, fer_csv), run_name="another"))
+    assert "a job is already running (training long-run)" in texts(reloaded)
+    reloaded.button(key="job-stop").click()
+    run(reloaded)
+    assert current_job().status().stop_requested
+    reloaded = until_done(reloaded)
+    assert "stopped early" in reloaded.success[0].value
+    assert current_job().status().state == STOPPED
+    first = until_done(first)
+    assert "stopped early" in first.success[0].value
+    first.button(key="job-dismiss").click()
+    run(first)
+    assert current_job() is None and "Running" not in texts(first)
+
+
+# ---------------------------------------------------------------- bad inputs: a clear message, nothing lost
+
+
+def test_diverging_run_fails_clearly_and_keeps_the_model_in_use(tiny_model, fer_csv):
+    before = (tiny_model / "model.safetensors").read_bytes()
+    at = tiny_settings(with_data(page(), fer_csv))
+    at.number_input(key="set-lr-sgd").set_value(1e12)
+    at = until_done(start(run(at)))
+    assert "failed: training diverged" in at.error[0].value and "Nothing was saved" in texts(at)
+    assert (tiny_model / "model.safetensors").read_bytes() == before
+    assert [m.name for m in list_models()] == ["tiny"]
+
+
+def test_killed_run_resumes_from_its_checkpoint(models_dir, fer_csv):
+    at = start(tiny_settings(with_data(page(), fer_csv), epochs=4, run_name="cut"))
+    while not current_job().status().history:
+        time.sleep(0.05)
+    current_job().stop()  # as if the server had been killed after epoch 1
+    at = until_done(at)
+    at.button(key="job-dismiss").click()
+    run(at)
+    checkpoint = find_checkpoint("cut")
+    assert checkpoint is not None and checkpoint.epoch >= 1
+    assert f"checkpoint at epoch {checkpoint.epoch}/4" in texts(at)
+    at.checkbox(key="run-resume").set_value(True)
+    at = until_done(start(run(at)))
+    assert "finished after 4 epochs" in at.success[0].value
+    assert [h.epoch for h in current_job().status().result.history] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(("files", "message"), [
+    ({"pictures/a.png": b"x", "notes.txt": b"x"}, "not the folder layout"),
+    ({"../evil.png": b"x", "train/happy/1.png": b"x"}, "leaves its folder"),
+])
+def test_bad_zip_uploads(models_dir, files, message, tmp_path):
+    at = page()
+    at.multiselect(key="data-kinds").set_value(["Uploaded zip"])
+    run(at)
+    at.file_uploader(key="data-zip").upload("faces.zip", zip_of(files), "application/zip")
+    run(at)
+    assert message in texts(at) and at.button(key="start").disabled
+    assert not (tmp_path / "evil.png").exists()
+
+
+def test_zip_upload_with_unknown_class_folders(models_dir):
+    faces = make_faces(3, 1)
+    files = {**layout_files(faces, "fer/train/"), "fer/train/contempt/1.png": png(faces.images[0])}
+    at = page()
+    at.multiselect(key="data-kinds").set_value(["Uploaded zip"])
+    run(at)
+    at.file_uploader(key="data-zip").upload("faces.zip", zip_of(files), "application/zip")
+    run(at)
+    assert "bad rows or files were skipped" in texts(at) and "unknown class folder 'contempt'" in texts(at)
+    assert not at.button(key="start").disabled  # skipping is allowed; with "stop" it is an error
+    at.radio(key="data-on-error").set_value("stop")
+    run(at)
+    assert "The data cannot be used" in texts(at) and "contempt" in texts(at) and at.button(key="start").disabled
+
+
+def test_csv_with_bad_rows_empty_classes_and_too_small(models_dir, tmp_path):
+    faces = make_faces(4, 1)
+    no_disgust = faces.labels != CLASSES.index("disgust")
+    faces.images, faces.labels = faces.images[no_disgust], faces.labels[no_disgust]
+    csv = write_fer2013_csv(tmp_path / "fer2013.csv", {"train": faces})
+    with open(csv, "a") as f:
+        f.write("3,1 2 3,Training\n")
+    at = with_data(page(), csv)
+    assert "no faces of disgust" in texts(at) and "1 bad rows or files were skipped" in texts(at)
+    assert "pixels has 3 values" in at.code[0].value  # the first skipped lines
+    at.radio(key="data-on-error").set_value("stop")
+    run(at)
+    assert "line 26" in texts(at) and at.button(key="start").disabled
+    tiny = write_fer2013_csv(tmp_path / "small.csv", {"train": make_faces(1, 1)})
+    at = with_data(at, tiny)
+    assert "too few faces to split off a validation set" in texts(at) and at.button(key="start").disabled
+    at = with_data(at, tmp_path / "missing.csv")
+    assert "no such file" in texts(at)
+
+
+# ---------------------------------------------------------------- calibration
+
+
+def test_calibration_review_delete_and_calibrate(tiny_model):
+    session = CalibrationSession("ivy", per_class=4)
+    recorder = CaptureRecorder(session, CaptureScheduler(per_class=4, countdown=0.5, interval=0.1))
+    box, t, faces = Face(100, 60, 100, 100), 0.0, make_faces(4, 9)
+    while (label := recorder.scheduler.current()) is not None:  # the capture path, on synthetic frames
+        index = np.flatnonzero(faces.labels == CLASSES.index(label))[recorder.scheduler.counts()[label]]
+        recorder.on_frame(synthetic_frame(faces.images[index], box), [box], now=t)
+        t += 0.05
+    assert session.counts() == {c: 4 for c in CLASSES}
+    at = page()
+    assert "angry: 4 captures" in [e.label for e in at.expander]
+    first = session.list("angry")[0]
+    at.button(key=f"delete-angry-{first.name}").click()
+    run(at)
+    assert not first.exists() and "angry: 3 captures" in [e.label for e in at.expander]
+    at.number_input(key="cal-epochs").set_value(3)
+    at.button(key="cal-start").click()
+    at = until_done(run(at))
+    assert "saved as **tiny-calibrated-ivy**" in at.success[0].value
+    assert at.metric[0].label.startswith("Accuracy on your held-out captures")
+    assert "tiny-calibrated-ivy" in [m.name for m in list_models()]
