@@ -86,7 +86,9 @@ class CalibrationSession:
             raise ValueError("the face crop could not be encoded as PNG")
         folder = self.folder / label
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.png"
+        now = time.time_ns()  # names sort by capture time: date, time, nanoseconds, a random tag
+        path = folder / f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(now / 1e9))}-{now % 10 ** 9:09d}-" \
+                        f"{uuid.uuid4().hex[:6]}.png"
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(png.tobytes())
         os.replace(tmp, path)

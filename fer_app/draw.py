@@ -31,8 +31,8 @@ CLASS_COLOURS: dict[str, BGR] = {
     "surprise": (0, 140, 255),
     "neutral": (190, 190, 190),
 }
-#: Box and outline of a face that has no classification yet.
-PENDING_COLOUR: BGR = (160, 160, 160)
+#: Thin box of a face that has no classification yet (unlike any class colour).
+PENDING_COLOUR: BGR = (255, 255, 255)
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _WHITE: BGR = (255, 255, 255)
 _BLACK: BGR = (0, 0, 0)
@@ -69,7 +69,7 @@ def draw_predictions(frame: np.ndarray, predictions: Sequence[Prediction], *, pe
     scale = text_scale(frame.shape[1])
     if options.boxes:
         for face in pending:
-            _box(frame, face, PENDING_COLOUR)
+            _box(frame, face, PENDING_COLOUR, thickness=1)
     for pred in predictions:
         colour = class_colour(pred.label)
         if options.boxes:
@@ -113,8 +113,8 @@ def bars_box(face: Face, frame_shape: tuple[int, ...], size: tuple[int, int]) ->
     return Face(x, y, pw, ph)
 
 
-def _box(frame: np.ndarray, face: Face, colour: BGR) -> None:
-    cv2.rectangle(frame, (face.x, face.y), (face.x + face.w - 1, face.y + face.h - 1), colour, 2)
+def _box(frame: np.ndarray, face: Face, colour: BGR, thickness: int = 2) -> None:
+    cv2.rectangle(frame, (face.x, face.y), (face.x + face.w - 1, face.y + face.h - 1), colour, thickness)
 
 
 def _label(frame: np.ndarray, face: Face, text: str, colour: BGR, scale: float) -> None:

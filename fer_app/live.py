@@ -203,14 +203,15 @@ class LivePipeline:
 
     @property
     def settings(self) -> LiveSettings:
-        """The settings in use (an `update` not yet applied is not included)."""
+        """The settings of the next frame: the latest `update`'s, applied or not yet."""
         with self._lock:
-            return self._settings
+            return self._pending.settings if self._pending and self._pending.settings else self._settings
 
     @property
     def model(self) -> Classifier:
+        """The model of the next frame: the latest `update`'s, applied or not yet."""
         with self._lock:
-            return self._model
+            return self._pending.model if self._pending and self._pending.model is not None else self._model
 
     def update(self, model: Classifier | None = None, settings: LiveSettings | None = None) -> None:
         """Swap model/settings; applied from the next frame, the stream keeps running.
@@ -218,10 +219,8 @@ class LivePipeline:
         A new model drops the tracks' probabilities and any batch in flight; tracks keep their ids.
         A new detector is built here, so the video thread doesn't pay for loading the cascade.
         """
-        with self._lock:
-            latest = self._pending.settings if self._pending and self._pending.settings else self._settings
         detector = None
-        if settings is not None and settings.detector != latest.detector:
+        if settings is not None and settings.detector != self.settings.detector:
             detector = FaceDetector(settings.detector)
         with self._lock:
             old = self._pending or _Pending()
@@ -280,7 +279,11 @@ class LivePipeline:
     # ------------------------------------------------------------ video thread
 
     def process(self, frame: np.ndarray) -> np.ndarray:
-        """Annotated copy of a BGR (or grey/BGRA) frame."""
+        """Annotated copy of a BGR (or grey/BGRA) frame. One video thread at a time.
+
+        A model error is raised here in synchronous mode; in asynchronous mode it is reported by
+        `stats().error` and the stream goes on, without new labels.
+        """
         annotated, _ = self._step(frame, annotate=True)
         return annotated
 

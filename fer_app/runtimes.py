@@ -211,14 +211,18 @@ class RuntimeEncoder(Encoder):
 
     `config()` is unchanged, so a model saved with it is the same as one saved with the torch
     encoder; the runtime is an attribute (`runtime`), a choice of this machine, not of the model.
+    The state dict holds one buffer, `identity`: the sha256 of the torch weights and the runtime, so
+    that fingerprints of the module (embedding caches) tell runtimes and weights apart.
     """
 
-    def __init__(self, base: Encoder, runtime: str, threads: int) -> None:
+    def __init__(self, base: Encoder, runtime: str, threads: int, weights_sha256: str) -> None:
         super().__init__()
         self.encoder_id, self.embed_dim = base.encoder_id, base.embed_dim
         self.runtime, self.threads = runtime, threads
         self._preprocess = _preprocessing_of(base)
         self._config = base.config()
+        identity = hashlib.sha256(f"{weights_sha256}|{runtime}".encode()).digest()
+        self.register_buffer("identity", torch.tensor(list(identity), dtype=torch.uint8))
 
     def preprocess(self, crops: Sequence[np.ndarray]) -> torch.Tensor:
         return self._preprocess(crops)
@@ -241,10 +245,10 @@ class RuntimeEncoder(Encoder):
 class OnnxEncoder(RuntimeEncoder):
     """The encoder run by an ONNX Runtime InferenceSession (CPU provider, thread-safe)."""
 
-    def __init__(self, base: Encoder, runtime: str, model_path: Path, threads: int) -> None:
+    def __init__(self, base: Encoder, runtime: str, model_path: Path, threads: int, weights_sha256: str) -> None:
         import onnxruntime as ort
 
-        super().__init__(base, runtime, threads)
+        super().__init__(base, runtime, threads, weights_sha256)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -263,10 +267,11 @@ class OnnxEncoder(RuntimeEncoder):
 class OpenVinoEncoder(RuntimeEncoder):
     """The encoder compiled by OpenVINO for the CPU, from the ONNX export, in fp32 or bf16."""
 
-    def __init__(self, base: Encoder, runtime: str, model_path: Path, threads: int, precision: str) -> None:
+    def __init__(self, base: Encoder, runtime: str, model_path: Path, threads: int, weights_sha256: str,
+                 precision: str) -> None:
         import openvino as ov
 
-        super().__init__(base, runtime, threads)
+        super().__init__(base, runtime, threads, weights_sha256)
         core = ov.Core()
         self.compiled = core.compile_model(core.read_model(str(model_path)), "CPU", {
             "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
@@ -565,11 +570,11 @@ def load_runtime(encoder: Encoder, runtime: str, *, threads: int | None = None, 
         torch.set_num_threads(threads)
         return encoder if runtime == TORCH else _torch_int8(encoder)
     cache = cache or ExportCache(encoder, cache_dir, progress)
-    kind = ONNX_INT8 if runtime == ONNX_INT8 else ONNX_FP32
+    kind = artifact_kind(runtime)
     for attempt in (1, 2):
         artifact = cache.get(kind)
         try:
-            return _session_encoder(encoder, runtime, artifact.path, threads)
+            return _session_encoder(encoder, runtime, artifact.path, threads, cache.weights_sha256)
         except Exception as exc:  # noqa: BLE001 - a file that hashes right but does not load: rebuild once
             if attempt == 2:
                 raise RuntimeUnavailable(f"{runtime}: cannot load {artifact.path} "
@@ -578,10 +583,19 @@ def load_runtime(encoder: Encoder, runtime: str, *, threads: int | None = None, 
     raise AssertionError("unreachable")
 
 
-def _session_encoder(base: Encoder, runtime: str, path: Path, threads: int) -> RuntimeEncoder:
+def artifact_kind(runtime: str) -> str | None:
+    """The cached file a runtime loads: "onnx-int8" for onnx-int8, "onnx-fp32" for the ONNX Runtime fp32
+    and OpenVINO runtimes (OpenVINO compiles the ONNX export), None for the torch runtimes."""
+    if runtime in (TORCH, TORCH_INT8):
+        return None
+    return ONNX_INT8 if runtime == ONNX_INT8 else ONNX_FP32
+
+
+def _session_encoder(base: Encoder, runtime: str, path: Path, threads: int, weights_sha256: str) -> RuntimeEncoder:
     if runtime in (ONNX_FP32, ONNX_INT8):
-        return OnnxEncoder(base, runtime, path, threads)
-    return OpenVinoEncoder(base, runtime, path, threads, "bf16" if runtime == OPENVINO_BF16 else "f32")
+        return OnnxEncoder(base, runtime, path, threads, weights_sha256)
+    precision = "bf16" if runtime == OPENVINO_BF16 else "f32"
+    return OpenVinoEncoder(base, runtime, path, threads, weights_sha256, precision)
 
 
 # ------------------------------------------------------------------------------- accuracy check
@@ -645,13 +659,22 @@ def check_crops(fer_count: int = 240, fer_path: Path | None = None) -> CheckCrop
     return CheckCrops(astronaut + fer, source)
 
 
-def random_head(dim: int, num_classes: int = NUM_CLASSES, seed: int = 0) -> nn.Linear:
-    """A fixed random linear head (seeded): top-1 labels for models that have no head of their own."""
+def random_head(embeddings: torch.Tensor, num_classes: int = NUM_CLASSES, seed: int = 0) -> nn.Linear:
+    """A fixed random linear head (seeded) for encoders without a head of their own, centred and scaled
+    on `embeddings` (the reference's): logits = W (e - mean) / rms, with W ~ N(0, 1).
+
+    Without the centring, the embeddings of face crops (all alike next to everything CLIP has seen,
+    and nearly identical under random weights) would all get the same label, and top-1 agreement
+    would say nothing.
+    """
     generator = torch.Generator().manual_seed(seed)
-    head = nn.Linear(dim, num_classes)
+    weight = torch.randn(num_classes, embeddings.shape[1], generator=generator)
+    mean = embeddings.mean(dim=0)
+    rms = (embeddings - mean).norm(dim=1).pow(2).mean().sqrt().clamp_min(1e-12)
+    head = nn.Linear(embeddings.shape[1], num_classes)
     with torch.no_grad():
-        head.weight.copy_(torch.randn(num_classes, dim, generator=generator))
-        head.bias.zero_()
+        head.weight.copy_(weight / rms)
+        head.bias.copy_(-(weight @ mean) / rms)
     return head.eval()
 
 
@@ -693,17 +716,18 @@ class CheckResult:
 class AccuracyCheck:
     """torch fp32's embeddings and top-1 labels on face crops, computed once; call it with a runtime.
 
-    head: the model's head, or None for a fixed random linear head (seed 0); its name is reported.
+    head: the model's head, or None for a fixed random linear head (`random_head`); its name is reported.
     """
 
     def __init__(self, reference: Encoder, crops: CheckCrops | None = None, head: nn.Module | None = None) -> None:
         self.crops = crops or check_crops()
         if not self.crops.crops:
             raise ValueError("the accuracy check needs at least one face crop")
-        self.head_name = "the model's head" if head is not None else "a fixed random linear head (seed 0)"
-        self.head = (head if head is not None else random_head(reference.embed_dim)).eval()
         self._reference_encoder = reference
         self.reference = embed(reference, self.crops.crops)
+        self.head_name = ("the model's head" if head is not None else
+                          "a fixed random linear head (seed 0, centred on the torch embeddings)")
+        self.head = (head if head is not None else random_head(self.reference)).eval()
         self.labels = self._labels(self.reference)
 
     @torch.inference_mode()

@@ -7,10 +7,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from conftest import make_faces
-from fer_app.calibration import (CalibrationSession, CaptureRecorder, CaptureScheduler, calibrate,
-                                 draw_capture_prompt, list_sessions, start_calibration)
+
+from fer_app.calibration import (
+    CalibrationSession,
+    CaptureRecorder,
+    CaptureScheduler,
+    calibrate,
+    draw_capture_prompt,
+    list_sessions,
+    start_calibration,
+)
 from fer_app.cli import main
 from fer_app.config import CLASSES
 from fer_app.data import DataError, FaceSet, load_folders

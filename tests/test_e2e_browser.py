@@ -23,6 +23,7 @@ See /work/shared/docs/webrtc-e2e.md (the recipe) for the flags and pitfalls.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -33,6 +34,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree
@@ -41,7 +43,7 @@ import cv2
 import numpy as np
 import pytest
 
-from fer_app.config import CLASSES, DEFAULT_MODEL, DetectorConfig
+from fer_app.config import CLASSES, DEFAULT_MODEL, MODELS_DIR, DetectorConfig
 from fer_app.detection import FaceDetector
 from fer_app.draw import CLASS_COLOURS, PENDING_COLOUR
 from fer_app.types import Face
@@ -117,7 +119,8 @@ def namespace_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome
     report = tmp_path_factory.mktemp("netns") / "junit.xml"
     command = [*unshare, "bash", "-c", f'{NAMESPACE_SETUP} && exec "$@"', "netns",
                sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)),
-               f"--junitxml={report}", "-o", "junit_logging=all", "-o", "junit_family=xunit2"]
+               f"--junitxml={report}", f"--basetemp={report.parent / 'inner'}", "-o", "junit_logging=all",
+               "-o", "junit_family=xunit2"]
     started = time.monotonic()
     run = subprocess.run(command, cwd=ROOT, env={**os.environ, INSIDE_ENV: "1"}, capture_output=True, text=True,
                          timeout=1800, check=False)
@@ -144,7 +147,8 @@ def _read_junit(path: Path) -> dict[str, Outcome]:
             node = case.find(kind)
             if node is not None:
                 status = "skipped" if kind == "skipped" else "failed"
-                message = f"{node.get('message', '')}\n{node.text or ''}".strip()
+                message = node.get("message", "") if kind == "skipped" else \
+                    f"{node.get('message', '')}\n{node.text or ''}".strip()
                 break
         output = "\n".join(n.text or "" for n in case.iter() if n.tag in ("system-out", "system-err"))
         outcomes[case.get("name", "")] = Outcome(status, message, output)
@@ -212,7 +216,7 @@ def fer_scene() -> Scene:
     in its place: the first such faces in the split's order."""
     data = np.load(FER_NPZ)
     images, labels, names = data["val_x"], data["val_y"], [str(c) for c in data["classes"]]
-    side, slots = 160, [(20, 40), (330, 40), (20, 280), (330, 280)]
+    side, slots = 160, [(20, 60), (330, 60), (20, 265), (330, 265)]  # clear of the bottom strip (the control)
     detector = FaceDetector(DetectorConfig())
     frame, faces, used = _background(), [], set()
     candidates = iter(range(len(images)))
@@ -261,9 +265,9 @@ SCENES = {"astronaut": astronaut_scene, "fer2013": fer_scene}
 
 @pytest.fixture(scope="module")
 def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The bundled models/ when it has the default model, else a folder with a tiny model trained here."""
-    if (ROOT / "models" / DEFAULT_MODEL / "config.json").exists():
-        return ROOT / "models"
+    """models/ (or $FER_APP_MODELS) when it has the default model, else a folder with a tiny model trained here."""
+    if (MODELS_DIR / DEFAULT_MODEL / "config.json").exists():
+        return MODELS_DIR
     from conftest import TINY_COMPACT, make_faces
 
     from fer_app.training import TrainConfig, train
@@ -368,7 +372,7 @@ def _scaled(face: Face, scale: float) -> Face:
     return Face(round(face.x * scale), round(face.y * scale), round(face.w * scale), round(face.h * scale))
 
 
-# ---------------------------------------------------------------- the test
+# ---------------------------------------------------------------- the tests
 
 
 @dataclass(frozen=True)
@@ -384,11 +388,11 @@ START, STOP = re.compile(r"^start$", re.IGNORECASE), re.compile(r"^stop$", re.IG
 
 @pytest.mark.parametrize("scene_name", list(SCENES))
 def test_live_page_in_browser(scene_name: str, request: pytest.FixtureRequest) -> None:
+    """Faces at known places come back boxed and labelled; the page shows the stats; prints the server FPS."""
     if not INSIDE:
         _relay(request)
         return
-    interfaces = sorted(os.listdir("/sys/class/net"))
-    assert interfaces == ["lo"], f"{INSIDE_ENV} is set but this namespace has interfaces {interfaces}"
+    _check_isolated()
     if scene_name == "fer2013" and not FER_NPZ.exists():
         pytest.skip(f"no FER-2013 faces: {FER_NPZ} is absent")
     started = time.monotonic()
@@ -397,30 +401,25 @@ def test_live_page_in_browser(scene_name: str, request: pytest.FixtureRequest) -
     clip = write_y4m(tmp / "camera.y4m", scene.frame, CLIP_FPS * CLIP_SECONDS)
     server: Server = request.getfixturevalue("server")
     seen = _stream_in_browser(server, clip, tmp / "profile", len(scene.faces))
+    cv2.imwrite(str(tmp / "camera.png"), scene.frame)
+    cv2.imwrite(str(tmp / "returned.png"), seen.returned)  # to look at when a check fails
 
     height, width = seen.returned.shape[:2]
     scale = width / WIDTH
-    assert abs(height - HEIGHT * scale) <= 2, f"returned video {width}x{height} is not 4:3"
-    source = cv2.resize(scene.frame, (width, height), interpolation=cv2.INTER_AREA)
-    drawn = _new_drawing(seen.returned, source)
     predicted = [(Face(*p["box"]), p) for p in seen.stats["predictions"]]
-    lines, agree = [], 0
+    matched = []
     for placed in scene.faces:
-        expected = _scaled(placed.box, scale)
-        found = [(face, p) for face, p in predicted if _near(face, expected)]
+        found = [(face, p) for face, p in predicted if _near(face, _scaled(placed.box, scale))]
         assert len(found) == 1, f"face at {placed.box} not found once by the server: {seen.stats['predictions']}"
-        face, prediction = found[0]
-        assert prediction["label"] in CLASSES and 0 < prediction["confidence"] <= 1, prediction
-        around = int(drawn[_outline(drawn.shape, face, 3, 4)].sum())
-        # The 2 px box alone is 8 px per pixel of side; ask for a quarter (video coding blurs thin lines).
-        assert around >= 2 * face.w, f"no box drawn around the face at {placed.box}: {around} px"
-        agree += prediction["label"] == placed.label
-        lines.append(f"  face at {placed.box.box}: server box {face.box}, {prediction['label']} "
-                     f"({prediction['confidence']:.0%})" + (f", FER-2013 says {placed.label}" if placed.label else "")
-                     + f"; {around} px in the server's colours around it")
+        assert found[0][1]["label"] in CLASSES and 0 < found[0][1]["confidence"] <= 1, found[0][1]
+        matched.append(found[0])
+    drawn = _drawn_around(seen.returned, scene, [face for face, _ in matched], 4, tmp)
+    lines = [f"  face at {placed.box.box}: server box {face.box}, {p['label']} ({p['confidence']:.0%})"
+             + (f", FER-2013 says {placed.label}" if placed.label else "")
+             + f"; {around} px in the server's colours around it"
+             for placed, (face, p), around in zip(scene.faces, matched, drawn)]
+    agree = sum(p["label"] == placed.label for placed, (_, p) in zip(scene.faces, matched))
     assert len(predicted) == len(scene.faces), f"faces where there are none: {seen.stats['predictions']}"
-    bottom = drawn[round(0.9 * height) :]  # no face there, so no box, label, bars or stats overlay
-    assert bottom.mean() < 0.01, "the server's colours where nothing was drawn"
     assert float(seen.page_fps) > 0 and seen.stats["fps"] > 0
 
     stats = seen.stats
@@ -435,31 +434,107 @@ def test_live_page_in_browser(scene_name: str, request: pytest.FixtureRequest) -
         print(f"  live labels agree with FER-2013's on {agree} of {len(scene.faces)} faces")
 
 
-def _stream_in_browser(server: Server, clip: Path, profile: Path, faces: int) -> Observed:
-    """Open the page in headless Chromium with `clip` as the camera, START, wait for the processed frames
-    (`faces` labelled), read the returned video and the page's FPS, STOP."""
+def test_two_tabs_stream_at_once(request: pytest.FixtureRequest) -> None:
+    """Two tabs (two sessions, one pipeline each, one shared model) both get annotated video and stats."""
+    if not INSIDE:
+        _relay(request)
+        return
+    _check_isolated()
+    started = time.monotonic()
+    scene = astronaut_scene()
+    tmp: Path = request.getfixturevalue("tmp_path")
+    clip = write_y4m(tmp / "camera.y4m", scene.frame, CLIP_FPS * CLIP_SECONDS)
+    server: Server = request.getfixturevalue("server")
     from playwright.sync_api import sync_playwright
 
-    timeout_ms = PAGE_TIMEOUT * 1000
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(profile), executable_path=str(CHROMIUM), headless=True,
-            args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-video-capture={clip}"])
-        try:
-            page = context.pages[0] if context.pages else context.new_page()
-            page.goto(server.url, timeout=timeout_ms)
-            component = page.frame_locator('iframe[title*="webrtc_streamer"]')
-            component.get_by_role("button", name=START).click(timeout=timeout_ms)
-            clicked = time.monotonic()
-            first_frame = _wait_for_frames(server, faces)
-            returned = _grab_video(component.locator("video").first)
-            metric = page.locator('[data-testid="stMetric"]', has_text="Processed FPS")
-            metric.first.wait_for(timeout=timeout_ms)
-            page_fps = metric.first.locator('[data-testid="stMetricValue"]').inner_text().strip()
-            stats = _read_stats(server.stats_file)
-            component.get_by_role("button", name=STOP).click(timeout=timeout_ms)
-        finally:
-            context.close()
+    with sync_playwright() as playwright, _browser(playwright, clip, tmp / "profile") as context:
+        tabs = [context.pages[0] if context.pages else context.new_page(), context.new_page()]
+        components = [_start(tab, server.url) for tab in tabs]
+        for tab in tabs:  # each tab's own stats: its session's pipeline sees both faces
+            _wait_for_metric(tab, "Faces", lambda value: value == str(len(scene.faces)))
+        fps = [_wait_for_metric(tab, "Processed FPS", lambda value: float(value) > 0) for tab in tabs]
+        returned = [_grab_video(component.locator("video").first) for component in components]
+        for component in components:
+            component.get_by_role("button", name=STOP).click(timeout=PAGE_TIMEOUT * 1000)
+    for i, frame in enumerate(returned):
+        cv2.imwrite(str(tmp / f"returned-{i}.png"), frame)
+        scale = frame.shape[1] / WIDTH
+        _drawn_around(frame, scene, [_scaled(p.box, scale) for p in scene.faces], round(0.1 * 97 * scale), tmp)
+    print(f"[two tabs] Processed FPS {' and '.join(fps)} at once; {time.monotonic() - started:.0f} s")
+
+
+# ---------------------------------------------------------------- checks and browser helpers
+
+
+def _check_isolated() -> None:
+    interfaces = sorted(name for _, name in socket.if_nameindex())  # this namespace's (not /sys: the host's)
+    assert interfaces == ["lo"], f"{INSIDE_ENV} is set but this namespace has interfaces {interfaces}"
+
+
+def _drawn_around(returned: np.ndarray, scene: Scene, boxes: list[Face], slack: int, tmp: Path) -> list[int]:
+    """Pixels in the server's colours near the border (within `slack` px) and in the label strip of each box
+    of a returned frame, asserting there are enough; and asserting there are none in the empty bottom strip."""
+    height, width = returned.shape[:2]
+    assert abs(height - HEIGHT * width / WIDTH) <= 2, f"returned video {width}x{height} is not 4:3 ({tmp})"
+    drawn = _new_drawing(returned, cv2.resize(scene.frame, (width, height), interpolation=cv2.INTER_AREA))
+    counts = []
+    for box in boxes:
+        around = int(drawn[_outline(drawn.shape, box, slack, slack)].sum())
+        # The 2 px box alone is 8 px per pixel of side; ask for a quarter (video coding blurs thin lines).
+        assert around >= 2 * box.w, f"no box drawn around the face at {box}: {around} px ({tmp})"
+        counts.append(around)
+    bottom = drawn[round(0.9 * height) :]  # no face there, so no box, label, bars or stats overlay
+    assert bottom.mean() < 0.01, f"the server's colours where nothing was drawn ({tmp})"
+    return counts
+
+
+@contextmanager
+def _browser(playwright, clip: Path, profile: Path) -> Iterator:
+    """Headless Debian Chromium with `clip` as its camera (a persistent context on a fresh profile)."""
+    context = playwright.chromium.launch_persistent_context(
+        str(profile), executable_path=str(CHROMIUM), headless=True,
+        args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-video-capture={clip}"])
+    try:
+        yield context
+    finally:
+        context.close()
+
+
+def _start(page, url: str):
+    """Open the app in `page` and press START in the webrtc component; the component's frame locator."""
+    page.goto(url, timeout=PAGE_TIMEOUT * 1000)
+    component = page.frame_locator('iframe[title*="webrtc_streamer"]')
+    component.get_by_role("button", name=START).click(timeout=PAGE_TIMEOUT * 1000)
+    return component
+
+
+def _wait_for_metric(page, label: str, ok) -> str:
+    """The value of the page's metric `label` once `ok(value)` holds."""
+    metric = page.locator('[data-testid="stMetric"]', has_text=label).first.locator('[data-testid="stMetricValue"]')
+    deadline, value = time.monotonic() + FRAMES_TIMEOUT, None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):  # not rendered yet, re-rendered while read, or not a number yet
+            value = metric.inner_text(timeout=1000).strip()
+            if ok(value):
+                return value
+        time.sleep(0.25)
+    pytest.fail(f"metric {label!r} never got a good value within {FRAMES_TIMEOUT} s (last: {value!r})")
+
+
+def _stream_in_browser(server: Server, clip: Path, profile: Path, faces: int) -> Observed:
+    """Open the page with `clip` as the camera, START, wait for the processed frames (`faces` labelled), read
+    the returned video and the page's FPS, STOP."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright, _browser(playwright, clip, profile) as context:
+        page = context.pages[0] if context.pages else context.new_page()
+        component = _start(page, server.url)
+        clicked = time.monotonic()
+        first_frame = _wait_for_frames(server, faces)
+        returned = _grab_video(component.locator("video").first)
+        page_fps = _wait_for_metric(page, "Processed FPS", lambda value: float(value) > 0)
+        stats = _read_stats(server.stats_file)
+        component.get_by_role("button", name=STOP).click(timeout=PAGE_TIMEOUT * 1000)
     return Observed(returned, stats, page_fps, first_frame - clicked)
 
 

@@ -7,12 +7,24 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-
 from conftest import TINY_COMPACT
+
 from fer_app import jobs
 from fer_app.evaluate import evaluate
-from fer_app.jobs import (FAILED, FINISHED, STOPPED, JobRunning, check_name, clear_job, current_job, find_checkpoint,
-                          run_dir, start_job, start_training, training_choices)
+from fer_app.jobs import (
+    FAILED,
+    FINISHED,
+    STOPPED,
+    JobRunning,
+    check_name,
+    clear_job,
+    current_job,
+    find_checkpoint,
+    run_dir,
+    start_job,
+    start_training,
+    training_choices,
+)
 from fer_app.model import ModelError, ModelInfo, list_models, load_model
 from fer_app.training import TrainConfig, TrainResult, train
 

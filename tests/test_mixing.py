@@ -13,15 +13,24 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from conftest import make_faces
+from test_cli import write_fer2013_csv
+
 from fer_app.cli import _train_config, build_parser, main, train_command
 from fer_app.config import CLASSES
 from fer_app.data import DataError, FaceSet, load_folders
-from fer_app.mixing import (Source, data_stamp, extract_upload, extract_zip, load_sources, mix, preview, sample_grid,
-                            with_val)
+from fer_app.mixing import (
+    Source,
+    data_stamp,
+    extract_upload,
+    extract_zip,
+    load_sources,
+    mix,
+    preview,
+    sample_grid,
+    with_val,
+)
 from fer_app.training import TrainConfig
-from test_cli import write_fer2013_csv
 
 
 def png(image: np.ndarray) -> bytes:
@@ -253,7 +262,7 @@ def test_cli_train_with_mix(capsys, models_dir, tmp_path):
     code = main(["train", str(csv), "--mix", f"{folder}:4", "--name", "mixed", "--widths", "8", "16", "--convs", "1",
                  "1", "--epochs", "1", "--batch-size", "32", "--no-augment", "--workdir", str(tmp_path / "w"),
                  "--val-fraction", "0.34"])
-    out, err = capsys.readouterr()
+    err = capsys.readouterr().err
     assert code == 0, err
     assert "train: 112 faces" in err  # 7 x (8 + 2 x 4): the folder's val face per class is taken first
     cfg = (models_dir / "mixed" / "config.json").read_text()

@@ -103,6 +103,6 @@ def test_clip_head_saved_without_clip_weights(models_dir, tiny_clip_dir):
     with torch.no_grad():
         keys = set(__import__("safetensors.torch", fromlist=["load_file"]).load_file(str(path / "model.safetensors")))
     assert keys and all(k.startswith("head.") for k in keys)  # CLIP's own weights are not copied
-    loaded = load_model("clip-head", clip_source=tiny_clip_dir)
+    loaded = load_model("clip-head", clip_source=tiny_clip_dir, runtime="torch")
     crop = [np.full((50, 50, 3), 30, np.uint8)]
     np.testing.assert_allclose(loaded.predict_proba(crop), model.predict_proba(crop), atol=1e-5)

@@ -73,6 +73,10 @@ def _fresh_encoder(tiny_clip_dir: Path) -> ClipEncoder:
 
 # ------------------------------------------------------------------------------ each runtime
 
+#: Fingerprint of each runtime's encoder module, across the parametrised test below.
+fingerprints: dict[str, str] = {}
+
+
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_runtime_agrees_with_torch(runtime: str, tiny_encoder: ClipEncoder, crops: CheckCrops,
                                    tmp_path: Path) -> None:
@@ -83,6 +87,10 @@ def test_runtime_agrees_with_torch(runtime: str, tiny_encoder: ClipEncoder, crop
     assert runtime_name(encoder) == runtime
     assert encoder.encoder_id == tiny_encoder.encoder_id and encoder.embed_dim == tiny_encoder.embed_dim
     assert encoder.config() == tiny_encoder.config()
+    if isinstance(encoder, runtimes.RuntimeEncoder):  # module fingerprints (embedding caches) differ per runtime
+        assert runtimes.tensors_digest(encoder) != runtimes.tensors_digest(tiny_encoder)
+        fingerprints.setdefault(runtimes.tensors_digest(encoder), runtime)
+        assert fingerprints[runtimes.tensors_digest(encoder)] == runtime
     result = AccuracyCheck(tiny_encoder, crops)(encoder)
     assert result.runtime == runtime and result.n == len(crops.crops)
     assert result.cosine_mean >= MIN_COSINE.get(runtime, 0.9999), result.summary()

@@ -8,6 +8,7 @@ runs with it replaced by `FakeStreamer`, which records its arguments and plays f
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -67,19 +68,8 @@ def test_rtc_environment_wins_over_secrets() -> None:
     ('["http://example.org"]', "is not a stun:"),
 ])
 def test_rtc_malformed_lists_are_clear_errors(value: str, message: str) -> None:
-    with pytest.raises(RtcConfigError, match=r"FER_APP_ICE_SERVERS.*" + message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(RtcConfigError, match=r"FER_APP_ICE_SERVERS.*" + re.escape(message)):
         rtc_configuration(environ={ENV_VAR: value}, secrets={})
-
-
-def test_rtc_reads_streamlit_secrets_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(ENV_VAR, raising=False)
-    import streamlit as st
-    from streamlit.runtime.secrets import Secrets
-
-    secrets = Secrets()
-    secrets._secrets = {"rtc": {"ice_servers": ["stun:stun.example.org"]}}
-    monkeypatch.setattr(st, "secrets", secrets)
-    assert rtc_configuration() == {"iceServers": [{"urls": "stun:stun.example.org"}]}
 
 
 # ---------------------------------------------------------------- helpers
@@ -291,6 +281,16 @@ def test_photo_bad_upload_is_an_error_message(tiny_model: Path, name: str, data:
     assert len(at.error) == 1
     assert name in at.error[0].value and expected in at.error[0].value
     assert not at.dataframe and not at.get("download_button")
+
+
+def test_photo_camera_is_drawn_only_when_chosen(tiny_model: Path) -> None:
+    at = run_page("photo")
+    assert at.get("file_uploader") and not at.get("camera_input")
+    at.radio(key="photo-source").set_value("Take a picture")
+    at.run()
+    assert not at.exception
+    assert at.get("camera_input") and not at.get("file_uploader")
+    assert any("take a picture" in i.value for i in at.info)
 
 
 def test_photo_without_a_face_says_so(tiny_model: Path) -> None:

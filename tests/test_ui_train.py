@@ -15,18 +15,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from streamlit.testing.v1 import AppTest
-
 from conftest import make_faces
+from streamlit.testing.v1 import AppTest
+from test_calibration import synthetic_frame
+from test_cli import write_fer2013_csv
+from test_mixing import layout_files, png
+
 from fer_app import config
 from fer_app.calibration import CalibrationSession, CaptureRecorder, CaptureScheduler
 from fer_app.config import CLASSES
 from fer_app.jobs import STOPPED, clear_job, current_job, find_checkpoint
 from fer_app.model import list_models
 from fer_app.types import Face
-from test_calibration import synthetic_frame
-from test_cli import write_fer2013_csv
-from test_mixing import layout_files, png
 
 PAGE = Path(__file__).resolve().parent.parent / "fer_app" / "ui" / "train.py"
 TIMEOUT = 600  # seconds per AppTest run (AppTest's default is 3): the first run imports torch; busy machines
@@ -83,13 +83,11 @@ def with_data(at: AppTest, path: Path) -> AppTest:
     return run(at)
 
 
-def until_done(at: AppTest, timeout: float = WAIT) -> AppTest:
-    """Rerun the page until the job has ended, then once more: the results."""
-    end = time.monotonic() + timeout
-    while (job := current_job()) is not None and job.running:
-        assert time.monotonic() < end, "the job did not end in time"
-        time.sleep(0.2)
-        run(at)
+def until_done(at: AppTest) -> AppTest:
+    """Wait for the job to end, then rerun the page: the results (as the page's polling fragment would)."""
+    job = current_job()
+    if job is not None:
+        assert not job.wait(WAIT).running, "the job did not end in time"
     return run(at)
 
 

@@ -60,7 +60,8 @@ def face_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_round_trip(face_video: Path, tiny_model: Path, tmp_path: Path) -> None:
-    out = tmp_path / "annotated.mp4"
+    (tmp_path / "out").mkdir()
+    out = tmp_path / "out" / "annotated.mp4"
     calls = []
     result = process_video(face_video, load_model(tiny_model), SETTINGS, out_path=out,
                            progress=lambda done, total: calls.append((done, total)))
@@ -79,7 +80,7 @@ def test_round_trip(face_video: Path, tiny_model: Path, tmp_path: Path) -> None:
     assert n == FRAMES and size == (480, 640)
     with av.open(str(out)) as container:
         assert container.streams.video[0].codec_context.name == "h264"
-    assert [p.name for p in tmp_path.iterdir()] == ["annotated.mp4"]  # no temporary file left
+    assert [p.name for p in out.parent.iterdir()] == ["annotated.mp4"]  # no temporary file left
 
     table = write_csv(result.rows, tmp_path / "faces.csv")
     with open(table, newline="") as f:

@@ -30,12 +30,11 @@ except (ModelError, OSError) as exc:
     st.stop()
 detector = common.cached_detector(detector_config)
 
-upload_tab, camera_tab = st.tabs(["Upload", "Camera"])
-with upload_tab:
-    uploaded = st.file_uploader("Image (JPG, PNG or WebP)", type=IMAGE_TYPES, key="photo-upload")
-with camera_tab:
-    snapshot = st.camera_input("Take a picture", key="photo-camera")
-source = uploaded or snapshot
+# The camera widget asks for the camera as soon as it is drawn, so it is drawn only when chosen.
+if st.radio("Source", ["Upload a file", "Take a picture"], horizontal=True, key="photo-source") == "Upload a file":
+    source = st.file_uploader("Image (JPG, PNG or WebP)", type=IMAGE_TYPES, key="photo-upload")
+else:
+    source = st.camera_input("Take a picture", key="photo-camera")
 if source is None:
     st.info("Upload an image or take a picture to start.")
     st.stop()

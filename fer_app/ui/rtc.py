@@ -85,7 +85,8 @@ def _validate(servers: Any, source: str) -> list[dict[str, Any]]:
         server = {str(k): _plain(v) for k, v in server.items()}
         unknown = sorted(set(server) - _ICE_KEYS)
         if unknown:
-            raise RtcConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(_ICE_KEYS))})")
+            allowed = ", ".join(sorted(_ICE_KEYS))
+            raise RtcConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {allowed})")
         urls = server.get("urls")
         url_list = [urls] if isinstance(urls, str) else urls
         if not url_list or not isinstance(url_list, list) or not all(isinstance(u, str) and u for u in url_list):
