@@ -41,3 +41,9 @@ class DetectorConfig:
     min_neighbors: int = 4
     min_face: int = 40
     margin: float = 0.1
+
+
+#: Detector defaults for live webcam video: a webcam face is large (typically 120-300 px in a
+#: 640x480 frame), so detecting on a 320 px wide copy with a 60 px minimum keeps detection to a
+#: few milliseconds per frame; photos use the more thorough `DetectorConfig()` defaults.
+LIVE_DETECTOR = DetectorConfig(detection_width=320, min_face=60)

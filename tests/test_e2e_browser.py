@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +65,9 @@ WIDTH, HEIGHT, CLIP_FPS, CLIP_SECONDS = 640, 480, 15, 3
 PAGE_TIMEOUT, FRAMES_TIMEOUT = 180, 180
 #: Processed frames before the checks (tracks settled, smoothing converged).
 MIN_FRAMES = 30
+#: Seconds to wait, after that, for a returned frame on which every face is drawn (a face may be missed
+#: now and then on a frame that video coding has damaged).
+SETTLE_TIMEOUT = 30
 CHROMIUM_FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -212,8 +215,8 @@ def astronaut_scene() -> Scene:
 
 
 def fer_scene() -> Scene:
-    """Four FER-2013 validation faces (48 -> 160 px) with different labels, each one the detector finds alone
-    in its place: the first such faces in the split's order."""
+    """Four FER-2013 validation faces (48 -> 160 px) with different labels: the first ones in the split's order
+    that the detector finds in their place, and only there, also after lossy coding (as in the video)."""
     data = np.load(FER_NPZ)
     images, labels, names = data["val_x"], data["val_y"], [str(c) for c in data["classes"]]
     side, slots = 160, [(20, 60), (330, 60), (20, 265), (330, 265)]  # clear of the bottom strip (the control)
@@ -228,12 +231,18 @@ def fer_scene() -> Scene:
             face = cv2.resize(images[index], (side, side), interpolation=cv2.INTER_CUBIC)
             trial[y : y + side, x : x + side] = cv2.cvtColor(face, cv2.COLOR_GRAY2BGR)
             placed = [*faces, Placed(Face(x, y, side, side), names[labels[index]])]
-            if _matches(detector.detect(trial), [p.box for p in placed]):
+            boxes = [p.box for p in placed]
+            if all(_matches(detector.detect(version), boxes) for version in (trial, _degraded(trial))):
                 frame, faces = trial, placed
                 used.add(names[labels[index]])
                 break
     assert len(faces) == len(slots), "not enough FER-2013 faces the detector finds"
     return Scene(frame, faces)
+
+
+def _degraded(frame: np.ndarray) -> np.ndarray:
+    """The frame after strong JPEG coding: roughly what the server gets from the browser's video encoder."""
+    return cv2.imdecode(cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 30])[1], cv2.IMREAD_COLOR)
 
 
 def _near(found: Face, expected: Face) -> bool:
@@ -400,30 +409,33 @@ def test_live_page_in_browser(scene_name: str, request: pytest.FixtureRequest) -
     tmp: Path = request.getfixturevalue("tmp_path")
     clip = write_y4m(tmp / "camera.y4m", scene.frame, CLIP_FPS * CLIP_SECONDS)
     server: Server = request.getfixturevalue("server")
-    seen = _stream_in_browser(server, clip, tmp / "profile", len(scene.faces))
+    def check(returned: np.ndarray, stats: dict) -> tuple[list[str], int]:
+        """Assert what came back; a line per face for the report, and the labels agreeing with FER-2013's."""
+        scale = returned.shape[1] / WIDTH
+        predicted = [(Face(*p["box"]), p) for p in stats["predictions"]]
+        matched = []
+        for placed in scene.faces:
+            found = [(face, p) for face, p in predicted if _near(face, _scaled(placed.box, scale))]
+            assert len(found) == 1, f"face at {placed.box} not found once by the server: {stats['predictions']}"
+            assert found[0][1]["label"] in CLASSES and 0 < found[0][1]["confidence"] <= 1, found[0][1]
+            matched.append(found[0])
+        assert len(predicted) == len(scene.faces), f"faces where there are none: {stats['predictions']}"
+        drawn = _drawn_around(returned, scene, [face for face, _ in matched], 4, tmp)
+        lines = [f"  face at {placed.box.box}: server box {face.box}, {p['label']} ({p['confidence']:.0%})"
+                 + (f", FER-2013 says {placed.label}" if placed.label else "")
+                 + f"; {around} px in the server's colours around it"
+                 for placed, (face, p), around in zip(scene.faces, matched, drawn)]
+        return lines, sum(p["label"] == placed.label for placed, (_, p) in zip(scene.faces, matched))
+
+    seen = _stream_in_browser(server, clip, tmp / "profile", len(scene.faces), lambda r, s: _passes(check, r, s))
     cv2.imwrite(str(tmp / "camera.png"), scene.frame)
     cv2.imwrite(str(tmp / "returned.png"), seen.returned)  # to look at when a check fails
-
-    height, width = seen.returned.shape[:2]
-    scale = width / WIDTH
-    predicted = [(Face(*p["box"]), p) for p in seen.stats["predictions"]]
-    matched = []
-    for placed in scene.faces:
-        found = [(face, p) for face, p in predicted if _near(face, _scaled(placed.box, scale))]
-        assert len(found) == 1, f"face at {placed.box} not found once by the server: {seen.stats['predictions']}"
-        assert found[0][1]["label"] in CLASSES and 0 < found[0][1]["confidence"] <= 1, found[0][1]
-        matched.append(found[0])
-    drawn = _drawn_around(seen.returned, scene, [face for face, _ in matched], 4, tmp)
-    lines = [f"  face at {placed.box.box}: server box {face.box}, {p['label']} ({p['confidence']:.0%})"
-             + (f", FER-2013 says {placed.label}" if placed.label else "")
-             + f"; {around} px in the server's colours around it"
-             for placed, (face, p), around in zip(scene.faces, matched, drawn)]
-    agree = sum(p["label"] == placed.label for placed, (_, p) in zip(scene.faces, matched))
-    assert len(predicted) == len(scene.faces), f"faces where there are none: {seen.stats['predictions']}"
+    lines, agree = check(seen.returned, seen.stats)
     assert float(seen.page_fps) > 0 and seen.stats["fps"] > 0
 
     stats = seen.stats
-    print(f"[{scene_name}] model {stats['model']}; returned video {width}x{height}; first processed frame "
+    print(f"[{scene_name}] model {stats['model']}; returned video {seen.returned.shape[1]}x{seen.returned.shape[0]}; "
+          f"first processed frame "
           f"{seen.first_frame_s:.1f} s after START; server FPS {stats['fps']:.1f} after {stats['frames']} frames "
           f"(median ms: detect {stats['detect_ms'][0]:.1f}, classify {stats['classify_ms'][0]:.1f} "
           f"{'in the worker' if stats['asynchronous'] else 'in the video thread'}, draw {stats['draw_ms'][0]:.1f}, "
@@ -453,17 +465,34 @@ def test_two_tabs_stream_at_once(request: pytest.FixtureRequest) -> None:
         for tab in tabs:  # each tab's own stats: its session's pipeline sees both faces
             _wait_for_metric(tab, "Faces", lambda value: value == str(len(scene.faces)))
         fps = [_wait_for_metric(tab, "Processed FPS", lambda value: float(value) > 0) for tab in tabs]
-        returned = [_grab_video(component.locator("video").first) for component in components]
+        returned = [_settled_frame(component, scene, tmp) for component in components]
         for component in components:
             component.get_by_role("button", name=STOP).click(timeout=PAGE_TIMEOUT * 1000)
     for i, frame in enumerate(returned):
         cv2.imwrite(str(tmp / f"returned-{i}.png"), frame)
-        scale = frame.shape[1] / WIDTH
-        _drawn_around(frame, scene, [_scaled(p.box, scale) for p in scene.faces], round(0.1 * 97 * scale), tmp)
+        _drawn_around_known(frame, scene, tmp)
     print(f"[two tabs] Processed FPS {' and '.join(fps)} at once; {time.monotonic() - started:.0f} s")
 
 
 # ---------------------------------------------------------------- checks and browser helpers
+
+
+def _drawn_around_known(returned: np.ndarray, scene: Scene, tmp: Path) -> list[int]:
+    """`_drawn_around` the scene's own face boxes (in the returned video's pixels), with 10% slack for the
+    detector's boxes."""
+    scale = returned.shape[1] / WIDTH
+    boxes = [_scaled(p.box, scale) for p in scene.faces]
+    return _drawn_around(returned, scene, boxes, round(0.1 * min(b.w for b in boxes)), tmp)
+
+
+def _settled_frame(component, scene: Scene, tmp: Path) -> np.ndarray:
+    """A returned frame with the server's drawing around every known face (the last one after SETTLE_TIMEOUT)."""
+    video, deadline = component.locator("video").first, time.monotonic() + SETTLE_TIMEOUT
+    while True:
+        frame = _grab_video(video)
+        if _passes(_drawn_around_known, frame, scene, tmp) or time.monotonic() > deadline:
+            return frame
+        time.sleep(0.5)
 
 
 def _check_isolated() -> None:
@@ -521,9 +550,10 @@ def _wait_for_metric(page, label: str, ok) -> str:
     pytest.fail(f"metric {label!r} never got a good value within {FRAMES_TIMEOUT} s (last: {value!r})")
 
 
-def _stream_in_browser(server: Server, clip: Path, profile: Path, faces: int) -> Observed:
+def _stream_in_browser(server: Server, clip: Path, profile: Path, faces: int,
+                       settled: Callable[[np.ndarray, dict], bool]) -> Observed:
     """Open the page with `clip` as the camera, START, wait for the processed frames (`faces` labelled), read
-    the returned video and the page's FPS, STOP."""
+    the returned video and the stats until `settled(frame, stats)` (or SETTLE_TIMEOUT), the page's FPS, STOP."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright, _browser(playwright, clip, profile) as context:
@@ -531,11 +561,23 @@ def _stream_in_browser(server: Server, clip: Path, profile: Path, faces: int) ->
         component = _start(page, server.url)
         clicked = time.monotonic()
         first_frame = _wait_for_frames(server, faces)
-        returned = _grab_video(component.locator("video").first)
+        video, deadline = component.locator("video").first, time.monotonic() + SETTLE_TIMEOUT
+        while True:
+            returned, stats = _grab_video(video), _read_stats(server.stats_file)
+            if settled(returned, stats) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         page_fps = _wait_for_metric(page, "Processed FPS", lambda value: float(value) > 0)
-        stats = _read_stats(server.stats_file)
         component.get_by_role("button", name=STOP).click(timeout=PAGE_TIMEOUT * 1000)
     return Observed(returned, stats, page_fps, first_frame - clicked)
+
+
+def _passes(check: Callable[..., object], *args: object) -> bool:
+    try:
+        check(*args)
+    except AssertionError:
+        return False
+    return True
 
 
 def _wait_for_frames(server: Server, faces: int) -> float:

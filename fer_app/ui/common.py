@@ -41,9 +41,9 @@ def model_picker(key: str = "model") -> ModelInfo | None:
     return next(m for m in models if m.name == name)
 
 
-def detector_settings(key: str = "det") -> DetectorConfig:
-    """Sidebar controls for the Haar detector, defaults from `DetectorConfig`."""
-    d = DetectorConfig()
+def detector_settings(key: str = "det", defaults: DetectorConfig | None = None) -> DetectorConfig:
+    """Sidebar controls for the Haar detector, starting from `defaults` (`DetectorConfig()` if None)."""
+    d = defaults or DetectorConfig()
     with st.sidebar.expander("Face detection", expanded=False):
         width = st.slider("Detection width (px)", 160, 1280, d.detection_width, 40, key=f"{key}-width",
                           help="Frames are downscaled to this width before detection: smaller is faster.")

@@ -24,6 +24,7 @@ import pandas as pd
 import streamlit as st
 from streamlit_webrtc import WebRtcMode, webrtc_streamer
 
+from fer_app.config import LIVE_DETECTOR
 from fer_app.live import DrawOptions, LivePipeline, LiveSettings, LiveStats
 from fer_app.model import Classifier, ModelError
 from fer_app.ui import common
@@ -36,7 +37,7 @@ CHART_EVERY = 4  # refreshes between timeline chart redraws (the chart is heavie
 
 
 def sidebar_settings() -> LiveSettings:
-    detector = common.detector_settings()
+    detector = common.detector_settings(defaults=LIVE_DETECTOR)
     defaults = LiveSettings()
     smoothing = st.sidebar.slider("Smoothing", 0.0, 0.95, defaults.smoothing, 0.05, key="live-smoothing",
                                   help="Weight of the past in each face's running average: higher is steadier, "
