@@ -427,9 +427,23 @@ class ExportCache:
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        self._prune(kind, keep=folder)
         self.progress(f"{kind} export ready ({manifest['size'] / 2**20:.0f} MB in {manifest['seconds']:.0f} s): "
                       f"{folder}")
         return Artifact(folder / MODEL_FILE, json.loads((folder / MANIFEST).read_text()))
+
+    def _prune(self, kind: str, keep: Path) -> None:
+        """Remove the stale artifacts of `kind` for these weights (older versions or cache format) and
+        unreadable ones; those of other weights stay (another model may use them)."""
+        for folder in self.root.glob(f"{self.encoder.encoder_id or 'encoder'}-{kind}-*"):
+            if folder == keep:
+                continue
+            try:
+                weights = json.loads((folder / MANIFEST).read_text()).get("weights_sha256")
+            except (OSError, ValueError, AttributeError):
+                weights = None
+            if weights in (None, self.weights_sha256):
+                shutil.rmtree(folder, ignore_errors=True)
 
     def _write(self, kind: str, folder: Path, key: str) -> dict:
         """Write the model file of `kind` and its manifest into `folder`; returns the manifest."""

@@ -8,7 +8,8 @@ for processed frames, then checks that
 - the video that came back has the server's annotation colours around each of those faces, and
   none on the empty background,
 - the page shows the live stats (metrics such as "Processed FPS"),
-and prints the server's FPS. The page writes its stats and predictions to the file named by
+and prints the server's FPS; and that two tabs streaming at once both get annotated video and
+their own stats (one pipeline per session, one shared model). The page writes its stats and predictions to the file named by
 FER_APP_STATS_FILE (its test hook).
 
 Network: the test must keep its traffic on loopback, so it runs inside a private network namespace
@@ -17,7 +18,7 @@ test re-runs this file under `unshare -n` (as root; `unshare -rn` otherwise) and
 inner test's outcome as its own. Where that is impossible, or Chromium or Playwright are missing,
 it skips with the reason, except when the environment variable CI is set: then it fails.
 Chromium is Debian's (`make browser`); Playwright never downloads a browser here.
-See /work/shared/docs/webrtc-e2e.md (the recipe) for the flags and pitfalls.
+See ../shared/docs/webrtc-e2e.md (the recipe) for the flags and pitfalls.
 """
 
 from __future__ import annotations
@@ -215,11 +216,12 @@ def astronaut_scene() -> Scene:
 
 
 def fer_scene() -> Scene:
-    """Four FER-2013 validation faces (48 -> 160 px) with different labels: the first ones in the split's order
+    """Four FER-2013 validation faces (48 -> 130 px) with different labels: the first ones in the split's order
     that the detector finds in their place, and only there, also after lossy coding (as in the video)."""
     data = np.load(FER_NPZ)
     images, labels, names = data["val_x"], data["val_y"], [str(c) for c in data["classes"]]
-    side, slots = 160, [(20, 60), (330, 60), (20, 265), (330, 265)]  # clear of the bottom strip (the control)
+    # Boxes up to 1.6x the face (see _near) stay clear of the bottom strip, the control of _drawn_around.
+    side, slots = 130, [(30, 45), (340, 45), (30, 205), (340, 205)]
     detector = FaceDetector(DetectorConfig())
     frame, faces, used = _background(), [], set()
     candidates = iter(range(len(images)))

@@ -153,6 +153,16 @@ def test_cache_rebuilt_when_weights_change(tiny_clip_dir: Path, tmp_path: Path, 
         np.testing.assert_allclose(changed(pixels).numpy(), encoder(pixels).numpy(), rtol=1e-4, atol=1e-5)
 
 
+def test_stale_artifacts_of_the_same_weights_are_removed(tiny_encoder: ClipEncoder, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    stale, other = tmp_path / "clip-vit-b32-onnx-fp32-0ldversi0n", tmp_path / "clip-vit-b32-onnx-fp32-0therweights"
+    for folder, weights in ((stale, runtimes.tensors_digest(tiny_encoder)), (other, "f" * 64)):
+        folder.mkdir()
+        (folder / "manifest.json").write_text(json.dumps({"weights_sha256": weights, "key": "old"}))
+    load_runtime(tiny_encoder, ONNX_FP32, threads=1, cache_dir=tmp_path, progress=None)
+    assert not stale.exists() and other.exists()
+
+
 @pytest.mark.parametrize("damage", ["flip-bytes", "truncate", "manifest-garbage", "manifest-missing", "other-key"])
 def test_corrupt_cache_is_rebuilt(damage: str, tiny_encoder: ClipEncoder, tmp_path: Path,
                                   messages: list[str]) -> None:
