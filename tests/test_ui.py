@@ -340,3 +340,29 @@ def test_video_bad_upload_is_an_error_message(tiny_model: Path) -> None:
     assert len(at.error) == 1 and "holiday.mp4" in at.error[0].value
     assert "fer-app-video-" not in at.error[0].value  # the temporary path is not shown
     assert not at.get("video")
+
+
+def test_live_calibration_capture_stores_face_crops(tiny_model: Path, streamer: FakeStreamer, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import fer_app.config as config
+
+    monkeypatch.setattr(config, "APP_HOME", tmp_path / "home")
+    at = run_page("live")
+    at.sidebar.text_input(key="calib-name").input("tester")
+    at.run()
+    at.sidebar.toggle(key="calib-on").set_value(True)
+    at.run()
+    assert not at.exception
+    recorder = at.session_state["calib-capture"]["recorder"]
+    ticks = iter(range(0, 10_000))
+    recorder._clock = lambda: float(next(ticks))  # one second per frame: past the countdown at once
+    callback = streamer.callback()
+    for _ in range(8):
+        out = callback(camera_frame())
+        assert (out.width, out.height) == (640, 480)
+    saved = sorted((tmp_path / "home" / "calibration" / "tester").rglob("*.png"))
+    assert saved, "no face crop was captured from the stream"
+    assert recorder.last_step() is not None
+    at.sidebar.toggle(key="calib-on").set_value(False)
+    at.run()
+    assert at.session_state["calib-capture"] == {}

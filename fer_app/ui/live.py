@@ -24,6 +24,7 @@ import pandas as pd
 import streamlit as st
 from streamlit_webrtc import WebRtcMode, webrtc_streamer
 
+from fer_app.calibration import CaptureRecorder, draw_capture_prompt
 from fer_app.config import LIVE_DETECTOR
 from fer_app.live import DrawOptions, LivePipeline, LiveSettings, LiveStats
 from fer_app.model import Classifier, ModelError
@@ -61,14 +62,48 @@ def session_pipeline(model: Classifier, settings: LiveSettings) -> LivePipeline:
     return pipeline
 
 
-def frame_callback(pipeline: LivePipeline) -> Callable[[av.VideoFrame], av.VideoFrame]:
-    """The per-frame function for webrtc_streamer (runs in its worker thread: no st.* here)."""
+def frame_callback(pipeline: LivePipeline, capture: dict | None = None) -> Callable[[av.VideoFrame], av.VideoFrame]:
+    """The per-frame function for webrtc_streamer (runs in its worker thread: no st.* here).
+
+    `capture` is this session's calibration state: while it holds a recorder, the largest face's
+    crop is stored when the recorder's prompt says so, and the prompt is drawn on the video.
+    """
 
     def process(frame: av.VideoFrame) -> av.VideoFrame:
-        annotated = pipeline.process(frame.to_ndarray(format="bgr24"))
+        image = frame.to_ndarray(format="bgr24")
+        annotated = pipeline.process(image)
+        recorder = (capture or {}).get("recorder")
+        if recorder is not None:
+            step = recorder.on_frame(image, [p.face for p in pipeline.predictions()])
+            annotated = draw_capture_prompt(annotated, step)
         return av.VideoFrame.from_ndarray(annotated, format="bgr24")
 
     return process
+
+
+def calibration_sidebar() -> dict:
+    """Sidebar controls for personal calibration capture; returns the state the video thread reads."""
+    capture = st.session_state.setdefault("calib-capture", {})
+    with st.sidebar.expander("Calibration capture", expanded=False):
+        who = st.text_input("Your name", key="calib-name",
+                            help="Captures go to ~/.fer_app/calibration/<name>/; review them and calibrate "
+                                 "on the Training page.")
+        per_class = int(st.number_input("Faces per emotion", 5, 100, 20, key="calib-n"))
+        if st.toggle("Capture now", key="calib-on", disabled=not who.strip()):
+            if capture.get("for") != (who.strip(), per_class):
+                try:
+                    capture.update({"for": (who.strip(), per_class),
+                                    "recorder": CaptureRecorder.for_session(who.strip(), per_class=per_class)})
+                except ValueError as exc:
+                    st.error(str(exc))
+                    capture.clear()
+            if "recorder" in capture:
+                step = capture["recorder"].last_step()
+                st.caption(step.message if step is not None else "Press START and show each emotion in turn.")
+                st.button("Skip this emotion", on_click=capture["recorder"].skip, key="calib-skip")
+        else:
+            capture.clear()
+    return capture
 
 
 def render_stats(stats: LiveStats) -> None:
@@ -120,6 +155,7 @@ st.caption("Press START and allow the camera: faces are detected and their expre
 
 info = common.model_picker()
 settings = sidebar_settings()
+capture = calibration_sidebar()
 if info is None:
     st.stop()
 try:
@@ -140,7 +176,7 @@ ctx = webrtc_streamer(
     mode=WebRtcMode.SENDRECV,
     rtc_configuration=rtc,
     media_stream_constraints={"video": True, "audio": False},
-    video_frame_callback=frame_callback(pipeline),
+    video_frame_callback=frame_callback(pipeline, capture),
     async_processing=True,
 )
 
