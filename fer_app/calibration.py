@@ -294,7 +294,7 @@ def calibrate(base_model: str | Path, captures_root: str | Path, fer_splits: Spl
     except DataError as exc:
         raise DataError(f"{captures_root}: too few captures to hold out {holdout:.0%} and still train "
                         f"({exc}); capture more, or lower the held-out share") from None
-    base = load_model(base_model)
+    base = load_model(base_model, runtime="torch")
     before = evaluate(base, held)
     sources: list[tuple[Splits, float]] = [({"train": user_train, "val": user_val}, user_weight)]
     if fer_splits is not None:

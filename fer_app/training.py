@@ -181,7 +181,7 @@ def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
 def build_model(cfg: TrainConfig, splits: Splits) -> Classifier:
     """The model a run starts from: a saved model (init_from), or a fresh compact net, or CLIP + a new head."""
     if cfg.init_from:
-        model = load_model(cfg.init_from, clip_source=cfg.clip_source)
+        model = load_model(cfg.init_from, clip_source=cfg.clip_source, runtime="torch")  # trainable torch modules
         if cfg.head != model.head.kind and model.head.kind != "zero-shot":
             model.head = Head(model.encoder.embed_dim, len(CLASSES), cfg.head, dropout=0.2)
         elif model.head.kind == "zero-shot":
