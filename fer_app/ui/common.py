@@ -8,7 +8,7 @@ import streamlit as st
 
 from fer_app.config import DEFAULT_MODEL, DetectorConfig
 from fer_app.detection import FaceDetector
-from fer_app.model import Classifier, ModelInfo, list_models, load_model
+from fer_app.model import Classifier, ModelError, ModelInfo, list_models, load_model
 
 
 @st.cache_resource(show_spinner="Loading model…")
@@ -21,6 +21,18 @@ def cached_model(name: str, stamp: float) -> Classifier:
 def get_model(info: ModelInfo) -> Classifier:
     stamp = (info.path / "config.json").stat().st_mtime if info.path else 0.0
     return cached_model(info.name, stamp)
+
+
+def require_model(info: ModelInfo | None) -> Classifier:
+    """The picked model, or the page stops (with an error in the page when it cannot be loaded)."""
+    if info is None:
+        st.stop()
+    try:
+        return get_model(info)
+    except (ModelError, OSError) as exc:
+        st.error(f"Cannot load model {info.name!r}: {exc}")
+        st.stop()
+    raise AssertionError("unreachable")  # st.stop() raises
 
 
 def model_picker(key: str = "model") -> ModelInfo | None:

@@ -27,7 +27,7 @@ from streamlit_webrtc import WebRtcMode, webrtc_streamer
 from fer_app.calibration import CaptureRecorder, draw_capture_prompt
 from fer_app.config import LIVE_DETECTOR
 from fer_app.live import DrawOptions, LivePipeline, LiveSettings, LiveStats
-from fer_app.model import Classifier, ModelError
+from fer_app.model import Classifier
 from fer_app.ui import common
 from fer_app.ui.rtc import RtcConfigError, rtc_configuration
 
@@ -156,13 +156,7 @@ st.caption("Press START and allow the camera: faces are detected and their expre
 info = common.model_picker()
 settings = sidebar_settings()
 capture = calibration_sidebar()
-if info is None:
-    st.stop()
-try:
-    model = common.get_model(info)
-except (ModelError, OSError) as exc:
-    st.error(f"Cannot load model {info.name!r}: {exc}")
-    st.stop()
+model = common.require_model(info)
 pipeline = session_pipeline(model, settings)
 
 try:

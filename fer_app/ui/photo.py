@@ -10,7 +10,6 @@ import streamlit as st
 
 from fer_app.draw import draw_predictions
 from fer_app.imageio import ImageError, encode_png, load_image
-from fer_app.model import ModelError
 from fer_app.pipeline import analyze_image
 from fer_app.ui import common
 
@@ -21,13 +20,7 @@ st.caption("Upload a photo or take one with your camera: every face is detected 
 
 info = common.model_picker()
 detector_config = common.detector_settings()
-if info is None:
-    st.stop()
-try:
-    model = common.get_model(info)
-except (ModelError, OSError) as exc:
-    st.error(f"Cannot load model {info.name!r}: {exc}")
-    st.stop()
+model = common.require_model(info)
 detector = common.cached_detector(detector_config)
 
 # The camera widget asks for the camera as soon as it is drawn, so it is drawn only when chosen.

@@ -10,7 +10,7 @@ import streamlit as st
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from fer_app.live import DrawOptions, LiveSettings
-from fer_app.model import Classifier, ModelError
+from fer_app.model import Classifier
 from fer_app.ui import common
 from fer_app.video import VideoResult, process_video, write_csv
 
@@ -61,13 +61,7 @@ st.caption("Upload a video: every frame goes through the live pipeline (detectio
 
 info = common.model_picker()
 settings = sidebar_settings()
-if info is None:
-    st.stop()
-try:
-    model = common.get_model(info)
-except (ModelError, OSError) as exc:
-    st.error(f"Cannot load model {info.name!r}: {exc}")
-    st.stop()
+model = common.require_model(info)
 
 upload = st.file_uploader("Video (MP4, WebM, AVI or MOV)", type=VIDEO_TYPES, key="video-upload")
 if upload is None:
