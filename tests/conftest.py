@@ -132,3 +132,16 @@ def tiny_model(models_dir: Path, tiny_splits) -> Path:
 
     result = train(TrainConfig(**TINY_COMPACT), tiny_splits, name="tiny", workdir=models_dir.parent / "run")
     return result.saved_to
+
+
+@pytest.fixture()
+def no_job_left():
+    """The test starts and ends without a background training job in this process."""
+    from fer_app.jobs import clear_job, current_job
+
+    yield
+    job = current_job()
+    if job is not None:
+        job.stop()
+        job.wait(1800)
+    clear_job()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -29,15 +28,7 @@ from fer_app.model import ModelError, ModelInfo, list_models, load_model
 from fer_app.training import TrainConfig, TrainResult, train
 
 
-@pytest.fixture(autouse=True)
-def no_job_left() -> Iterator[None]:
-    """Every test starts and ends without a job in this process."""
-    yield
-    job = current_job()
-    if job is not None:
-        job.stop()
-        job.wait(WAIT)
-    clear_job()
+pytestmark = pytest.mark.usefixtures("no_job_left")
 
 
 #: Generous: the tests also run on a busy 2-core machine next to a long training run.

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import TINY_COMPACT
 from fer_app.evaluate import evaluate

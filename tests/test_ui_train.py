@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import time
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from test_mixing import layout_files, png
 from fer_app import config
 from fer_app.calibration import CalibrationSession, CaptureRecorder, CaptureScheduler
 from fer_app.config import CLASSES
-from fer_app.jobs import STOPPED, clear_job, current_job, find_checkpoint
+from fer_app.jobs import STOPPED, current_job, find_checkpoint
 from fer_app.model import list_models
 from fer_app.types import Face
 
@@ -33,14 +32,7 @@ TIMEOUT = 600  # seconds per AppTest run (AppTest's default is 3): the first run
 WAIT = 1800  # seconds for a background job to end
 
 
-@pytest.fixture(autouse=True)
-def no_job_left() -> Iterator[None]:
-    yield
-    job = current_job()
-    if job is not None:
-        job.stop()
-        job.wait(WAIT)
-    clear_job()
+pytestmark = pytest.mark.usefixtures("no_job_left")
 
 
 @pytest.fixture()
