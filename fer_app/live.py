@@ -341,8 +341,9 @@ class LivePipeline:
         if use_worker != self._was_async:
             self._generation += 1  # a batch in flight would overwrite newer results
             self._was_async = use_worker
-        if self._worker is not None:
-            result = self._worker.take()
+        worker = self._worker  # read once: close() from the page may clear it meanwhile
+        if worker is not None:
+            result = worker.take()
             if result is not None and result.generation == self._generation:
                 self._apply_result(result, now)
         if not tracks:
@@ -350,7 +351,7 @@ class LivePipeline:
         crops = self._detector.crop(frame, [t.face for t in tracks])
         ids = [t.id for t in tracks]
         if use_worker:
-            worker = self._worker or self._start_worker()
+            worker = worker or self._start_worker()
             if not worker.busy:
                 worker.submit(_Job(self._generation, self._model, [np.array(c) for c in crops], ids))
             return None
