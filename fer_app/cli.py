@@ -166,7 +166,8 @@ def _train_config(args: argparse.Namespace):
                        lr=args.lr if args.lr else DEFAULT_LR[args.optimizer],
                        weight_decay=args.weight_decay, schedule=args.schedule, label_smoothing=args.label_smoothing,
                        balance=args.balance, augment=not args.no_augment, tta_flip=not args.no_tta,
-                       patience=args.patience, seed=args.seed, device=args.device, threads=args.threads,
+                       patience=args.patience, seed=args.seed, device=args.device, precision=args.precision,
+                       threads=args.threads,
                        clip_source=args.clip)
 
 
@@ -459,6 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.1, help="held out for val when the data has no val split")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="auto: bf16 autocast where the CPU/GPU has native bf16 (about 2x faster), else fp32")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     p.add_argument("--workdir", type=Path, help="checkpoint folder (default ~/.fer_app/runs/NAME)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --workdir")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 import pytest
 
 from conftest import TINY_COMPACT
 from fer_app.evaluate import evaluate
 from fer_app.model import ModelError, load_model
-from fer_app.training import (Callback, TrainConfig, TrainingError, class_weights, lr_at, train)
+from fer_app.training import (Callback, TrainConfig, TrainingError, class_weights, lr_at, train, use_bf16)
 
 
 def test_trains_saves_and_reports(tiny_model, tiny_splits):
@@ -99,3 +100,20 @@ def test_bad_config_rejected():
         TrainConfig(balance="weird")
     with pytest.raises(TrainingError, match="val"):
         train(TrainConfig(**TINY_COMPACT), {"train": None})  # type: ignore[dict-item]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_precision_learns_and_reports_fp32(tiny_splits, tmp_path, precision):
+    result = train(TrainConfig(**{**TINY_COMPACT, "precision": precision}), tiny_splits, workdir=tmp_path)
+    assert result.report["accuracy"] > 0.5
+    assert result.model.meta["training"]["precision"] == ("bf16 autocast" if precision == "bf16" else "fp32")
+    # the returned model runs in plain fp32 NCHW, as loading it later would
+    assert all(p.dtype == torch.float32 and p.is_contiguous() for p in result.model.parameters())
+
+
+def test_auto_precision_follows_the_hardware():
+    cpu = torch.device("cpu")
+    assert use_bf16("fp32", cpu) is False and use_bf16("bf16", cpu) is True
+    assert use_bf16("auto", cpu) == bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp8")
