@@ -26,7 +26,7 @@ import numpy as np
 
 from fer_app.config import DetectorConfig
 from fer_app.detection import FaceDetector
-from fer_app.draw import DrawOptions, draw_predictions, draw_stats
+from fer_app.draw import DrawOptions, draw_predictions, draw_stats, stats_box
 from fer_app.model import Classifier
 from fer_app.tracking import FaceTracker, Track
 from fer_app.types import Prediction
@@ -47,6 +47,9 @@ class LiveSettings:
     in a worker thread; None = automatic, in a worker while the median classification takes longer
     than `async_above_ms` (back in the video thread below half of it). max_missed: frames a face
     may go undetected before its track ends (a face seen again later gets a new track).
+    mirror: average each face with its mirror image; None = the model's own setting in the video
+    thread and off in the worker, where the model is slow: the smoothing over frames averages there
+    anyway, and each face's label refreshes twice as often.
     """
 
     detector: DetectorConfig = field(default_factory=DetectorConfig)
@@ -55,6 +58,7 @@ class LiveSettings:
     asynchronous: bool | None = None
     max_missed: int = 8
     async_above_ms: float = 15.0
+    mirror: bool | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.smoothing < 1.0:
@@ -104,6 +108,7 @@ class _Job:
     model: Classifier
     crops: list[np.ndarray]
     track_ids: list[int]
+    mirror: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -159,7 +164,7 @@ class _Worker:
         while (job := self._jobs.get()) is not None:
             start = self._clock()
             try:
-                probs, error = job.model.predict_proba(job.crops), None
+                probs, error = job.model.predict_proba(job.crops, tta=job.mirror), None
             except Exception as exc:  # noqa: BLE001 - reported through stats(); the stream goes on
                 probs, error = None, f"{type(exc).__name__}: {exc}"
             result = _Result(job.generation, job.track_ids, probs, self._clock() - start, error)
@@ -305,10 +310,11 @@ class LivePipeline:
         annotated = None
         if annotate:
             annotated = _to_bgr(frame)
+            overlay = self._overlay_lines(classified) if settings.draw.stats else []
+            stats_area = stats_box(annotated.shape[1], overlay)  # kept clear of labels and bars
             draw_predictions(annotated, predictions, pending=[t.face for t in tracks if t.probabilities is None],
-                             options=settings.draw)
-            if settings.draw.stats:
-                draw_stats(annotated, self._overlay_lines(classified))
+                             options=settings.draw, avoid=() if stats_area is None else (stats_area,))
+            draw_stats(annotated, overlay)
         end = self._clock()
         timing = FrameTiming((detected - start) * 1e3, None if classify_s is None else classify_s * 1e3,
                              (end - classified) * 1e3 if annotate else 0.0, (end - start) * 1e3)
@@ -353,10 +359,11 @@ class LivePipeline:
         if use_worker:
             worker = worker or self._start_worker()
             if not worker.busy:
-                worker.submit(_Job(self._generation, self._model, [np.array(c) for c in crops], ids))
+                mirror = False if settings.mirror is None else settings.mirror
+                worker.submit(_Job(self._generation, self._model, [np.array(c) for c in crops], ids, mirror))
             return None
         start = self._clock()
-        probs = self._model.predict_proba(crops)
+        probs = self._model.predict_proba(crops, tta=settings.mirror)
         seconds = self._clock() - start
         self._apply_result(_Result(self._generation, ids, probs, seconds), now)
         return seconds

@@ -54,21 +54,23 @@ class Classifier(nn.Module):
         return self.head(self.encoder(pixels))
 
     @torch.inference_mode()
-    def predict_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Probabilities for preprocessed pixels, averaged with the mirror image when tta_flip is on
-        (the crops and their mirror images go through the encoder in one batch: one call per frame)."""
-        if not self.tta_flip:
+    def predict_pixels(self, pixels: torch.Tensor, *, tta: bool | None = None) -> torch.Tensor:
+        """Probabilities for preprocessed pixels, averaged with the mirror image when `tta` (default:
+        the model's tta_flip) is on (crops and mirror images go through the encoder in one batch)."""
+        if not (self.tta_flip if tta is None else tta):
             return torch.softmax(self(pixels), dim=1)
         probs = torch.softmax(self(torch.cat([pixels, pixels.flip(-1)])), dim=1)
         return (probs[:len(pixels)] + probs[len(pixels):]) / 2
 
-    def predict_proba(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        """(N, num_classes) float32 probabilities for N face crops (grey or BGR uint8)."""
+    def predict_proba(self, crops: Sequence[np.ndarray], *, tta: bool | None = None) -> np.ndarray:
+        """(N, num_classes) float32 probabilities for N face crops (grey or BGR uint8).
+
+        tta: average with the mirror images (None: the model's tta_flip setting)."""
         if len(crops) == 0:
             return np.zeros((0, len(self.classes)), np.float32)
         if self.training:
             self.eval()
-        return self.predict_pixels(self.encoder.preprocess(crops)).numpy().astype(np.float32)
+        return self.predict_pixels(self.encoder.preprocess(crops), tta=tta).numpy().astype(np.float32)
 
     def config(self) -> dict:
         return {"format": FORMAT, "name": self.name, "classes": list(self.classes),

@@ -47,8 +47,9 @@ def test_bench_quick_json(capsys: pytest.CaptureFixture[str], tiny_clip_dir: Pat
     assert (models_dir / ".onnx-cache").is_dir()
     if bench.live_pipeline_ready():
         pipeline = report["pipeline"]
-        assert [(p["model"].split()[0], p["faces"]) for p in pipeline] == [("tiny", 1), ("tiny", 3), ("clip", 1),
-                                                                            ("clip", 3)]
+        feeds = ["back to back", "camera 30 FPS"]
+        assert [(p["model"].split()[0], p["feed"], p["faces"]) for p in pipeline] == [
+            (model, feed, faces) for model in ("tiny", "clip") for feed in feeds for faces in (1, 3)]
         assert all(p["fps"] > 0 and p["frame_p95_ms"] >= p["frame_p50_ms"] for p in pipeline)
     else:
         assert "missing" in report["pipeline"]

@@ -77,9 +77,11 @@ class FakeModel:
         self.name, self.classes = name, CLASSES
         self.probs, self.delay, self.gate, self.error = probs(label), delay, gate, error
         self.batches: list[int] = []
+        self.mirrors: list[bool | None] = []
         self.finished_at: float | None = None
 
-    def predict_proba(self, crops) -> np.ndarray:
+    def predict_proba(self, crops, *, tta: bool | None = None) -> np.ndarray:
+        self.mirrors.append(tta)
         if self.gate is not None:
             assert self.gate.wait(10), "gate never opened"
         time.sleep(self.delay)
@@ -291,3 +293,15 @@ def test_close_stops_the_worker() -> None:
     pipeline.close()
     assert not worker.is_alive()
     pipeline.close()  # twice is fine
+
+
+@pytest.mark.parametrize(("asynchronous", "mirror", "expected"),
+                         [(False, None, None), (True, None, False), (True, True, True), (False, False, False)])
+def test_mirror_averaging_off_in_the_worker_by_default(asynchronous, mirror, expected):
+    model = FakeModel()
+    settings = replace(SYNC, asynchronous=asynchronous, mirror=mirror)
+    with LivePipeline(model, settings) as pipeline:
+        for _ in range(3):
+            pipeline.analyze(scene((200, 100)))
+            wait_until_idle(pipeline)
+    assert model.mirrors and set(model.mirrors) == {expected}

@@ -35,6 +35,16 @@ def test_tta_flip_is_symmetric():
     np.testing.assert_allclose(model.predict_proba([crop]), model.predict_proba([crop[:, ::-1].copy()]), atol=1e-5)
 
 
+def test_tta_can_be_turned_off_per_call():
+    model = _classifier()
+    crop = np.random.default_rng(0).integers(0, 255, (48, 48), dtype=np.uint8)
+    plain = torch.softmax(model(model.encoder.preprocess([crop])), 1).detach().numpy()
+    mirrored = torch.softmax(model(model.encoder.preprocess([crop[:, ::-1].copy()])), 1).detach().numpy()
+    np.testing.assert_allclose(model.predict_proba([crop], tta=False), plain, atol=1e-6)
+    np.testing.assert_allclose(model.predict_proba([crop]), (plain + mirrored) / 2, atol=1e-6)
+    assert not np.allclose(plain, mirrored, atol=1e-4)  # so the two calls above really differ
+
+
 def test_save_load_roundtrip(models_dir):
     model = _classifier()
     path = save_model(model, "m1", card="# card\n")

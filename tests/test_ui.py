@@ -207,6 +207,8 @@ def test_live_sidebar_changes_reach_the_running_pipeline(tiny_model: Path, strea
     at.sidebar.slider(key="live-smoothing").set_value(0.3)
     at.sidebar.checkbox(key="live-bars").uncheck()
     at.sidebar.slider(key="det-nb").set_value(3)
+    assert pipeline.settings.mirror is None
+    at.sidebar.radio(key="live-mirror").set_value("Off")
     at.run()
     assert not at.exception
     assert at.session_state["live-pipeline"] is pipeline  # the same pipeline: the stream keeps running
@@ -214,7 +216,7 @@ def test_live_sidebar_changes_reach_the_running_pipeline(tiny_model: Path, strea
     streamer.callback()(camera_frame())  # updates apply from the next frame
     assert pipeline.settings.smoothing == pytest.approx(0.3)
     assert not pipeline.settings.draw.bars and pipeline.settings.draw.boxes
-    assert pipeline.settings.detector.min_neighbors == 3
+    assert pipeline.settings.detector.min_neighbors == 3 and pipeline.settings.mirror is False
 
 
 def test_live_stats_and_timeline_while_playing(tiny_model: Path, streamer: FakeStreamer, tmp_path: Path,

@@ -43,13 +43,18 @@ def sidebar_settings() -> LiveSettings:
     smoothing = st.sidebar.slider("Smoothing", 0.0, 0.95, defaults.smoothing, 0.05, key="live-smoothing",
                                   help="Weight of the past in each face's running average: higher is steadier, "
                                        "slower to react. 0 turns it off.")
+    mirrors = {"Auto": None, "On": True, "Off": False}
+    mirror = st.sidebar.radio("Mirror-image averaging", list(mirrors), horizontal=True, key="live-mirror",
+                              help="Average each face with its mirror image. Auto: as the model was trained when "
+                                   "it runs in the video thread; off for slow models classified in the background, "
+                                   "where the smoothing averages over frames and labels then refresh twice as often.")
     d = defaults.draw
     with st.sidebar.expander("Draw on the video", expanded=True):
         draw = DrawOptions(boxes=st.checkbox("Face boxes", d.boxes, key="live-boxes"),
                            labels=st.checkbox("Labels", d.labels, key="live-labels"),
                            bars=st.checkbox("Probability bars", d.bars, key="live-bars"),
                            stats=st.checkbox("FPS / latency overlay", d.stats, key="live-overlay"))
-    return LiveSettings(detector=detector, smoothing=smoothing, draw=draw)
+    return LiveSettings(detector=detector, smoothing=smoothing, draw=draw, mirror=mirrors[mirror])
 
 
 def session_pipeline(model: Classifier, settings: LiveSettings) -> LivePipeline:
