@@ -296,6 +296,30 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------- quantize
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from fer_app.model import model_dir
+    from fer_app.quantize import quantize_model
+
+    splits = _load_splits(args)
+    if "train" not in splits:
+        raise ValueError(f"{args.data}: no training split to calibrate on")
+    folder = model_dir(args.model)
+    report = quantize_model(folder, splits["train"], splits.get("val"), count=args.calibration,
+                            min_agreement=args.min_agreement, threads=args.threads)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return EXIT_OK
+    print(f"{folder / report.file}: {report.method}; calibrated on {report.calibration['n']} faces")
+    if report.val:
+        v = report.val
+        print(f"val ({v['n']} faces): accuracy fp32 {v['accuracy_fp32']:.2%}, int8 {v['accuracy_int8']:.2%}; "
+              f"top-1 agreement {v['agreement']:.2%}")
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------- models / fetch-clip
 
 
@@ -378,8 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
         if runtime:  # names are checked by fer_app.runtimes (not imported here: it imports torch)
             p.add_argument("--runtime", default="auto", metavar="RUNTIME",
                            help=f"where the CLIP encoder runs: auto (default: the fastest CPU runtime that passes "
-                           f"the accuracy check here, or $FER_APP_RUNTIME when set), {RUNTIME_NAMES}; the compact "
-                           f"model runs in torch")
+                           f"the accuracy check here, or $FER_APP_RUNTIME when set), {RUNTIME_NAMES}; a compact model "
+                           f"runs its shipped int8 encoder under auto when it has one (onnx-int8-static), "
+                           f"else torch")
         p.add_argument("--threads", type=int, default=None, help="inference threads (default $FER_APP_THREADS, "
                        "else the physical cores, less one from 4 cores up)")
 
@@ -486,6 +511,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     p.set_defaults(func=cmd_calibrate, argv=None)
+
+    p = sub.add_parser("quantize", help="ship a static-int8 copy of a compact model's encoder (ONNX Runtime)",
+                       description="Calibrates on training faces of DATA, checks the int8 model against fp32 on its "
+                       "val split (kept only with enough top-1 agreement), and writes encoder.int8.onnx into the "
+                       "model folder; `--runtime auto` then runs the model with it.")
+    p.add_argument("model", metavar="MODEL", help="model name under models/ or a model folder")
+    data_args(p)
+    p.add_argument("--calibration", type=int, default=512, help="calibration faces, equal per class (default 512)")
+    p.add_argument("--min-agreement", type=float, default=0.98,
+                   help="keep the int8 file only if its val top-1 agrees with fp32 on this share (default 0.98)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads for the check")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("models", help="list the models you can use")
     p.set_defaults(func=cmd_models)

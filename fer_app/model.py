@@ -188,11 +188,29 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL, *, models_dir: Path | N
     meta = {k: v for k, v in cfg.items() if k not in ("format", "name", "classes", "encoder", "head", "tta_flip")}
     model = Classifier(encoder, head, name=cfg.get("name", folder.name), classes=cfg["classes"],
                        tta_flip=bool(cfg.get("tta_flip", False)), meta=meta)
-    if any(k.startswith("encoder.") for k in tensors):
+    if owns_encoder_weights(cfg["encoder"]) or any(k.startswith("encoder.") for k in tensors):
         load_state(model, tensors, weights_path)
     else:
         load_state(model.head, {k.removeprefix("head."): v for k, v in tensors.items()}, weights_path)
-    return _with_runtime(model.eval(), runtime, threads)
+    return _shipped_int8(model.eval(), folder, cfg, runtime, threads) or _with_runtime(model, runtime, threads)
+
+
+def _shipped_int8(model: Classifier, folder: Path, cfg: dict, runtime: str, threads: int | None) -> Classifier | None:
+    """The model with the static-int8 encoder shipped in its folder (`fer_app.quantize`) when `runtime`
+    is "onnx-int8-static", or "auto" and the file is there, matches the weights and can run here."""
+    from fer_app import quantize, runtimes
+
+    if runtime == "auto" and os.environ.get(runtimes.ENV_RUNTIME, "auto").strip() not in ("", "auto"):
+        return None  # a runtime pinned for this machine
+    if runtime not in ("auto", quantize.ONNX_INT8_STATIC) or (runtime == "auto" and quantize.CONFIG_KEY not in cfg):
+        return None
+    try:
+        return quantize.load_quantized(model, folder, cfg, threads)
+    except quantize.QuantizeError as exc:
+        if runtime == quantize.ONNX_INT8_STATIC:
+            raise ModelError(str(exc)) from None
+        runtimes.log(f"{exc}; running the model in torch")
+        return None
 
 
 def _with_runtime(model: Classifier, runtime: str, threads: int | None) -> Classifier:
