@@ -37,6 +37,7 @@ import torch
 from fer_app import runtimes
 from fer_app.config import DEFAULT_MODEL, LIVE_DETECTOR, DetectorConfig
 from fer_app.encoders.base import Encoder
+from fer_app.quantize import ONNX_INT8_STATIC, QuantizeError
 from fer_app.runtimes import TORCH, AccuracyCheck, CheckCrops, CheckResult, Progress
 
 DEFAULT_BATCHES = (1, 4, 8)
@@ -315,6 +316,15 @@ def bench_compact(model_name: str | Path, batches: Sequence[int], repeats: int) 
         model = load_model(model_name, runtime=TORCH)
     except ModelError as exc:
         return {"model": str(model_name), "missing": str(exc)}
+    out = {"model": model.name, "encoder": model.encoder.encoder_id, "tta_flip": model.tta_flip,
+           **_time_compact(model, batches, repeats), "int8": None}
+    with contextlib.suppress(ModelError, QuantizeError):  # timed only where the model ships one
+        out["int8"] = {"runtime": ONNX_INT8_STATIC, **_time_compact(load_model(model_name, runtime=ONNX_INT8_STATIC),
+                                                                      batches, repeats)}
+    return out
+
+
+def _time_compact(model: torch.nn.Module, batches: Sequence[int], repeats: int) -> dict:
     crops = runtimes.astronaut_crops()[:8]
     pixels = model.encoder.preprocess(crops)
     forward, predict = [], []
@@ -323,8 +333,7 @@ def bench_compact(model_name: str | Path, batches: Sequence[int], repeats: int) 
             x, batch_crops = runtimes.tile_batch(pixels, batch), _cycle(crops, batch)
             forward.append(asdict(measure(functools.partial(model, x), batch, repeats)))
             predict.append(asdict(measure(functools.partial(model.predict_proba, batch_crops), batch, repeats)))
-    return {"model": model.name, "encoder": model.encoder.encoder_id, "tta_flip": model.tta_flip,
-            "forward": forward, "predict_proba": predict}
+    return {"forward": forward, "predict_proba": predict}
 
 
 def bench_clip_preprocessing(encoder: Encoder, batches: Sequence[int], repeats: int) -> list[dict]:
@@ -396,7 +405,7 @@ def _pipeline_models(compact: str | Path, encoder: Encoder, runtime: str, thread
 
     models = []
     with contextlib.suppress(ModelError):
-        models.append(load_model(compact, runtime=TORCH))
+        models.append(load_model(compact))  # as the app runs it: its shipped int8 encoder when it has one
     torch.manual_seed(RANDOM_SEED)
     clip = runtimes.load_runtime(encoder, runtime, threads=threads, cache_dir=cache_dir, progress=progress)
     models.append(Classifier(clip, Head(encoder.embed_dim, 7), name=f"clip ({runtime}, random head)",
@@ -512,10 +521,11 @@ def format_report(report: dict) -> str:
     if "missing" in compact:
         lines.append(f"compact model {compact['model']}: missing ({compact['missing']})")
     else:
-        for what in ("forward", "predict_proba"):
-            cells = ", ".join(f"batch {t['batch']}: {t['median_ms']:.2f} (p95 {t['p95_ms']:.2f})"
-                              for t in compact[what])
-            lines.append(f"compact model {compact['model']} {what}, ms per face: {cells}")
+        for runtime, rows in (("torch", compact), (ONNX_INT8_STATIC, compact.get("int8"))):
+            for what in ("forward", "predict_proba") if rows else ():
+                cells = ", ".join(f"batch {t['batch']}: {t['median_ms']:.2f} (p95 {t['p95_ms']:.2f})"
+                                  for t in rows[what])
+                lines.append(f"compact model {compact['model']} ({runtime}) {what}, ms per face: {cells}")
     pipeline = report.get("pipeline")
     if isinstance(pipeline, dict):
         lines.append(f"live pipeline: {pipeline['missing']}")

@@ -44,6 +44,7 @@ def test_bench_quick_json(capsys: pytest.CaptureFixture[str], tiny_clip_dir: Pat
     assert [d["faces"] for d in report["detection"]] == [1, 3]
     assert all(d["found"] == d["faces"] for d in report["detection"])  # the synthetic frames' faces are found
     assert report["compact"]["model"] == "tiny" and len(report["compact"]["forward"]) == 2
+    assert report["compact"]["int8"] is None  # the tiny model ships no int8 encoder
     assert (models_dir / ".onnx-cache").is_dir()
     if bench.live_pipeline_ready():
         pipeline = report["pipeline"]

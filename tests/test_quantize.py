@@ -99,3 +99,13 @@ def test_cli_quantize_refuses_a_missing_model_and_low_agreement(tiny_model: Path
     assert main(["quantize", "tiny", str(data), "--min-agreement", "1.01", "--threads", "1"]) == 1
     err = capsys.readouterr().err
     assert "not kept" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_times_the_shipped_int8_encoder(tiny_model: Path, tiny_splits):
+    from fer_app.bench import bench_compact
+
+    quantize_model(tiny_model, tiny_splits["train"], None, threads=1)
+    report = bench_compact("tiny", [1, 2], repeats=2)
+    assert report["int8"]["runtime"] == ONNX_INT8_STATIC
+    assert [t["batch"] for t in report["int8"]["predict_proba"]] == [1, 2]
+    assert all(t["median_ms"] > 0 for t in report["int8"]["forward"])
