@@ -1,4 +1,8 @@
-"""Batched data augmentation for 48x48 grey faces, done on tensors (no per-image Python work)."""
+"""Batched data augmentation of normalised face batches (any channels and size), done on tensors.
+
+No per-image Python work; the random draws come from a CPU generator (so a run is reproducible
+and resumable whatever the device), the image work runs on the batch's device.
+"""
 
 from __future__ import annotations
 
@@ -24,8 +28,13 @@ class AugmentConfig:
 
 
 def augment(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
-    """Augment a normalised batch (N, 1, H, W) with one affine warp + photometric jitter + erasing."""
+    """Augment a normalised batch (N, C, H, W) with one affine warp + photometric jitter + erasing.
+
+    Contrast is scaled around each image's per-channel mean, so a grey face repeated over channels
+    with per-channel normalisation (CLIP) stays grey; erased boxes are 0, each channel's mean.
+    """
     n, _, h, w = x.shape
+    device = x.device
 
     def uniform(lo: float, hi: float) -> torch.Tensor:
         return torch.rand(n, generator=gen) * (hi - lo) + lo
@@ -36,11 +45,11 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos * flip, -sin, uniform(-cfg.shift, cfg.shift) * 2], 1),
                          torch.stack([sin * flip, cos, uniform(-cfg.shift, cfg.shift) * 2], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    grid = F.affine_grid(theta.to(device=device, dtype=x.dtype), list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    contrast = uniform(1 - cfg.contrast, 1 + cfg.contrast).view(n, 1, 1, 1)
-    brightness = uniform(-cfg.brightness, cfg.brightness).view(n, 1, 1, 1)
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    contrast = uniform(1 - cfg.contrast, 1 + cfg.contrast).view(n, 1, 1, 1).to(device)
+    brightness = uniform(-cfg.brightness, cfg.brightness).view(n, 1, 1, 1).to(device)
     x = (x - mean) * contrast + mean + brightness
     if cfg.erase_p > 0:
         area = uniform(*cfg.erase_area)
@@ -54,5 +63,5 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.
         box = (ys >= y0.view(n, 1, 1)) & (ys < (y0 + eh).view(n, 1, 1)) & \
               (xs >= x0.view(n, 1, 1)) & (xs < (x0 + ew).view(n, 1, 1))
         on = (torch.rand(n, generator=gen) < cfg.erase_p).view(n, 1, 1)
-        x = x.masked_fill((box & on).unsqueeze(1), 0.0)
+        x = x.masked_fill((box & on).unsqueeze(1).to(device), 0.0)
     return x

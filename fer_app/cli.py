@@ -157,13 +157,13 @@ def _split_name(split: str) -> str:
 
 
 def _train_config(args: argparse.Namespace):
-    from fer_app.jobs import DEFAULT_LR
+    from fer_app.jobs import default_lr
     from fer_app.training import TrainConfig
 
     return TrainConfig(encoder=args.encoder, mode=args.mode, head=args.head, init_from=args.init_from,
                        widths=tuple(args.widths), convs_per_stage=tuple(args.convs), epochs=args.epochs,
                        batch_size=args.batch_size, optimizer=args.optimizer,
-                       lr=args.lr if args.lr else DEFAULT_LR[args.optimizer],
+                       lr=args.lr if args.lr else default_lr(args.optimizer, args.encoder, args.mode),
                        weight_decay=args.weight_decay, schedule=args.schedule, label_smoothing=args.label_smoothing,
                        balance=args.balance, augment=not args.no_augment, tta_flip=not args.no_tta,
                        patience=args.patience, seed=args.seed, device=args.device, precision=args.precision,
@@ -452,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON (accuracy, macro_f1, per_class, confusion, n)")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("train", help="train the compact model, or a head on frozen encoder embeddings",
+    p = sub.add_parser("train", help="train the compact model or fine-tune CLIP, or a head on frozen embeddings",
                        description="Checkpoints every epoch into --workdir; --resume continues an interrupted run. "
                        "The best epoch on val is saved atomically as models/NAME.")
     data_args(p)
@@ -473,7 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 0.05 sgd, 1e-3 adamw)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 0.05 sgd, 1e-3 adamw; "
+                   "1e-4 adamw for a full CLIP fine-tune). CLIP's encoder fine-tunes at a tenth of it")
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--schedule", choices=("onecycle", "cosine", "constant"), default="onecycle")
     p.add_argument("--label-smoothing", type=float, default=0.1)

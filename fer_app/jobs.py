@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 #: Default peak learning rate per optimizer (the page's and the CLI's default).
 DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3}
+#: ... for a full fine-tune of CLIP: the head's rate; CLIP's encoder trains at a tenth of it
+#: (`training.ENCODER_LR_SCALE`), 1e-5 with AdamW, the usual rate for fine-tuning a pretrained ViT.
+CLIP_FULL_LR = {"sgd": 0.05, "adamw": 1e-4}
 #: Job states; all but "running" are final.
 RUNNING, FINISHED, STOPPED, FAILED = "running", "finished", "stopped", "failed"
 #: Our own errors: their message is the whole story (no traceback is logged).
@@ -80,18 +83,27 @@ def error_message(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def default_lr(optimizer: str, encoder: str = "compact", mode: str = "full") -> float:
+    """The default peak learning rate of a run (the page's and the CLI's)."""
+    return (CLIP_FULL_LR if (encoder, mode) == ("clip-vit-b32", "full") else DEFAULT_LR)[optimizer]
+
+
 # ---------------------------------------------------------------- what can be trained here
 
 
 @dataclass(frozen=True)
 class TrainingChoice:
-    """An encoder / mode pair the page offers; `available` False comes with a `note` saying why."""
+    """An encoder / mode pair the page offers; `available` False comes with a `note` saying why.
+
+    `warning`: what to know before choosing an available one (CLIP's full fine-tune on a CPU is very slow).
+    """
 
     label: str
     encoder: str
     mode: str
     available: bool
     note: str = ""
+    warning: str = ""
 
 
 def clip_available() -> bool:
@@ -110,8 +122,8 @@ def training_choices(start: ModelInfo | None = None, device: torch.device | None
     """What can be trained from `start` (None: from scratch) on `device`, each available or with a note why not.
 
     The compact CNN trains fully anywhere; its head alone only on top of a trained encoder. CLIP's
-    head trains on cached frozen embeddings when its weights are here. Fine-tuning all of CLIP needs a
-    GPU, and the engine feeds the network 48x48 grey faces, which only the compact encoder takes.
+    head trains on cached frozen embeddings, and all of CLIP fine-tunes, when its weights are here;
+    the full fine-tune is meant for a GPU: on a CPU it is offered with a warning (very slow).
     """
     device = device or pick_device()
     clip = clip_available() if clip is None else clip
@@ -119,17 +131,18 @@ def training_choices(start: ModelInfo | None = None, device: torch.device | None
     no_clip = "CLIP weights not found: put them in models/clip-vit-base-patch32 (`python -m fer_app fetch-clip`)"
     wrong_encoder = f"the starting model {start.name!r} has the {encoder} encoder" if start else ""
     gpu = device.type in ("cuda", "mps")
+    clip_ok, clip_note = clip and encoder in (None, "clip-vit-b32"), no_clip if not clip else wrong_encoder
+    slow = "" if gpu else ("no GPU here: on the CPU every face goes through all of ViT-B/32, forward and backward "
+                           "(about 20x the compute of the compact CNN): expect hours per epoch of FER-2013 on a "
+                           "few cores. A CUDA or Apple GPU is recommended")
     return [
         TrainingChoice("Compact CNN: train encoder + head", "compact", "full",
                        encoder in (None, "compact"), wrong_encoder),
         TrainingChoice("Compact CNN: head only (frozen encoder)", "compact", "head", encoder == "compact",
                        wrong_encoder if start else "a compact encoder from scratch has learnt nothing to freeze: "
                        "train it fully, or start from a trained compact model"),
-        TrainingChoice("CLIP ViT-B/32: head on frozen embeddings", "clip-vit-b32", "head",
-                       clip and encoder in (None, "clip-vit-b32"), no_clip if not clip else wrong_encoder),
-        TrainingChoice("CLIP ViT-B/32: full fine-tune", "clip-vit-b32", "full", False,
-                       "needs a GPU (none here)" if not gpu else
-                       "not supported by the training engine yet (it trains the compact encoder only)"),
+        TrainingChoice("CLIP ViT-B/32: head on frozen embeddings", "clip-vit-b32", "head", clip_ok, clip_note),
+        TrainingChoice("CLIP ViT-B/32: full fine-tune", "clip-vit-b32", "full", clip_ok, clip_note, slow),
     ]
 
 

@@ -1,8 +1,10 @@
 """The classifier (encoder + head), and saving/loading models as safetensors + JSON config.
 
 A model folder `models/<name>/` holds:
-- `model.safetensors`: the head's weights (`head.*`) and, for encoders this project trains,
-  the encoder's too (`encoder.*`). CLIP's own weights stay in their folder / the HF cache.
+- `model.safetensors`: the head's weights (`head.*`) and, for encoders this project trains
+  (compact, fully fine-tuned CLIP), the encoder's too (`encoder.*`). A CLIP model with a head on
+  frozen embeddings does not copy CLIP's weights: they stay in their folder / the HF cache (which
+  also gives a fine-tuned CLIP its architecture and preprocessing settings).
 - `config.json`: encoder and head configs, classes, preprocessing, training data, metrics.
 - `README.md`: the model card.
 Weights are read with safetensors only: nothing a user hands in is ever unpickled.
@@ -139,6 +141,11 @@ def load_state(module: nn.Module, tensors: dict[str, torch.Tensor], path: Path) 
     module.load_state_dict(tensors)
 
 
+def owns_encoder_weights(encoder_cfg: dict) -> bool:
+    """Whether a model's own weights file holds its encoder's weights: compact, or a fine-tuned CLIP."""
+    return encoder_cfg.get("type") == CompactEncoder.encoder_id or bool(encoder_cfg.get("fine_tuned", False))
+
+
 def build_encoder(cfg: dict, *, clip_source: str | Path | None = None, allow_download: bool = False,
                   runtime: str = "torch", threads: int | None = None) -> Encoder:
     """An encoder from its config entry (CLIP weights are loaded from their own source).
@@ -153,6 +160,7 @@ def build_encoder(cfg: dict, *, clip_source: str | Path | None = None, allow_dow
         from fer_app.encoders.clip import load_clip_encoder
 
         encoder = load_clip_encoder(clip_source or cfg.get("source"), allow_download=allow_download)
+        encoder.fine_tuned = bool(cfg.get("fine_tuned", False))
     else:
         raise ModelError(f"unknown encoder type {kind!r}")
     return encoder if runtime == "torch" else _in_runtime(encoder, runtime, threads)
@@ -238,7 +246,7 @@ def save_model(model: Classifier, name: str, *, models_dir: Path | None = None, 
     target = root / name
     if target.exists() and not overwrite:
         raise ModelError(f"{target} exists; choose another name or pass overwrite=True")
-    state = model.state_dict() if model.encoder.encoder_id == CompactEncoder.encoder_id else \
+    state = model.state_dict() if owns_encoder_weights(model.encoder.config()) else \
         {f"head.{k}": v for k, v in model.head.state_dict().items()}
     cfg = model.config()
     cfg["name"] = name

@@ -1,6 +1,9 @@
-"""The training engine: the compact model end to end, or a head on frozen (cached) embeddings.
+"""The training engine: a model end to end (the compact CNN, or a full fine-tune of CLIP ViT-B/32),
+or a head on frozen (cached) embeddings.
 
-One engine for the CLI and the training page. It picks the device (CUDA, MPS, CPU), seeds every
+One engine for the CLI and the training page. Full training feeds the network 48x48 grey faces
+through the encoder's `normalize` (per batch, on the device: CLIP's is 224 px, 3 channels), then
+augments them on the device. It picks the device (CUDA, MPS, CPU), seeds every
 random draw, writes a checkpoint each epoch into a work folder (resumable with `resume=True`),
 stops early on val, reports progress through a callback, and saves the best model atomically:
 an interrupted, stopped or diverged run never overwrites a good model.
@@ -41,7 +44,7 @@ class TrainConfig:
     """Everything that defines a run; saved with the checkpoint and in the model config."""
 
     encoder: str = "compact"            # "compact" or "clip-vit-b32"
-    mode: str = "full"                  # "full": train encoder + head; "head": head on frozen embeddings
+    mode: str = "full"                  # "full": encoder + head (compact, CLIP fine-tune); "head": head only, frozen
     head: str = "linear"                # "linear" or "mlp"
     init_from: str | None = None        # start from a saved model (name or folder) instead of scratch
     widths: tuple[int, ...] = (32, 64, 128, 256)
@@ -49,7 +52,7 @@ class TrainConfig:
     epochs: int = 40
     batch_size: int = 128
     optimizer: str = "sgd"              # "sgd" (nesterov) or "adamw"
-    lr: float = 0.05
+    lr: float = 0.05                    # peak; a pretrained encoder trains at ENCODER_LR_SCALE of it (CLIP: 0.1)
     weight_decay: float = 5e-4
     schedule: str = "onecycle"          # "onecycle", "cosine" or "constant"
     label_smoothing: float = 0.1
@@ -177,6 +180,12 @@ def class_weights(labels: np.ndarray, balance: str, num_classes: int = len(CLASS
     return torch.tensor(w, dtype=torch.float32)
 
 
+#: Pretrained encoders fully fine-tuned at this fraction of the learning rate (the head gets all of it).
+ENCODER_LR_SCALE: dict[str, float] = {"clip-vit-b32": 0.1}
+#: Floats per evaluation batch, at most (512 compact faces; about 220 CLIP faces of 3x224x224).
+EVAL_FLOATS = 1 << 25
+
+
 def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
     """Learning rate at a global step: one-cycle (warm-up then cosine), cosine, or constant."""
     t = step / max(1, total)
@@ -202,6 +211,7 @@ def build_model(cfg: TrainConfig, splits: Splits) -> Classifier:
         elif model.head.kind == "zero-shot":
             model.head = Head(model.encoder.embed_dim, len(CLASSES), cfg.head, dropout=0.2)
         model.tta_flip = cfg.tta_flip
+        _mark_fine_tuned(model, cfg)
         return model
     if cfg.encoder == "compact":
         images = splits["train"].images
@@ -210,7 +220,29 @@ def build_model(cfg: TrainConfig, splits: Splits) -> Classifier:
     else:
         encoder = build_encoder({"type": cfg.encoder, "source": cfg.clip_source})
     head = Head(encoder.embed_dim, len(CLASSES), cfg.head, dropout=0.0 if cfg.mode == "full" else 0.2)
-    return Classifier(encoder, head, tta_flip=cfg.tta_flip)
+    return _mark_fine_tuned(Classifier(encoder, head, tta_flip=cfg.tta_flip), cfg)
+
+
+def _mark_fine_tuned(model: Classifier, cfg: TrainConfig) -> Classifier:
+    """A pretrained encoder trained in full mode owns its weights from now on (they are saved with the model)."""
+    if cfg.mode == "full" and hasattr(model.encoder, "fine_tuned"):
+        model.encoder.fine_tuned = True  # type: ignore[union-attr]
+    return model
+
+
+def param_groups(model: Classifier, cfg: TrainConfig) -> list[dict]:
+    """The optimizer's parameter groups; `lr_scale` scales the schedule's learning rate per group.
+
+    Full mode trains a pretrained encoder (CLIP) at ENCODER_LR_SCALE of the head's rate; the compact
+    CNN has one group. Head mode: the head alone.
+    """
+    if cfg.mode == "head":
+        return [{"params": list(model.head.parameters())}]
+    scale = ENCODER_LR_SCALE.get(model.encoder.encoder_id, 1.0)
+    if scale == 1.0:
+        return [{"params": list(model.parameters())}]
+    return [{"params": list(model.encoder.parameters()), "lr_scale": scale},
+            {"params": list(model.head.parameters()), "lr_scale": 1.0}]
 
 
 # ---------------------------------------------------------------- embeddings cache (head mode)
@@ -312,11 +344,16 @@ def _batches(n: int, batch_size: int, gen: torch.Generator, shuffle: bool) -> li
 
 
 def _evaluate_logits(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-                     device: torch.device, tta_flip: bool, batch_size: int = 512) -> tuple[float, np.ndarray]:
+                     device: torch.device, tta_flip: bool, batch_size: int = 512,
+                     prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[float, np.ndarray]:
+    """Mean loss and predictions over (x, y) in batches; `prepare` turns each batch of x, on the device,
+    into the network's input (the encoder's `normalize` in full mode: val is never normalised whole)."""
     losses, preds = [], []
     with torch.inference_mode():
         for i in range(0, len(y), batch_size):
             xb = x[i:i + batch_size].to(device)
+            if prepare is not None:
+                xb = prepare(xb)
             probs = torch.softmax(forward(xb), 1)
             if tta_flip and xb.dim() == 4:
                 probs = (probs + torch.softmax(forward(xb.flip(-1)), 1)) / 2
@@ -361,12 +398,14 @@ def train(cfg: TrainConfig, splits: Splits, *, name: str | None = None, workdir:
         x_train = cached_embeddings(model, train_set, device, cache, report)
         x_val = cached_embeddings(model, val_set, device, cache, report)
         net: nn.Module = model.head
-        params = list(model.head.parameters())
-    else:
+        prepare = None
+        eval_batch = 512
+    else:  # grey uint8 faces, normalised per batch on the device (CLIP's 224 px val set would take GBs)
         x_train = torch.from_numpy(np.ascontiguousarray(train_set.images))
-        x_val = model.encoder.normalize(torch.from_numpy(np.ascontiguousarray(val_set.images)))
+        x_val = torch.from_numpy(np.ascontiguousarray(val_set.images))
         net = model
-        params = list(model.parameters())
+        prepare = model.encoder.normalize
+        eval_batch = max(1, min(512, EVAL_FLOATS // prepare(x_val[:1]).numel()))
     y_train = torch.from_numpy(train_set.labels.astype(np.int64))
     y_val = torch.from_numpy(val_set.labels.astype(np.int64))
     net.to(device)
@@ -380,6 +419,7 @@ def train(cfg: TrainConfig, splits: Splits, *, name: str | None = None, workdir:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             return net(x).float()
     weights = class_weights(train_set.labels, cfg.balance).to(device)
+    params = param_groups(model, cfg)
     if cfg.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True,
                                                      weight_decay=cfg.weight_decay)
@@ -414,15 +454,14 @@ def train(cfg: TrainConfig, splits: Splits, *, name: str | None = None, workdir:
             step = (epoch - 1) * steps_per_epoch + b
             lr = lr_at(cfg, step, total_steps)
             for group in opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             yb = y_train[idx].to(device)
             if head_only:
                 xb = x_train[idx].to(device)
             else:
-                xb = model.encoder.normalize(x_train[idx])
+                xb = model.encoder.normalize(x_train[idx].to(device))
                 if cfg.augment:
                     xb = augment(xb, aug_cfg, gen)
-                xb = xb.to(device)
             logits = forward(xb)
             loss = F.cross_entropy(logits, yb, weight=weights, label_smoothing=cfg.label_smoothing)
             if not torch.isfinite(loss):
@@ -441,7 +480,8 @@ def train(cfg: TrainConfig, splits: Splits, *, name: str | None = None, workdir:
         if stopped and seen == 0:
             break
         net.eval()
-        val_loss, val_pred = _evaluate_logits(forward, x_val, y_val, device, cfg.tta_flip and not head_only)
+        val_loss, val_pred = _evaluate_logits(forward, x_val, y_val, device, cfg.tta_flip and not head_only,
+                                              eval_batch, prepare)
         rep = classification_report(y_val.numpy(), val_pred)
         improved = rep["accuracy"] > best_acc
         if improved:
@@ -469,7 +509,7 @@ def train(cfg: TrainConfig, splits: Splits, *, name: str | None = None, workdir:
     model.load_state_dict(load_file(str(best_path)))
     model.to(memory_format=torch.contiguous_format)
     model.eval()  # the final report is in fp32, as the model will run
-    _, val_pred = _evaluate_logits(net, x_val, y_val, device, cfg.tta_flip and not head_only)
+    _, val_pred = _evaluate_logits(net, x_val, y_val, device, cfg.tta_flip and not head_only, eval_batch, prepare)
     report = classification_report(y_val.numpy(), val_pred)
     model.to("cpu")
     seconds = time.perf_counter() - started

@@ -160,15 +160,19 @@ def test_training_choices():
     assert by_key["compact", "full"].available and not by_key["compact", "head"].available
     assert "nothing to freeze" in by_key["compact", "head"].note
     assert not by_key["clip-vit-b32", "head"].available and "fetch-clip" in by_key["clip-vit-b32", "head"].note
-    assert "needs a GPU" in by_key["clip-vit-b32", "full"].note
+    assert not by_key["clip-vit-b32", "full"].available and "fetch-clip" in by_key["clip-vit-b32", "full"].note
     compact = ModelInfo("tiny", None, "compact")
     by_key = {(c.encoder, c.mode): c for c in training_choices(compact, cpu, clip=True)}
     assert by_key["compact", "head"].available and by_key["compact", "full"].available
     assert not by_key["clip-vit-b32", "head"].available and "compact encoder" in by_key["clip-vit-b32", "head"].note
+    assert not by_key["clip-vit-b32", "full"].available
+    by_key = {(c.encoder, c.mode): c for c in training_choices(None, cpu, clip=True)}
+    assert by_key["clip-vit-b32", "full"].available
+    assert "no GPU here" in by_key["clip-vit-b32", "full"].warning  # offered on the CPU, with a warning
     clip = ModelInfo("clip-vit-b32-zero-shot", None, "clip-vit-b32")
     by_key = {(c.encoder, c.mode): c for c in training_choices(clip, gpu, clip=True)}
     assert by_key["clip-vit-b32", "head"].available and not by_key["compact", "full"].available
-    assert "not supported by the training engine" in by_key["clip-vit-b32", "full"].note
+    assert by_key["clip-vit-b32", "full"].available and not by_key["clip-vit-b32", "full"].warning
 
 
 def test_default_lr_matches_the_cli():
@@ -176,4 +180,8 @@ def test_default_lr_matches_the_cli():
 
     for optimizer, lr in jobs.DEFAULT_LR.items():
         args = build_parser().parse_args(["train", "data.csv", "--optimizer", optimizer])
-        assert _train_config(args).lr == lr
+        assert _train_config(args).lr == lr == jobs.default_lr(optimizer)
+    for optimizer, lr in jobs.CLIP_FULL_LR.items():
+        args = build_parser().parse_args(["train", "data.csv", "--optimizer", optimizer, "--encoder", "clip-vit-b32"])
+        assert _train_config(args).lr == lr == jobs.default_lr(optimizer, "clip-vit-b32", "full")
+    assert jobs.default_lr("adamw", "clip-vit-b32", "head") == jobs.DEFAULT_LR["adamw"]

@@ -116,3 +116,28 @@ def test_clip_head_saved_without_clip_weights(models_dir, tiny_clip_dir):
     loaded = load_model("clip-head", clip_source=tiny_clip_dir, runtime="torch")
     crop = [np.full((50, 50, 3), 30, np.uint8)]
     np.testing.assert_allclose(loaded.predict_proba(crop), model.predict_proba(crop), atol=1e-5)
+
+
+def test_fine_tuned_clip_saves_and_loads_its_encoder(models_dir, tiny_clip_dir):
+    from safetensors.torch import load_file, save_file
+
+    from fer_app.encoders.clip import load_clip_encoder
+
+    enc = load_clip_encoder(tiny_clip_dir)
+    enc.fine_tuned = True
+    with torch.no_grad():  # as a fine-tune would: CLIP's own weights change
+        for p in enc.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    model = Classifier(enc, Head(enc.embed_dim, 7), name="c").eval()
+    path = save_model(model, "clip-ft")
+    assert json.loads((path / "config.json").read_text())["encoder"]["fine_tuned"] is True
+    tensors = load_file(str(path / "model.safetensors"))
+    assert set(tensors) == set(model.state_dict())  # the whole model, encoder included
+    loaded = load_model("clip-ft", runtime="torch")
+    crops = [np.full((50, 50, 3), 30, np.uint8), np.random.default_rng(0).integers(0, 255, (48, 48), dtype=np.uint8)]
+    np.testing.assert_allclose(loaded.predict_proba(crops), model.predict_proba(crops), atol=1e-6)
+    base = Classifier(load_clip_encoder(tiny_clip_dir), loaded.head).eval()
+    assert not np.allclose(base.predict_proba(crops), model.predict_proba(crops), atol=1e-4)  # not CLIP's weights
+    save_file({k: v for k, v in tensors.items() if k.startswith("head.")}, str(path / "model.safetensors"))
+    with pytest.raises(ModelError, match=r"model\.safetensors.*missing"):  # never silently CLIP's own weights
+        load_model("clip-ft", runtime="torch")

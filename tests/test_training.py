@@ -117,3 +117,92 @@ def test_auto_precision_follows_the_hardware():
     assert use_bf16("auto", cpu) == bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     with pytest.raises(ValueError, match="precision"):
         TrainConfig(precision="fp8")
+
+
+# ---------------------------------------------------------------- full fine-tune of (tiny) CLIP
+
+#: A full CLIP fine-tune on the tiny randomly initialised CLIP of conftest (224 px input, 32 px patches).
+TINY_CLIP = dict(encoder="clip-vit-b32", mode="full", epochs=2, batch_size=16, optimizer="adamw", lr=3e-3,
+                 label_smoothing=0.0, seed=0, threads=1)
+
+
+@pytest.fixture(scope="module")
+def small_splits():
+    from conftest import make_faces
+
+    return {"train": make_faces(8, seed=1), "val": make_faces(3, seed=2)}
+
+
+def test_clip_full_fine_tune_learns_saves_and_reloads(models_dir, tiny_clip_dir, small_splits, monkeypatch):
+    from safetensors.torch import load_file
+
+    import fer_app.training as training
+    from fer_app.encoders.clip import ClipEncoder, load_clip_encoder
+
+    sizes = []
+    real = ClipEncoder.normalize
+    monkeypatch.setattr(ClipEncoder, "normalize", lambda self, x: sizes.append(len(x)) or real(self, x))
+    monkeypatch.setattr(training, "EVAL_FLOATS", 5 * 3 * 224 * 224)  # val in batches of 5 faces
+    cfg = TrainConfig(**TINY_CLIP, augment=False, clip_source=str(tiny_clip_dir))
+    result = train(cfg, small_splits, name="clip-ft", workdir=models_dir.parent / "run")
+    losses = [h.train_loss for h in result.history]
+    assert len(losses) == 2 and losses[1] < losses[0], losses
+    assert max(sizes) <= 16  # train batches and val batches of 5: the val set is never normalised whole
+    # the encoder trains at a tenth of the head's learning rate
+    groups = json.loads((models_dir.parent / "run" / "checkpoint.json").read_text())["opt_param_groups"]
+    assert [g["lr_scale"] for g in groups] == [0.1, 1.0]
+    assert groups[0]["lr"] == pytest.approx(0.1 * groups[1]["lr"])
+
+    folder = result.saved_to
+    cfg_json = json.loads((folder / "config.json").read_text())
+    assert cfg_json["encoder"] == {"type": "clip-vit-b32", "source": str(tiny_clip_dir), "fine_tuned": True}
+    keys = set(load_file(str(folder / "model.safetensors")))
+    assert any(k.startswith("encoder.vision.") for k in keys) and any(k.startswith("head.") for k in keys)
+    base = load_clip_encoder(tiny_clip_dir).state_dict()
+    tuned = result.model.encoder.state_dict()
+    assert any(not torch.equal(base[k], tuned[k]) for k in base)  # CLIP's own weights did change
+
+    loaded = load_model("clip-ft", runtime="torch")
+    assert loaded.encoder.fine_tuned and loaded.tta_flip
+    crops = [small_splits["val"].images[i] for i in range(6)] + [np.full((64, 80, 3), 90, np.uint8)]
+    np.testing.assert_allclose(loaded.predict_proba(crops), result.model.predict_proba(crops), atol=1e-6)
+    assert evaluate(loaded, small_splits["val"])["accuracy"] == pytest.approx(result.report["accuracy"], abs=1e-6)
+
+
+def test_clip_full_fine_tune_resumes_with_augmentation(models_dir, tiny_clip_dir, small_splits, tmp_path):
+    cfg = TrainConfig(**TINY_CLIP, augment=True, clip_source=str(tiny_clip_dir), precision="bf16")
+
+    class StopAfterFirstEpoch(Callback):
+        def __init__(self):
+            self.epochs = 0
+
+        def on_epoch(self, stats, progress):
+            self.epochs += 1
+
+        def should_stop(self):
+            return self.epochs >= 1
+
+    first = train(cfg, small_splits, workdir=tmp_path / "run", callback=StopAfterFirstEpoch())
+    assert len(first.history) == 1 and first.stopped_early
+    resumed = train(cfg, small_splits, workdir=tmp_path / "run", resume=True)
+    full = train(cfg, small_splits, workdir=tmp_path / "fresh")
+    assert [h.epoch for h in resumed.history] == [1, 2]
+    assert resumed.history[-1].train_loss == pytest.approx(full.history[-1].train_loss, rel=1e-4)
+    assert resumed.model.meta["training"]["precision"] == "bf16 autocast"
+    assert all(p.dtype == torch.float32 and p.is_contiguous() for p in resumed.model.parameters())
+
+
+def test_clip_full_fine_tune_from_the_command_line(models_dir, tiny_clip_dir, small_splits, tmp_path, capsys):
+    from test_cli import write_fer2013_csv
+
+    from fer_app.cli import main
+
+    csv = write_fer2013_csv(tmp_path / "fer2013.csv", small_splits)
+    code = main(["train", str(csv), "--encoder", "clip-vit-b32", "--mode", "full", "--clip", str(tiny_clip_dir),
+                 "--optimizer", "adamw", "--epochs", "1", "--batch-size", "16", "--threads", "1", "--no-augment",
+                 "--name", "clip-cli", "--workdir", str(tmp_path / "run")])
+    assert code == 0, capsys.readouterr().err
+    cfg = json.loads((models_dir / "clip-cli" / "config.json").read_text())
+    assert cfg["encoder"]["fine_tuned"] and cfg["training"]["config"]["lr"] == 1e-4  # CLIP's default lr
+    assert "--mode full" in (models_dir / "clip-cli" / "README.md").read_text()
+    assert load_model("clip-cli", runtime="torch").predict_proba([small_splits["val"].images[0]]).shape == (1, 7)

@@ -8,6 +8,7 @@ own settings (channels 8, 16; one convolution per stage).
 from __future__ import annotations
 
 import io
+import json
 import time
 import zipfile
 from pathlib import Path
@@ -145,7 +146,6 @@ def test_clip_head_on_frozen_embeddings(models_dir, fer_csv, tiny_clip_dir, monk
     monkeypatch.setattr(config, "CLIP_LOCAL_DIR", tiny_clip_dir)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     at = with_data(page(), fer_csv)
-    assert "Not available: CLIP ViT-B/32: full fine-tune: needs a GPU" in texts(at)
     at.radio(key="model-what-scratch").set_value("CLIP ViT-B/32: head on frozen embeddings")
     run(at)
     assert at.checkbox(key="set-augment").disabled  # no augmentation on cached embeddings
@@ -159,6 +159,31 @@ def test_clip_head_on_frozen_embeddings(models_dir, fer_csv, tiny_clip_dir, monk
     saved = {m.name: m for m in list_models()}
     assert saved["clip-head"].encoder == "clip-vit-b32"
     assert listed(at, "clip-head")
+
+
+def test_clip_full_fine_tune_on_the_cpu(models_dir, fer_csv, tiny_clip_dir, monkeypatch):
+    monkeypatch.setattr(config, "CLIP_LOCAL_DIR", tiny_clip_dir)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    at = with_data(page(), fer_csv)
+    assert "CLIP ViT-B/32: full fine-tune" in at.radio(key="model-what-scratch").options
+    assert "no GPU here" not in texts(at)  # the warning comes with the choice
+    at.radio(key="model-what-scratch").set_value("CLIP ViT-B/32: full fine-tune")
+    run(at)
+    assert "CLIP ViT-B/32: full fine-tune: no GPU here" in texts(at) and "hours per epoch" in texts(at)
+    assert not at.checkbox(key="set-augment").disabled and at.text_input(key="set-widths").disabled
+    assert at.selectbox(key="set-optimizer-full-clip").value == "adamw"
+    assert at.number_input(key="set-lr-adamw-clip").value == pytest.approx(1e-4)  # CLIP's encoder: a tenth
+    at = tiny_settings(at, epochs=1, run_name="clip-full")
+    assert "--encoder clip-vit-b32" in at.code[0].value and "--optimizer adamw" in at.code[0].value
+    at = until_done(start(at))
+    assert "finished after 1 epochs" in at.success[0].value, texts(at)
+    at.text_input(key="save-name").set_value("clip-full")
+    run(at)
+    at.button(key="save").click()
+    run(at)
+    saved = config.MODELS_DIR / "clip-full"
+    assert json.loads((saved / "config.json").read_text())["encoder"]["fine_tuned"] is True
+    assert listed(at, "clip-full")
 
 
 def test_reload_shows_the_running_job_second_start_refused_stop_keeps_best(models_dir, fer_csv):

@@ -13,6 +13,12 @@ class built from prompt ensembles (`PROMPT_TEMPLATES` x `EMOTION_WORDS`).
 Preprocessing reproduces CLIPImageProcessor (RGB, bicubic resize of the shortest side, centre
 crop, rescale, normalise) without its per-image overhead: one Pillow resize per crop (Pillow is
 what CLIPImageProcessor itself resizes with, so the pixels match), the rest in numpy on the batch.
+`ClipPreprocessing.normalize` does the same for a batch of grey faces in a tensor, on its device
+(the training engine's full fine-tune): torch's antialiased resize in Pillow's order (width, then
+height, rounding to uint8 in between): almost all pixels equal Pillow's, the rest within 2 grey levels.
+
+A fully fine-tuned encoder (`fine_tuned=True`) owns its weights: they are saved with the model
+(model.safetensors); the CLIP folder then only gives the architecture and preprocessing settings.
 """
 
 from __future__ import annotations
@@ -54,6 +60,8 @@ PREPROCESSOR_FILE = "preprocessor_config.json"
 TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
 #: Pillow's code for bicubic resampling, CLIPImageProcessor's default ("resample": 3).
 BICUBIC = 3
+#: torch's interpolation modes for Pillow's resampling codes (others are taken as bicubic).
+TORCH_RESAMPLE = {2: "bilinear", BICUBIC: "bicubic"}
 
 #: Prompt templates for zero-shot classification; "{}" takes an adjective from EMOTION_WORDS.
 PROMPT_TEMPLATES: tuple[str, ...] = (
@@ -341,6 +349,22 @@ class ClipPreprocessing:
         top, left = (new_h - self.crop[0]) // 2, (new_w - self.crop[1]) // 2
         return resized[top:top + self.crop[0], left:left + self.crop[1]]
 
+    def normalize(self, grey_uint8: torch.Tensor) -> torch.Tensor:
+        """uint8 grey faces (N, H, W) -> float32 (N, 3, crop height, crop width), as `__call__` on the
+        same faces (within 2 grey levels per pixel: Pillow's fixed-point arithmetic), on the input's device."""
+        height, width = grey_uint8.shape[-2:]
+        new_h, new_w = self.resized_shape(height, width)
+        x = grey_uint8.unsqueeze(1).float()
+        mode = TORCH_RESAMPLE.get(self.resample, "bicubic")
+        for size in ((height, new_w), (new_h, new_w)):  # Pillow resizes the width first, then the height
+            if x.shape[-2:] != size:
+                x = F.interpolate(x, size=size, mode=mode, antialias=True, align_corners=False).round_().clamp_(0, 255)
+        top, left = (new_h - self.crop[0]) // 2, (new_w - self.crop[1]) // 2
+        x = x[:, :, top:top + self.crop[0], left:left + self.crop[1]]
+        std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+        return x * (torch.tensor(self.rescale, dtype=torch.float32, device=x.device) / std) - mean / std
+
     def __call__(self, crops: Sequence[np.ndarray]) -> torch.Tensor:
         """uint8 grey/BGR/BGRA crops of any sizes -> float32 (N, 3, crop height, crop width)."""
         batch = np.empty((len(crops), 3, *self.crop), np.uint8)
@@ -359,16 +383,21 @@ class ClipPreprocessing:
 # -------------------------------------------------------------------------------------- encoder
 
 class ClipEncoder(Encoder):
-    """CLIP's image tower with its projection; `forward` returns unit-length image embeddings."""
+    """CLIP's image tower with its projection; `forward` returns unit-length image embeddings.
+
+    fine_tuned: the weights were trained by this project (full fine-tune), so a saved model keeps
+    them (model.safetensors) instead of reloading them from `source`.
+    """
 
     encoder_id = "clip-vit-b32"
 
     def __init__(self, vision: CLIPVisionModelWithProjection, preprocessing: ClipPreprocessing | None = None,
-                 source: str = CLIP_HUB_ID) -> None:
+                 source: str = CLIP_HUB_ID, fine_tuned: bool = False) -> None:
         super().__init__()
         self.vision = vision
         self.preprocessing = preprocessing or ClipPreprocessing()
         self.source = source
+        self.fine_tuned = fine_tuned
         self.embed_dim = int(vision.config.projection_dim)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -377,12 +406,20 @@ class ClipEncoder(Encoder):
     def preprocess(self, crops: Sequence[np.ndarray]) -> torch.Tensor:
         return self.preprocessing(crops)
 
+    def normalize(self, grey_uint8: torch.Tensor) -> torch.Tensor:
+        """(N, H, W) uint8 grey faces -> (N, 3, 224, 224) float, as `preprocess` (see ClipPreprocessing.normalize)."""
+        return self.preprocessing.normalize(grey_uint8)
+
     def config(self) -> dict:
-        return {"type": self.encoder_id, "source": self.source}
+        cfg: dict = {"type": self.encoder_id, "source": self.source}
+        return {**cfg, "fine_tuned": True} if self.fine_tuned else cfg
 
     @classmethod
     def from_config(cls, cfg: dict, *, allow_download: bool = False) -> ClipEncoder:
-        return load_clip_encoder(cfg.get("source"), allow_download=allow_download)
+        """The encoder of a config entry; a fine-tuned one has `source`'s weights until the model's are loaded."""
+        encoder = load_clip_encoder(cfg.get("source"), allow_download=allow_download)
+        encoder.fine_tuned = bool(cfg.get("fine_tuned", False))
+        return encoder
 
 
 def load_clip_encoder(source: str | Path | None = None, allow_download: bool = False) -> ClipEncoder:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fer_app.encoders.base import Encoder, to_grey
@@ -52,8 +53,16 @@ class CompactEncoder(Encoder):
         return self.dropout(torch.flatten(self.pool(self.features(pixels)), 1))
 
     def normalize(self, grey_uint8: torch.Tensor) -> torch.Tensor:
-        """(N, 48, 48) uint8 -> (N, 1, 48, 48) float, normalised as in training."""
-        return ((grey_uint8.float() / 255.0 - self.mean) / self.std).unsqueeze(1)
+        """(N, 48, 48) uint8 -> (N, 1, 48, 48) float, normalised as in training.
+
+        Other sizes are resized first (antialiased bilinear: within a few grey levels of `preprocess`'s
+        cv2.INTER_AREA on real faces).
+        """
+        x = grey_uint8.float()
+        if x.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
+            x = F.interpolate(x.unsqueeze(1), size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", antialias=True,
+                              align_corners=False).squeeze(1)
+        return ((x / 255.0 - self.mean) / self.std).unsqueeze(1)
 
     def preprocess(self, crops: Sequence[np.ndarray]) -> torch.Tensor:
         arr = np.stack([cv2.resize(to_grey(c), (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_AREA)

@@ -285,6 +285,9 @@ def model_section(current: ModelInfo | None, seed: int) -> TrainConfig | None:
         return None
     label = st.radio("What to train", [c.label for c in available], key=f"model-what-{start_choice}")
     choice = next(c for c in available if c.label == label)
+    if choice.warning:
+        st.warning(f"{choice.label}: {choice.warning}.")
+    clip_full = (choice.encoder, choice.mode) == ("clip-vit-b32", "full")
     d = TrainConfig()
     head = st.radio("Head", ["linear", "mlp"], index=["linear", "mlp"].index(d.head), key="model-head",
                     horizontal=True, help="linear: one layer on the embeddings; mlp: a hidden layer of 256.")
@@ -293,12 +296,16 @@ def model_section(current: ModelInfo | None, seed: int) -> TrainConfig | None:
         epochs = cols[0].number_input("Epochs", 1, 1000, d.epochs, key="set-epochs",
                                       help="Passes over the train faces; the best epoch on val is kept.")
         batch = cols[1].number_input("Batch size", 1, 4096, d.batch_size, key="set-batch")
-        optimizer = cols[2].selectbox("Optimizer", ["sgd", "adamw"], key=f"set-optimizer-{choice.mode}",
-                                      index=1 if choice.mode == "head" else ["sgd", "adamw"].index(d.optimizer),
-                                      help="SGD with Nesterov momentum, or AdamW (the default for heads).")
-        lr = cols[0].number_input("Peak learning rate", min_value=1e-8, value=jobs.DEFAULT_LR[optimizer],
-                                  step=1e-3, format="%.6g", key=f"set-lr-{optimizer}",
-                                  help="The schedule's highest learning rate.")
+        optimizer = cols[2].selectbox("Optimizer", ["sgd", "adamw"],
+                                      key=f"set-optimizer-{choice.mode}" + ("-clip" if clip_full else ""),
+                                      index=1 if choice.mode == "head" or clip_full else
+                                      ["sgd", "adamw"].index(d.optimizer),
+                                      help="SGD with Nesterov momentum, or AdamW (the default for heads and CLIP).")
+        lr = cols[0].number_input("Peak learning rate", min_value=1e-8,
+                                  value=jobs.default_lr(optimizer, choice.encoder, choice.mode), step=1e-3,
+                                  format="%.6g", key=f"set-lr-{optimizer}" + ("-clip" if clip_full else ""),
+                                  help="The schedule's highest learning rate" +
+                                  (" (the head's: CLIP's encoder fine-tunes at a tenth of it)." if clip_full else "."))
         schedules = ["onecycle", "cosine", "constant"]
         schedule = cols[1].selectbox("Schedule", schedules, index=schedules.index(d.schedule), key="set-schedule",
                                      help="onecycle: warm-up then cosine decay; cosine: decay only; constant.")
