@@ -52,6 +52,9 @@ def test_bench_quick_json(capsys: pytest.CaptureFixture[str], tiny_clip_dir: Pat
         assert [(p["model"].split()[0], p["feed"], p["faces"]) for p in pipeline] == [
             (model, feed, faces) for model in ("tiny", "clip") for feed in feeds for faces in (1, 3)]
         assert all(p["fps"] > 0 and p["frame_p95_ms"] >= p["frame_p50_ms"] for p in pipeline)
+        video = report["video"]
+        assert video["frames"] == 30 and video["width"] == 640 and video["height"] == 360
+        assert video["frames_with_faces"] >= 10 and video["processing_fps"] > 0 and video["model"] == "tiny"
     else:
         assert "missing" in report["pipeline"]
 
