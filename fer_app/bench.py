@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from fer_app import runtimes
-from fer_app.config import DEFAULT_MODEL, LIVE_DETECTOR, DetectorConfig
+from fer_app.config import DEFAULT_MODEL, VIDEO_DETECTOR, DetectorConfig
 from fer_app.encoders.base import Encoder
 from fer_app.quantize import ONNX_INT8_STATIC, QuantizeError
 from fer_app.runtimes import TORCH, AccuracyCheck, CheckCrops, CheckResult, Progress
@@ -223,7 +223,8 @@ def bench_video(model_name: str | Path, frames: int = 300) -> dict:
         return {"model": str(model_name), "missing": str(exc)}
     with tempfile.TemporaryDirectory() as tmp:
         clip = write_test_clip(Path(tmp) / "clip.mp4", frames)
-        result = process_video(clip, model, LiveSettings(draw=DrawOptions(stats=False, track_ids=True)))
+        result = process_video(clip, model, LiveSettings(detector=VIDEO_DETECTOR,
+                                                         draw=DrawOptions(stats=False, track_ids=True)))
     summary = result.summary.to_dict()
     summary["path"] = f"synthetic 640x360 clip, {frames} frames (the astronaut photo's face, moving; 2 faces " \
                       f"in the middle third)"
@@ -410,7 +411,7 @@ def live_pipeline_ready() -> bool:
 
 def bench_pipeline(model: torch.nn.Module, frames: int, faces: Sequence[int] = (1, 3),
                    camera_fps: float | None = None) -> list[dict]:
-    """LivePipeline with the live page's settings (`LIVE_DETECTOR`) on synthetic 640x480 clips (still frames: Haar finds the
+    """LivePipeline with the live page's settings (`VIDEO_DETECTOR`) on synthetic 640x480 clips (still frames: Haar finds the
     pasted faces reliably only where they are): processed FPS, frame latency in the video thread, and
     the labels' refresh rate per face averaged over the frames.
 
@@ -423,7 +424,7 @@ def bench_pipeline(model: torch.nn.Module, frames: int, faces: Sequence[int] = (
     for count in faces:
         frame = synthetic_frame(count)
         latencies, refresh, found = [], [], []
-        with LivePipeline(model, LiveSettings(detector=LIVE_DETECTOR)) as pipeline:
+        with LivePipeline(model, LiveSettings(detector=VIDEO_DETECTOR)) as pipeline:
             start = time.perf_counter()
             for i in range(frames):
                 if camera_fps:

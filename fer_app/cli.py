@@ -62,12 +62,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return status
 
 
-def _detector_config(args: argparse.Namespace):
+def _detector_config(args: argparse.Namespace, defaults=None):
+    """The detector settings: `defaults` (photo defaults when None) with the options given."""
     from dataclasses import replace
 
     from fer_app.config import DetectorConfig
 
-    cfg = DetectorConfig()
+    cfg = defaults or DetectorConfig()
     changes = {k: getattr(args, k) for k in ("detection_width", "scale_factor", "min_neighbors", "min_face")
                if getattr(args, k, None) is not None}
     return replace(cfg, **changes)
@@ -77,6 +78,7 @@ def _detector_config(args: argparse.Namespace):
 
 
 def cmd_video(args: argparse.Namespace) -> int:
+    from fer_app.config import VIDEO_DETECTOR
     from fer_app.draw import DrawOptions
     from fer_app.live import LiveSettings
     from fer_app.model import load_model
@@ -86,7 +88,7 @@ def cmd_video(args: argparse.Namespace) -> int:
     if args.csv and not Path(args.csv).parent.is_dir():
         raise ValueError(f"{Path(args.csv).parent}: no such folder (for --csv)")
     model = load_model(args.model, clip_source=args.clip, runtime=args.runtime, threads=args.threads)
-    settings = LiveSettings(detector=_detector_config(args), smoothing=args.smoothing,
+    settings = LiveSettings(detector=_detector_config(args, VIDEO_DETECTOR), smoothing=args.smoothing,
                             draw=DrawOptions(stats=False, track_ids=True))
     bar = _progress_bar(None, Path(args.video).name, unit="frame")
 

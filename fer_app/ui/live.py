@@ -25,7 +25,7 @@ import streamlit as st
 from streamlit_webrtc import WebRtcMode, webrtc_streamer
 
 from fer_app.calibration import CaptureRecorder, draw_capture_prompt
-from fer_app.config import LIVE_DETECTOR
+from fer_app.config import VIDEO_DETECTOR
 from fer_app.live import DrawOptions, LivePipeline, LiveSettings, LiveStats
 from fer_app.model import Classifier
 from fer_app.ui import common
@@ -38,7 +38,7 @@ CHART_EVERY = 4  # refreshes between timeline chart redraws (the chart is heavie
 
 
 def sidebar_settings() -> LiveSettings:
-    detector = common.detector_settings(defaults=LIVE_DETECTOR)
+    detector = common.detector_settings(defaults=VIDEO_DETECTOR)
     defaults = LiveSettings()
     smoothing = st.sidebar.slider("Smoothing", 0.0, 0.95, defaults.smoothing, 0.05, key="live-smoothing",
                                   help="Weight of the past in each face's running average: higher is steadier, "

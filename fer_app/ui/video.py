@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
+from fer_app.config import VIDEO_DETECTOR
 from fer_app.live import DrawOptions, LiveSettings
 from fer_app.model import Classifier
 from fer_app.ui import common
@@ -21,7 +22,7 @@ MAX_CHARTS = 6
 
 
 def sidebar_settings() -> LiveSettings:
-    detector = common.detector_settings()
+    detector = common.detector_settings(defaults=VIDEO_DETECTOR)
     smoothing = st.sidebar.slider("Smoothing", 0.0, 0.95, LiveSettings().smoothing, 0.05, key="video-smoothing",
                                   help="Weight of the past in each face's running average (0: off).")
     return LiveSettings(detector=detector, smoothing=smoothing, draw=DrawOptions(stats=False))
