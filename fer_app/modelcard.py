@@ -60,3 +60,35 @@ def render_card(name: str, cfg: dict, command: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+QUANTIZED_TITLE = "## Int8 encoder (ONNX Runtime)"
+
+
+def quantized_section(entry: dict) -> str:
+    """The model card's section on the shipped static-int8 encoder (`fer_app.quantize`)."""
+    lines = [QUANTIZED_TITLE,
+             f"- `{entry.get('file')}`: {entry.get('method')}; calibrated on {entry.get('calibration', {}).get('n')} "
+             f"faces of `{entry.get('calibration', {}).get('source')}` (the same number per class)",
+             f"- made from the weights with sha256 `{entry.get('weights_sha256', '')[:16]}…`; used under "
+             "`--runtime auto` while they match (`--runtime torch` runs the fp32 network)"]
+    val = entry.get("val")
+    if val:
+        lines.append(f"- val ({val['n']} faces): accuracy fp32 {val['accuracy_fp32']:.2%}, int8 "
+                     f"{val['accuracy_int8']:.2%}; top-1 agreement {val['agreement']:.2%}")
+    return "\n".join(lines) + "\n"
+
+
+def with_section(card: str, section: str) -> str:
+    """`card` with `section` (starting with its `## ` heading) replacing the section of that heading,
+    or inserted before "## Limitations" (appended when there is none)."""
+    heading = section.splitlines()[0]
+    lines = card.splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if line.rstrip("\n") == heading]
+    if starts:
+        end = next((j for j in range(starts[0] + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
+        return "".join(lines[:starts[0]]) + section + "\n" + "".join(lines[end:])
+    limits = next((i for i, line in enumerate(lines) if line.startswith("## Limitations")), None)
+    if limits is None:
+        return card.rstrip("\n") + "\n\n" + section
+    return "".join(lines[:limits]) + section + "\n" + "".join(lines[limits:])

@@ -21,6 +21,7 @@ import numpy as np
 
 from fer_app import runtimes
 from fer_app.data import FaceSet
+from fer_app.modelcard import quantized_section, with_section
 
 QUANTIZED_FILE = "encoder.int8.onnx"
 #: The runtime name of a compact encoder run from its shipped static-int8 file.
@@ -100,7 +101,7 @@ def quantize_model(folder: Path, calibration: FaceSet, val: FaceSet | None = Non
                    count: int = DEFAULT_CALIBRATION, min_agreement: float = runtimes.TOP1_MIN,
                    threads: int | None = None) -> QuantizeReport:
     """Quantize the compact model in `folder`; kept only if its val top-1 agrees >= min_agreement with fp32."""
-    from fer_app.model import CONFIG_FILE, load_model, read_config
+    from fer_app.model import CARD_FILE, CONFIG_FILE, load_model, read_config
 
     folder = Path(folder)
     model = load_model(folder, runtime="torch")
@@ -134,8 +135,12 @@ def quantize_model(folder: Path, calibration: FaceSet, val: FaceSet | None = Non
         cfg[CONFIG_KEY] = report.to_dict()
         cfg_tmp = folder / (CONFIG_FILE + ".tmp")
         cfg_tmp.write_text(json.dumps(cfg, indent=2))
+        card_path = folder / CARD_FILE
+        card = with_section(card_path.read_text(), quantized_section(cfg[CONFIG_KEY])) if card_path.is_file() else None
         os.replace(tmp, target)
         os.replace(cfg_tmp, folder / CONFIG_FILE)
+        if card is not None:
+            card_path.write_text(card)
     finally:
         tmp.unlink(missing_ok=True)
     return report

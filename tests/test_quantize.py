@@ -12,6 +12,7 @@ from conftest import make_faces
 from fer_app.cli import main
 from fer_app.evaluate import evaluate
 from fer_app.model import ModelError, load_model, save_model
+from fer_app.modelcard import QUANTIZED_TITLE
 from fer_app.quantize import (CONFIG_KEY, ONNX_INT8_STATIC, QUANTIZED_FILE, QuantizeError, calibration_sample,
                               quantize_model)
 from test_cli import write_fer2013_csv
@@ -31,6 +32,7 @@ def test_calibration_sample_is_stratified_and_reproducible():
 
 def test_quantized_model_is_used_under_auto_and_agrees(tiny_model: Path, tiny_splits):
     torch_model = load_model(tiny_model, runtime="torch")
+    (tiny_model / "README.md").write_text("# tiny\n\n## Validation metrics\n...\n\n## Limitations\nsome\n")
     report = quantize_model(tiny_model, tiny_splits["train"], tiny_splits["val"], min_agreement=0.0, threads=1)
     assert (tiny_model / QUANTIZED_FILE).stat().st_size > 1000
     saved = json.loads((tiny_model / "config.json").read_text())[CONFIG_KEY]
@@ -47,6 +49,11 @@ def test_quantized_model_is_used_under_auto_and_agrees(tiny_model: Path, tiny_sp
     assert (p_int8.argmax(1) == p_fp32.argmax(1)).mean() >= 0.8
     assert _runtime(load_model(tiny_model, runtime="torch")) == "torch"
     assert _runtime(load_model(tiny_model, runtime=ONNX_INT8_STATIC)) == ONNX_INT8_STATIC
+    card = (tiny_model / "README.md").read_text()
+    assert card.count(QUANTIZED_TITLE) == 1 and f"int8 {report.val['accuracy_int8']:.2%}" in card
+    assert card.index(QUANTIZED_TITLE) < card.index("## Limitations")
+    quantize_model(tiny_model, tiny_splits["train"], None, threads=1)  # again: the section is replaced
+    assert (tiny_model / "README.md").read_text().count(QUANTIZED_TITLE) == 1
 
 
 def test_pinned_runtime_wins_over_the_shipped_file(tiny_model: Path, tiny_splits, monkeypatch):
