@@ -14,6 +14,28 @@ from fer_app.model import ModelError, load_model
 from fer_app.training import (Callback, TrainConfig, TrainingError, class_weights, lr_at, train, use_bf16)
 
 
+class StopAfterFirstEpoch(Callback):
+    def __init__(self):
+        self.epochs = 0
+
+    def on_epoch(self, stats, progress):
+        self.epochs += 1
+
+    def should_stop(self):
+        return self.epochs >= 1
+
+
+def interrupted_and_resumed(cfg, splits, tmp_path):
+    """A run stopped after epoch 1 then resumed; checked to end like an uninterrupted one (same seeds,
+    restored optimizer and RNG state). Returns the resumed run's result."""
+    first = train(cfg, splits, workdir=tmp_path / "run", callback=StopAfterFirstEpoch())
+    assert len(first.history) == 1 and first.stopped_early
+    resumed = train(cfg, splits, workdir=tmp_path / "run", resume=True)
+    full = train(cfg, splits, workdir=tmp_path / "fresh")
+    assert resumed.history[-1].train_loss == pytest.approx(full.history[-1].train_loss, rel=1e-4)
+    return resumed
+
+
 def test_trains_saves_and_reports(tiny_model, tiny_splits):
     model = load_model(tiny_model)
     report = evaluate(model, tiny_splits["val"])
@@ -27,23 +49,8 @@ def test_trains_saves_and_reports(tiny_model, tiny_splits):
 def test_resume_continues_from_checkpoint(models_dir, tiny_splits, tmp_path):
     cfg = TrainConfig(**TINY_COMPACT)
 
-    class StopAfterFirstEpoch(Callback):
-        def __init__(self):
-            self.epochs = 0
-
-        def on_epoch(self, stats, progress):
-            self.epochs += 1
-
-        def should_stop(self):
-            return self.epochs >= 1
-
-    first = train(cfg, tiny_splits, workdir=tmp_path / "run", callback=StopAfterFirstEpoch())
-    assert len(first.history) == 1 and first.stopped_early
-    resumed = train(cfg, tiny_splits, workdir=tmp_path / "run", resume=True)
-    full = train(cfg, tiny_splits, workdir=tmp_path / "fresh")
+    resumed = interrupted_and_resumed(cfg, tiny_splits, tmp_path)
     assert [h.epoch for h in resumed.history] == [1, 2, 3]
-    # the same seeds and restored optimizer/RNG state give the same run as one without interruption
-    assert resumed.history[-1].train_loss == pytest.approx(full.history[-1].train_loss, rel=1e-4)
     other = TrainConfig(**{**TINY_COMPACT, "lr": 0.01})
     with pytest.raises(TrainingError, match="other settings"):
         train(other, tiny_splits, workdir=tmp_path / "run", resume=True)
@@ -172,22 +179,8 @@ def test_clip_full_fine_tune_learns_saves_and_reloads(models_dir, tiny_clip_dir,
 def test_clip_full_fine_tune_resumes_with_augmentation(models_dir, tiny_clip_dir, small_splits, tmp_path):
     cfg = TrainConfig(**TINY_CLIP, augment=True, clip_source=str(tiny_clip_dir), precision="bf16")
 
-    class StopAfterFirstEpoch(Callback):
-        def __init__(self):
-            self.epochs = 0
-
-        def on_epoch(self, stats, progress):
-            self.epochs += 1
-
-        def should_stop(self):
-            return self.epochs >= 1
-
-    first = train(cfg, small_splits, workdir=tmp_path / "run", callback=StopAfterFirstEpoch())
-    assert len(first.history) == 1 and first.stopped_early
-    resumed = train(cfg, small_splits, workdir=tmp_path / "run", resume=True)
-    full = train(cfg, small_splits, workdir=tmp_path / "fresh")
+    resumed = interrupted_and_resumed(cfg, small_splits, tmp_path)
     assert [h.epoch for h in resumed.history] == [1, 2]
-    assert resumed.history[-1].train_loss == pytest.approx(full.history[-1].train_loss, rel=1e-4)
     assert resumed.model.meta["training"]["precision"] == "bf16 autocast"
     assert all(p.dtype == torch.float32 and p.is_contiguous() for p in resumed.model.parameters())
 
