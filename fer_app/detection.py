@@ -1,6 +1,6 @@
 """Face detection with OpenCV's Haar cascades, cheap enough to run on every video frame.
 
-`FaceDetector.detect` works on a grey, histogram-equalised copy of the frame downscaled to
+`FaceDetector.detect` works on a grey, histogram-equalised (CLAHE) copy of the frame downscaled to
 `DetectorConfig.detection_width` (never upscaled) and maps the boxes back to full resolution.
 Overlapping detections of one face are merged, keeping the strongest. `crop_faces` cuts square,
 centred crops with a margin out of the full-resolution frame.
@@ -17,7 +17,7 @@ import numpy as np
 from fer_app.config import DetectorConfig
 from fer_app.types import Face
 
-__all__ = ["DEFAULT_CASCADE", "FaceDetector", "cascade_path", "crop_faces", "square_box"]
+__all__ = ["DEFAULT_CASCADE", "FaceDetector", "cascade_path", "crop_faces", "equalize", "square_box"]
 
 #: Cascade file used by default: a file name in OpenCV's cascade folder, or a path. Chosen on
 #: real photos, face-free photos and composites (327 faces, DetectorConfig defaults): `alt` had
@@ -91,7 +91,22 @@ class FaceDetector:
         if scale < 1.0:
             size = (self.config.detection_width, max(1, round(height * scale)))
             grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
-        return cv2.equalizeHist(grey), scale
+        return equalize(grey), scale
+
+
+def equalize(grey: np.ndarray) -> np.ndarray:
+    """Contrast-limited adaptive histogram equalisation (CLAHE: 2x2 tiles, clip limit 3).
+
+    Chosen over global `cv2.equalizeHist` on 320 px copies of 640x360 frames (the video detector):
+    global equalisation stretches the noise of flat backgrounds into texture the cascade must
+    reject window by window, so it was about 2-3x slower (13.5 vs 5.9 ms) and found fewer faces
+    (166 vs 216 of 300 FER-2013 val faces pasted on a noisy background; 243 vs 300 of the bench
+    clip's 300 frames). Unlike no equalisation at all, it keeps faces in dim frames (214 vs 106 of
+    the same 300 faces at 20% brightness) and under uneven light. Finer tiles (8x8, clip limit 2)
+    made false faces out of the tests' textured background; 2x2 tiles did not, and no false face
+    came up on 20 face-free photos at two sizes.
+    """
+    return cv2.createCLAHE(clipLimit=3.0, tileGridSize=(2, 2)).apply(grey)
 
 
 def square_box(face: Face, frame_shape: tuple[int, ...], margin: float) -> Face:
