@@ -1,7 +1,8 @@
 """Face tracking across video frames, and per-track smoothing of class probabilities.
 
 `FaceTracker.update` matches each frame's detected faces to the live tracks, greedily by box
-overlap (IoU) and then by centre distance, so a face keeps its track id while it moves. An
+overlap (IoU) and then by centre distance, tracks seen in the last frame first, so a face keeps its
+track id while it moves. An
 unmatched face starts a new track with a fresh id (ids are never reused); a track that goes
 unmatched for more than `max_missed` frames dies, so a face that leaves and comes back, or a
 different face, starts from scratch and never inherits another track's label or probabilities.
@@ -93,7 +94,7 @@ class FaceTracker:
         tracks = list(self._tracks.values())
         assigned: dict[int, Track] = {}
         used: set[int] = set()
-        for _, _, ti, fi in sorted(self._candidates(tracks, faces)):
+        for *_, ti, fi in sorted(self._candidates(tracks, faces)):
             if fi not in assigned and ti not in used:
                 assigned[fi] = tracks[ti]
                 used.add(ti)
@@ -137,13 +138,17 @@ class FaceTracker:
         """Drop all tracks; ids keep counting up."""
         self._tracks.clear()
 
-    def _candidates(self, tracks: Sequence[Track], faces: Sequence[Face]) -> list[tuple[float, float, int, int]]:
-        """(-IoU, centre distance, track index, face index) of every pair that may be one face."""
+    def _candidates(self, tracks: Sequence[Track], faces: Sequence[Face]) -> list[tuple[int, float, float, int, int]]:
+        """(frames missed, -IoU, centre distance, track index, face index) of every pair that may be one face.
+
+        Sorted, these match the tracks seen in the last frame first (a matching cascade, as in
+        DeepSORT): a face moving onto the spot where a lost track was last seen stays in its own track.
+        """
         pairs = []
         for ti, track in enumerate(tracks):
             for fi, face in enumerate(faces):
                 overlap, shift = iou(track.face, face), centre_distance(track.face, face)
                 scale = max(track.face.w, face.w) / max(1, min(track.face.w, face.w))
                 if overlap >= self.min_iou or (shift <= self.max_shift and scale <= self.max_scale):
-                    pairs.append((-overlap, shift, ti, fi))
+                    pairs.append((track.missed, -overlap, shift, ti, fi))
         return pairs

@@ -85,6 +85,15 @@ def test_different_face_elsewhere_does_not_take_a_missing_tracks_id() -> None:
     assert b.id != a and b.probabilities is None
 
 
+def test_face_moving_onto_a_lost_tracks_spot_stays_in_its_own_track() -> None:
+    tracker = FaceTracker(max_missed=8)
+    (lost,) = ids(tracker, Face(200, 100, 80, 80))
+    (moving,) = ids(tracker, Face(100, 100, 80, 80))  # the face jumped away: a new track, the old one lost
+    assert moving != lost
+    for x in range(112, 220, 12):  # walks back over the lost track's last box
+        assert ids(tracker, Face(x, 100, 80, 80)) == [moving]
+
+
 def test_very_different_size_is_another_face() -> None:
     tracker = FaceTracker()
     (a,) = ids(tracker, Face(100, 100, 60, 60))
