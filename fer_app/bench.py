@@ -208,6 +208,36 @@ def write_test_clip(path: Path, frames: int = 300, size: tuple[int, int] = (640,
     return path
 
 
+def fer_package_detection(clip: Path) -> dict:
+    """The `fer` package's face-detection step, reproduced with OpenCV on `clip`, for comparison.
+
+    `fer.FER()` (without MTCNN) runs `haarcascade_frontalface_default.xml` on the full-resolution
+    grey frame with scale factor 1.1, 5 neighbours and 50 px minimum faces. The `fer` package itself
+    is not installed here (it needs TensorFlow): only its detection is reproduced, not its classifier.
+    """
+    import cv2
+
+    cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"))
+    capture = cv2.VideoCapture(str(clip))
+    found, frames, seconds = 0, 0, []
+    try:
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            start = time.perf_counter()
+            grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+            faces = cascade.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5,
+                                             flags=cv2.CASCADE_SCALE_IMAGE, minSize=(50, 50))
+            seconds.append(time.perf_counter() - start)
+            frames += 1
+            found += int(len(faces) > 0)
+    finally:
+        capture.release()
+    return {"frames": frames, "frames_with_faces": found,
+            "detect_ms": round(statistics.median(seconds) * 1000, 2) if seconds else None}
+
+
 def bench_video(model_name: str | Path, frames: int = 300) -> dict:
     """`python -m fer_app video`'s engine on a 640x360 clip (`write_test_clip`), with the CLI's defaults."""
     import tempfile
@@ -225,7 +255,9 @@ def bench_video(model_name: str | Path, frames: int = 300) -> dict:
         clip = write_test_clip(Path(tmp) / "clip.mp4", frames)
         result = process_video(clip, model, LiveSettings(detector=VIDEO_DETECTOR,
                                                          draw=DrawOptions(stats=False, track_ids=True)))
+        reference = fer_package_detection(clip)
     summary = result.summary.to_dict()
+    summary["fer_package_detection"] = reference
     summary["path"] = f"synthetic 640x360 clip, {frames} frames (the astronaut photo's face, moving; 2 faces " \
                       f"in the middle third)"
     return dict(summary, runtime=getattr(model.encoder, "runtime", TORCH))
@@ -596,4 +628,9 @@ def format_report(report: dict) -> str:
                       f"{video['processing_fps']:.1f} frames/s (decoding included); faces in "
                       f"{video['frames_with_faces']}/{video['frames']} frames, {video['tracks']} track(s); median "
                       f"detect {video['detect_ms']:.1f} ms, classify {video['classify_ms']:.1f} ms per frame"]
+        fer = video.get("fer_package_detection")
+        if fer:
+            lines.append(f"the fer package's Haar set-up on the same clip (default cascade, full resolution, scale 1.1, "
+                         f"5 neighbours, 50 px): faces in {fer['frames_with_faces']}/{fer['frames']} frames, median "
+                         f"detect {fer['detect_ms']:.1f} ms per frame")
     return "\n".join(lines)

@@ -55,6 +55,8 @@ def test_bench_quick_json(capsys: pytest.CaptureFixture[str], tiny_clip_dir: Pat
         video = report["video"]
         assert video["frames"] == 30 and video["width"] == 640 and video["height"] == 360
         assert video["frames_with_faces"] >= 10 and video["processing_fps"] > 0 and video["model"] == "tiny"
+        fer = video["fer_package_detection"]  # the `fer` package's Haar set-up, on the same clip
+        assert fer["frames"] == 30 and 0 <= fer["frames_with_faces"] <= 30 and fer["detect_ms"] > 0
     else:
         assert "missing" in report["pipeline"]
 
