@@ -47,9 +47,9 @@ class LiveSettings:
     in a worker thread; None = automatic, in a worker while the median classification takes longer
     than `async_above_ms` (back in the video thread below half of it). max_missed: frames a face
     may go undetected before its track ends (a face seen again later gets a new track).
-    mirror: average each face with its mirror image; None = the model's own setting in the video
-    thread and off in the worker, where the model is slow: the smoothing over frames averages there
-    anyway, and each face's label refreshes twice as often.
+    mirror: test-time augmentation (the model's views of each face: mirror image, zoomed copies);
+    None = the model's own setting in the video thread and off in the worker, where the model is
+    slow: the smoothing over frames averages there anyway, and each face's label refreshes more often.
     """
 
     detector: DetectorConfig = field(default_factory=DetectorConfig)

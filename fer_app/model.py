@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -42,32 +43,57 @@ class ModelError(ValueError):
     """A model that cannot be found or loaded; the message names the file and what is wrong."""
 
 
+def zoom(pixels: torch.Tensor, factor: float) -> torch.Tensor:
+    """Centre-zoomed copies of a (N, C, H, W) batch: the content at `factor` of its size (below 1:
+    zoomed out, the border pixels repeated; above 1: zoomed in), same shape."""
+    n = len(pixels)
+    theta = torch.tensor([[1.0 / factor, 0.0, 0.0], [0.0, 1.0 / factor, 0.0]], dtype=pixels.dtype)
+    grid = F.affine_grid(theta.expand(n, 2, 3), list(pixels.shape), align_corners=False)
+    return F.grid_sample(pixels, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 class Classifier(nn.Module):
-    """Face crops in, (N, num_classes) probabilities out; all crops go through in one batch."""
+    """Face crops in, (N, num_classes) probabilities out; all crops go through in one batch.
+
+    Test-time augmentation (TTA) averages the probabilities over views of each face: the face
+    itself, zoomed copies (`tta_zooms`, chosen on val by `fer_app.tta`) and, with `tta_flip`, the
+    mirror image of each of those.
+    """
 
     def __init__(self, encoder: Encoder, head: Head, *, name: str = "", classes: Sequence[str] = CLASSES,
-                 tta_flip: bool = False, meta: dict | None = None) -> None:
+                 tta_flip: bool = False, tta_zooms: Sequence[float] = (), meta: dict | None = None) -> None:
         super().__init__()
         self.encoder, self.head = encoder, head
         self.name, self.classes, self.tta_flip = name, tuple(classes), tta_flip
+        self.tta_zooms = tuple(float(z) for z in tta_zooms)
         self.meta = meta or {}
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(pixels))
 
+    @property
+    def tta_views(self) -> int:
+        """Views per face under the model's own TTA (1: none)."""
+        return (1 + len(self.tta_zooms)) * (2 if self.tta_flip else 1)
+
     @torch.inference_mode()
     def predict_pixels(self, pixels: torch.Tensor, *, tta: bool | None = None) -> torch.Tensor:
-        """Probabilities for preprocessed pixels, averaged with the mirror image when `tta` (default:
-        the model's tta_flip) is on (crops and mirror images go through the encoder in one batch)."""
-        if not (self.tta_flip if tta is None else tta):
+        """Probabilities for preprocessed pixels. tta None: the model's own views (`tta_views`);
+        False: the face alone; True: the model's views, or the mirror image for a model without any.
+        All views of all faces go through the encoder in one batch."""
+        own = self.tta_views > 1
+        if not (own if tta is None else tta):
             return torch.softmax(self(pixels), dim=1)
-        probs = torch.softmax(self(torch.cat([pixels, pixels.flip(-1)])), dim=1)
-        return (probs[:len(pixels)] + probs[len(pixels):]) / 2
+        views = [pixels] + [zoom(pixels, z) for z in self.tta_zooms]
+        if self.tta_flip or not own:
+            views += [v.flip(-1) for v in views]
+        probs = torch.softmax(self(torch.cat(views)), dim=1)
+        return probs.view(len(views), len(pixels), -1).mean(0)
 
     def predict_proba(self, crops: Sequence[np.ndarray], *, tta: bool | None = None) -> np.ndarray:
         """(N, num_classes) float32 probabilities for N face crops (grey or BGR uint8).
 
-        tta: average with the mirror images (None: the model's tta_flip setting)."""
+        tta: test-time augmentation (None: the model's own; see `predict_pixels`)."""
         if len(crops) == 0:
             return np.zeros((0, len(self.classes)), np.float32)
         if self.training:
@@ -76,7 +102,8 @@ class Classifier(nn.Module):
 
     def config(self) -> dict:
         return {"format": FORMAT, "name": self.name, "classes": list(self.classes),
-                "encoder": self.encoder.config(), "head": self.head.config(), "tta_flip": self.tta_flip, **self.meta}
+                "encoder": self.encoder.config(), "head": self.head.config(), "tta_flip": self.tta_flip,
+                "tta_zooms": list(self.tta_zooms), **self.meta}
 
 
 @dataclass(frozen=True)
@@ -88,6 +115,13 @@ class ModelInfo:
     encoder: str
     val_accuracy: float | None = None
     description: str = ""
+
+
+def _zooms(cfg: dict, folder: Path) -> tuple[float, ...]:
+    zooms = cfg.get("tta_zooms", [])
+    if not isinstance(zooms, list) or not all(isinstance(z, (int, float)) and 0.5 <= z <= 2.0 for z in zooms):
+        raise ModelError(f"{folder / CONFIG_FILE}: tta_zooms must be a list of numbers in [0.5, 2], got {zooms!r}")
+    return tuple(float(z) for z in zooms)
 
 
 def model_dir(name_or_path: str | Path, models_dir: Path | None = None) -> Path:
@@ -193,9 +227,10 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL, *, models_dir: Path | N
     tensors = read_weights(weights_path)
     encoder = build_encoder(cfg["encoder"], clip_source=clip_source, allow_download=allow_download)
     head = Head.from_config(cfg["head"])
-    meta = {k: v for k, v in cfg.items() if k not in ("format", "name", "classes", "encoder", "head", "tta_flip")}
+    meta = {k: v for k, v in cfg.items() if k not in ("format", "name", "classes", "encoder", "head", "tta_flip",
+                                                 "tta_zooms")}
     model = Classifier(encoder, head, name=cfg.get("name", folder.name), classes=cfg["classes"],
-                       tta_flip=bool(cfg.get("tta_flip", False)), meta=meta)
+                       tta_flip=bool(cfg.get("tta_flip", False)), tta_zooms=_zooms(cfg, folder), meta=meta)
     if owns_encoder_weights(cfg["encoder"]) or any(k.startswith("encoder.") for k in tensors):
         load_state(model, tensors, weights_path)
     else:

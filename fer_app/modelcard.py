@@ -24,7 +24,7 @@ def render_card(name: str, cfg: dict, command: str) -> str:
         "## Model",
         f"- encoder: `{enc.get('type')}` {'(' + ', '.join(f'{k}={v}' for k, v in enc.items() if k != 'type') + ')' if enc else ''}",
         f"- head: `{cfg.get('head', {}).get('type')}`; classes (FER-2013 order): {', '.join(cfg.get('classes', []))}",
-        f"- test-time augmentation (mirror image averaged): {cfg.get('tta_flip', False)}",
+        tta_line(cfg),
         "- files: `model.safetensors` (weights), `config.json` (this information, machine-readable), "
         "`confusion.png` (val confusion matrix)",
         "",
@@ -45,13 +45,7 @@ def render_card(name: str, cfg: dict, command: str) -> str:
         f"torch {torch.__version__}",
         f"- settings: `{training.get('config')}`",
         "",
-        "## Validation metrics (model selection split; the test split was never used)",
-        "```",
-        format_report(report) if report else "(none)",
-        "```",
-        "",
-        "![confusion matrix](confusion.png)",
-        "",
+        validation_section(report),
         "## Limitations",
         "FER-2013 is 48x48 grey internet faces with noisy labels (human accuracy about 65%); "
         "expect lower accuracy on webcam faces that differ in lighting, pose and age. "
@@ -60,6 +54,35 @@ def render_card(name: str, cfg: dict, command: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+VALIDATION_TITLE = "## Validation metrics (model selection split; the test split was never used)"
+TTA_TITLE = "## Test-time augmentation (chosen on val)"
+
+
+def tta_line(cfg: dict) -> str:
+    """The model card's line on test-time augmentation (in its Model section)."""
+    return (f"- test-time augmentation: mirror image {'averaged' if cfg.get('tta_flip') else 'off'}; zoomed views "
+            f"{cfg.get('tta_zooms') or 'none'}")
+
+
+def validation_section(report: dict) -> str:
+    """The model card's val metrics, with the confusion matrix image."""
+    return "\n".join([VALIDATION_TITLE, "```", format_report(report) if report else "(none)", "```", "",
+                      "![confusion matrix](confusion.png)", ""])
+
+
+def tta_section(entry: dict) -> str:
+    """The model card's section on the TTA views chosen by `fer_app.tta.select_tta`."""
+    flip = "each with its mirror image" if entry.get("flip") else "no mirror image"
+    lines = [TTA_TITLE,
+             f"- chosen zooms: {list(entry.get('chosen', [])) or 'none'} ({flip}); before: "
+             f"{list(entry.get('before', [])) or 'none'}; at most {entry.get('max_views')} views per face",
+             f"- scored on {entry.get('n')} faces of `{entry.get('source')}`:", "",
+             "| zooms | views | val accuracy | val macro-F1 |", "|---|---|---|---|"]
+    for c in entry.get("candidates", []):
+        lines.append(f"| {list(c['zooms']) or 'none'} | {c['views']} | {c['accuracy']:.2%} | {c['macro_f1']:.3f} |")
+    return "\n".join(lines) + "\n"
 
 
 QUANTIZED_TITLE = "## Int8 encoder (ONNX Runtime)"

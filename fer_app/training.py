@@ -211,6 +211,10 @@ def build_model(cfg: TrainConfig, splits: Splits) -> Classifier:
         elif model.head.kind == "zero-shot":
             model.head = Head(model.encoder.embed_dim, len(CLASSES), cfg.head, dropout=0.2)
         model.tta_flip = cfg.tta_flip
+        # What was chosen or built for the old weights doesn't carry over to the new ones.
+        model.tta_zooms = ()
+        for key in ("quantized", "tta_selection"):
+            model.meta.pop(key, None)
         _mark_fine_tuned(model, cfg)
         return model
     if cfg.encoder == "compact":

@@ -44,10 +44,11 @@ def sidebar_settings() -> LiveSettings:
                                   help="Weight of the past in each face's running average: higher is steadier, "
                                        "slower to react. 0 turns it off.")
     mirrors = {"Auto": None, "On": True, "Off": False}
-    mirror = st.sidebar.radio("Mirror-image averaging", list(mirrors), horizontal=True, key="live-mirror",
-                              help="Average each face with its mirror image. Auto: as the model was trained when "
-                                   "it runs in the video thread; off for slow models classified in the background, "
-                                   "where the smoothing averages over frames and labels then refresh twice as often.")
+    mirror = st.sidebar.radio("Test-time augmentation", list(mirrors), horizontal=True, key="live-mirror",
+                              help="Average each face's probabilities over the model's views of it (the mirror "
+                                   "image, zoomed copies; see its model card). Auto: on when the model runs in the "
+                                   "video thread; off for slow models classified in the background, where the "
+                                   "smoothing averages over frames and labels refresh more often.")
     d = defaults.draw
     with st.sidebar.expander("Draw on the video", expanded=True):
         draw = DrawOptions(boxes=st.checkbox("Face boxes", d.boxes, key="live-boxes"),
