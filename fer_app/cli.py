@@ -301,14 +301,20 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- quantize
 
 
-def cmd_quantize(args: argparse.Namespace) -> int:
+def _model_and_data(args: argparse.Namespace, split: str, missing: str) -> tuple[Path, dict]:
+    """The model folder of args.model and the splits of args.data, which must have `split`."""
     from fer_app.model import model_dir
-    from fer_app.quantize import quantize_model
 
     splits = _load_splits(args)
-    if "train" not in splits:
-        raise ValueError(f"{args.data}: no training split to calibrate on")
-    folder = model_dir(args.model)
+    if split not in splits:
+        raise ValueError(f"{args.data}: {missing}")
+    return model_dir(args.model), splits
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from fer_app.quantize import quantize_model
+
+    folder, splits = _model_and_data(args, "train", "no training split to calibrate on")
     report = quantize_model(folder, splits["train"], splits.get("val"), count=args.calibration,
                             min_agreement=args.min_agreement, threads=args.threads)
     if args.json:
@@ -326,13 +332,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_tta(args: argparse.Namespace) -> int:
-    from fer_app.model import model_dir
     from fer_app.tta import select_tta
 
-    splits = _load_splits(args)
-    if "val" not in splits:
-        raise ValueError(f"{args.data}: no val split to choose on")
-    folder = model_dir(args.model)
+    folder, splits = _model_and_data(args, "val", "no val split to choose on")
     candidates = [()] + [tuple(z) for z in args.zooms] if args.zooms else None
     kwargs = {"candidates": candidates} if candidates else {}
     bar = _progress_bar(None, "val views", unit="view")
