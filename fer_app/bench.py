@@ -390,6 +390,61 @@ def bench_detection(repeats: int, faces: Sequence[int] = (1, 3)) -> list[dict]:
     return out
 
 
+def pasted_faces_frames(faces: Sequence[np.ndarray], size: tuple[int, int] = (640, 360), seed: int = 0,
+                        ) -> tuple[list[np.ndarray], list[tuple[int, int, int, int]]]:
+    """One BGR frame per face: the face scaled to 110-200 px at a random place on a noisy gradient;
+    returns the frames and the faces' boxes."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    width, height = size
+    ys, xs = np.mgrid[0:height, 0:width]
+    background = np.stack([90 + 60 * xs / width, 110 + 40 * ys / height, np.full_like(xs, 120.0)], axis=-1)
+    frames, boxes = [], []
+    for face in faces:
+        side = int(rng.integers(110, 200))
+        frame = np.clip(background + rng.normal(0, 8, background.shape), 0, 255).astype(np.uint8)
+        x, y = int(rng.integers(0, width - side)), int(rng.integers(0, height - side))
+        frame[y:y + side, x:x + side] = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)[..., None]
+        frames.append(frame)
+        boxes.append((x, y, side, side))
+    return frames, boxes
+
+
+def bench_equalization(count: int = 300, brightness: float = 0.2) -> dict:
+    """The video detector with each contrast step on FER-2013 val faces pasted into 640x360 frames,
+    and on the same frames dimmed to `brightness`: faces found (IoU >= 0.3), false boxes, ms per frame."""
+    from dataclasses import replace
+
+    from fer_app.config import EQUALIZE_MODES
+    from fer_app.detection import FaceDetector
+    from fer_app.tracking import iou
+    from fer_app.types import Face
+
+    faces = runtimes.fer_crops(count=count)
+    if not faces:
+        return {"missing": f"{runtimes.FER_DEV_DATA} (FER-2013 dev data) not found"}
+    frames, boxes = pasted_faces_frames(faces)
+    dim = [np.clip(f * brightness + 5, 0, 255).astype(np.uint8) for f in frames]
+    rows = []
+    for mode in EQUALIZE_MODES:
+        detector = FaceDetector(replace(VIDEO_DETECTOR, equalize=mode))
+        found = false = dim_found = 0
+        seconds = []
+        for frame, dimmed, box in zip(frames, dim, boxes):
+            truth = Face(*box)
+            start = time.perf_counter()
+            detected = detector.detect(frame)
+            seconds.append(time.perf_counter() - start)
+            hits = sum(iou(d, truth) >= 0.3 for d in detected)
+            found += hits > 0
+            false += len(detected) - min(hits, 1)
+            dim_found += any(iou(d, truth) >= 0.3 for d in detector.detect(dimmed))
+        rows.append({"equalize": mode, "found": found, "false": false, "dim_found": dim_found,
+                     "median_ms": round(statistics.median(seconds) * 1000, 2)})
+    return {"faces": len(frames), "brightness": brightness, "rows": rows}
+
+
 def bench_compact(model_name: str | Path, batches: Sequence[int], repeats: int) -> dict:
     """The compact model's forward (encoder + head) and its whole `predict_proba` (preprocessing,
     mirror-image TTA) per face; {"missing": ...} when there is no such model."""
@@ -541,6 +596,7 @@ def run_bench(*, clip: str | Path | None = None, runtime_names: Sequence[str] | 
                                   for row in bench_pipeline(model, frames if camera is None else frames * 2,
                                                             camera_fps=camera)]
             report["video"] = bench_video(compact, 30 if quick else 300)
+            report["equalization"] = bench_equalization(30 if quick else 300)
         else:
             report["pipeline"] = {"missing": "fer_app.live.LivePipeline is not implemented yet"}
     report["machine"]["load_average_end"] = machine()["load_average"]
@@ -633,4 +689,11 @@ def format_report(report: dict) -> str:
             lines.append(f"the fer package's Haar set-up on the same clip (default cascade, full resolution, scale 1.1, "
                          f"5 neighbours, 50 px): faces in {fer['frames_with_faces']}/{fer['frames']} frames, median "
                          f"detect {fer['detect_ms']:.1f} ms per frame")
+    eq = report.get("equalization")
+    if eq and "missing" not in eq:
+        lines += ["", f"video detector's contrast step, {eq['faces']} FER-2013 val faces pasted into 640x360 frames "
+                      f"(and the same frames at {eq['brightness']:.0%} brightness)",
+                  f"{'equalize':<10}{'found':>7}{'false':>7}{'found dim':>11}{'median ms':>11}"]
+        lines += [f"{r['equalize']:<10}{r['found']:>7}{r['false']:>7}{r['dim_found']:>11}{r['median_ms']:>11.1f}"
+                  for r in eq["rows"]]
     return "\n".join(lines)

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fer_app.config import DEFAULT_MODEL
+from fer_app.config import DEFAULT_MODEL, EQUALIZE_MODES
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 #: For help texts: `fer_app.runtimes.RUNTIMES` (a test keeps the two in step).
@@ -69,7 +69,8 @@ def _detector_config(args: argparse.Namespace, defaults=None):
     from fer_app.config import DetectorConfig
 
     cfg = defaults or DetectorConfig()
-    changes = {k: getattr(args, k) for k in ("detection_width", "scale_factor", "min_neighbors", "min_face")
+    changes = {k: getattr(args, k) for k in ("detection_width", "scale_factor", "min_neighbors", "min_face",
+                                                        "equalize")
                if getattr(args, k, None) is not None}
     return replace(cfg, **changes)
 
@@ -454,6 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--scale-factor", type=float, help="Haar cascade scale factor (e.g. 1.1)")
         p.add_argument("--min-neighbors", type=int, help="Haar cascade min neighbours (higher: fewer false faces)")
         p.add_argument("--min-face", type=int, help="smallest face side in pixels")
+        p.add_argument("--equalize", choices=EQUALIZE_MODES,
+                       help="contrast step before detection (default clahe: adaptive histogram equalisation)")
 
     p = sub.add_parser("predict", help="detect faces in images and classify their expressions",
                        description="Per face: box (x, y, w, h), label and the 7 probabilities.")

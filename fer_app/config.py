@@ -34,6 +34,8 @@ class DetectorConfig:
     detection_width: the frame is downscaled to this width (never upscaled) before detection;
     boxes are mapped back to full resolution. min_face: smallest face side in pixels of the
     *full-resolution* frame. margin: extra border around each face crop, as a fraction of the side.
+    equalize: the contrast step before detection, one of `EQUALIZE_MODES`: "clahe" (adaptive
+    histogram equalisation, see `fer_app.detection.equalize`), "global" (`cv2.equalizeHist`), "none".
     """
 
     detection_width: int = 640
@@ -41,6 +43,10 @@ class DetectorConfig:
     min_neighbors: int = 4
     min_face: int = 40
     margin: float = 0.1
+    equalize: str = "clahe"
+
+
+EQUALIZE_MODES = ("clahe", "global", "none")
 
 
 #: Detector defaults for video (the webcam and video files): frames come 30 a second, so detection

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fer_app.config import DetectorConfig
+from fer_app.config import EQUALIZE_MODES, DetectorConfig
 from fer_app.types import Face
 
 __all__ = ["DEFAULT_CASCADE", "FaceDetector", "cascade_path", "crop_faces", "equalize", "square_box"]
@@ -42,7 +42,8 @@ class FaceDetector:
 
     def __init__(self, config: DetectorConfig | None = None, *, cascade: str | Path = DEFAULT_CASCADE):
         self.config = config or DetectorConfig()
-        if self.config.detection_width < 1 or self.config.scale_factor <= 1.0 or self.config.min_face < 1:
+        if (self.config.detection_width < 1 or self.config.scale_factor <= 1.0 or self.config.min_face < 1
+                or self.config.equalize not in EQUALIZE_MODES):
             raise ValueError(f"invalid detector settings: {self.config}")
         self.cascade = cascade_path(cascade)
         self._classifier = cv2.CascadeClassifier(str(self.cascade))
@@ -91,22 +92,27 @@ class FaceDetector:
         if scale < 1.0:
             size = (self.config.detection_width, max(1, round(height * scale)))
             grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
-        return equalize(grey), scale
+        return equalize(grey, self.config.equalize), scale
 
 
-def equalize(grey: np.ndarray) -> np.ndarray:
-    """Contrast-limited adaptive histogram equalisation (CLAHE: 2x2 tiles, clip limit 3).
+def equalize(grey: np.ndarray, mode: str = "clahe") -> np.ndarray:
+    """The detector's contrast step: "clahe" (the default), "global" or "none" (`EQUALIZE_MODES`).
 
-    Chosen over global `cv2.equalizeHist` on 320 px copies of 640x360 frames (the video detector):
-    global equalisation stretches the noise of flat backgrounds into texture the cascade must
-    reject window by window, so it was about 2-3x slower (13.5 vs 5.9 ms) and found fewer faces
-    (166 vs 216 of 300 FER-2013 val faces pasted on a noisy background; 243 vs 300 of the bench
-    clip's 300 frames). Unlike no equalisation at all, it keeps faces in dim frames (214 vs 106 of
-    the same 300 faces at 20% brightness) and under uneven light. Finer tiles (8x8, clip limit 2)
-    made false faces out of the tests' textured background; 2x2 tiles did not, and no false face
-    came up on 20 face-free photos at two sizes.
+    CLAHE (contrast-limited adaptive histogram equalisation, 2x2 tiles, clip limit 3) was chosen
+    over global `cv2.equalizeHist` on video frames: global equalisation stretches the noise of flat
+    backgrounds into texture the cascade must reject window by window, so it is slower and finds
+    fewer faces; no equalisation loses faces in dim frames (`python -m fer_app bench --pipeline`
+    compares the three on FER-2013 val faces pasted into 640x360 frames). Finer tiles (8x8, clip
+    limit 2) made false faces out of the tests' textured background; 2x2 tiles did not, and no false
+    face came up on 20 face-free photos at two sizes.
     """
-    return cv2.createCLAHE(clipLimit=3.0, tileGridSize=(2, 2)).apply(grey)
+    if mode == "clahe":
+        return cv2.createCLAHE(clipLimit=3.0, tileGridSize=(2, 2)).apply(grey)
+    if mode == "global":
+        return cv2.equalizeHist(grey)
+    if mode == "none":
+        return grey
+    raise ValueError(f"unknown equalize mode {mode!r} (one of {', '.join(EQUALIZE_MODES)})")
 
 
 def square_box(face: Face, frame_shape: tuple[int, ...], margin: float) -> Face:

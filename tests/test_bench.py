@@ -57,6 +57,10 @@ def test_bench_quick_json(capsys: pytest.CaptureFixture[str], tiny_clip_dir: Pat
         assert video["frames_with_faces"] >= 10 and video["processing_fps"] > 0 and video["model"] == "tiny"
         fer = video["fer_package_detection"]  # the `fer` package's Haar set-up, on the same clip
         assert fer["frames"] == 30 and 0 <= fer["frames_with_faces"] <= 30 and fer["detect_ms"] > 0
+        eq = report["equalization"]  # needs ../shared's FER-2013 val faces
+        if "missing" not in eq:
+            assert [r["equalize"] for r in eq["rows"]] == ["clahe", "global", "none"] and eq["faces"] == 30
+            assert all(0 <= r["found"] <= 30 and 0 <= r["dim_found"] <= 30 and r["median_ms"] > 0 for r in eq["rows"])
     else:
         assert "missing" in report["pipeline"]
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fer_app.config import DetectorConfig
-from fer_app.detection import FaceDetector, _suppress_overlaps, cascade_path, crop_faces, square_box
+from fer_app.detection import FaceDetector, _suppress_overlaps, cascade_path, crop_faces, equalize, square_box
 from fer_app.imageio import load_image
 from fer_app.types import Face
 
@@ -82,6 +82,25 @@ def test_no_face_in_blank_or_noise(detector: FaceDetector, kind: str) -> None:
         "smooth noise": cv2.GaussianBlur(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), (0, 0), 3),
     }
     assert detector.detect(frames[kind]) == []
+
+
+def test_equalize_modes() -> None:
+    rng = np.random.default_rng(2)
+    dim = rng.integers(20, 60, (90, 160), dtype=np.uint8)  # a dim, low-contrast frame
+    assert equalize(dim, "none") is dim
+    stretched = equalize(dim, "global")
+    assert stretched.min() < 10 and stretched.max() > 245  # one histogram over the whole range
+    local = equalize(dim, "clahe")
+    assert local.shape == dim.shape and local.std() > dim.std()  # more contrast, clip-limited
+    with pytest.raises(ValueError, match="unknown equalize mode"):
+        equalize(dim, "sharpen")
+    with pytest.raises(ValueError, match="invalid detector settings"):
+        FaceDetector(DetectorConfig(equalize="sharpen"))
+
+
+def test_clahe_finds_the_face_in_a_dim_frame(astronaut: np.ndarray) -> None:
+    dim = (astronaut.astype(np.float32) * 0.15).astype(np.uint8)
+    assert len(FaceDetector(DetectorConfig(equalize="clahe")).detect(dim)) == 1
 
 
 def test_multi_face_scene_right_count_no_duplicates(detector: FaceDetector, astronaut: np.ndarray) -> None:

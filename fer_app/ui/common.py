@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from fer_app.config import DEFAULT_MODEL, DetectorConfig
+from fer_app.config import DEFAULT_MODEL, EQUALIZE_MODES, DetectorConfig
 from fer_app.detection import FaceDetector
 from fer_app.model import Classifier, ModelError, ModelInfo, list_models, load_model
 
@@ -64,8 +64,11 @@ def detector_settings(key: str = "det", defaults: DetectorConfig | None = None) 
                                help="Higher: fewer false faces, may miss some.")
         min_face = st.slider("Min face size (px)", 16, 300, d.min_face, 4, key=f"{key}-min",
                              help="Smallest face side in the full-resolution frame.")
+        equalize = st.selectbox("Contrast equalisation", EQUALIZE_MODES, EQUALIZE_MODES.index(d.equalize),
+                                key=f"{key}-eq", help="clahe: adaptive, evens out lighting locally (default); "
+                                "global: one histogram for the frame; none: the grey frame as it is.")
     return DetectorConfig(detection_width=width, scale_factor=scale, min_neighbors=neighbours, min_face=min_face,
-                          margin=d.margin)
+                          margin=d.margin, equalize=equalize)
 
 
 @st.cache_resource
