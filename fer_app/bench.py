@@ -146,6 +146,12 @@ def clip_encoder(source: str | Path | None, *, random_when_missing: bool = True)
     return load_clip_encoder(source), f"CLIP weights from {source}"
 
 
+def gradient_background(width: int, height: int) -> np.ndarray:
+    """A smooth BGR colour gradient (float, 0-255): the face-free background of the bench's frames."""
+    ys, xs = np.mgrid[0:height, 0:width]
+    return np.stack([90 + 60 * xs / width, 110 + 40 * ys / height, np.full_like(xs, 120.0)], axis=-1)
+
+
 def synthetic_frame(faces: int, shift: int = 0) -> np.ndarray:
     """A 640x480 BGR frame with `faces` copies (0 to 3) of the astronaut's face at known places.
 
@@ -154,9 +160,7 @@ def synthetic_frame(faces: int, shift: int = 0) -> np.ndarray:
     width, height = FRAME_SIZE
     face = _astronaut_face(FACE_SIDE)
     side = FACE_SIDE
-    ys, xs = np.mgrid[0:height, 0:width]
-    frame = np.stack([(90 + 60 * xs / width), (110 + 40 * ys / height), np.full_like(xs, 120.0)], axis=-1)
-    frame = frame.astype(np.uint8)
+    frame = gradient_background(width, height).astype(np.uint8)
     for i, (fx, fy) in enumerate(((30, 60), (235, 250), (440, 40))[:faces]):
         dx = shift if i % 2 == 0 else -shift
         frame[fy:fy + side, fx + dx:fx + dx + side] = face
@@ -188,9 +192,7 @@ def write_test_clip(path: Path, frames: int = 300, size: tuple[int, int] = (640,
     width, height = size
     side = 150
     face = _astronaut_face(side)
-    ys, xs = np.mgrid[0:height, 0:width]
-    background = np.stack([(90 + 60 * xs / width), (110 + 40 * ys / height), np.full_like(xs, 120.0)],
-                          axis=-1).astype(np.uint8)
+    background = gradient_background(width, height).astype(np.uint8)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
     try:
         for i in range(frames):
@@ -398,8 +400,7 @@ def pasted_faces_frames(faces: Sequence[np.ndarray], size: tuple[int, int] = (64
 
     rng = np.random.default_rng(seed)
     width, height = size
-    ys, xs = np.mgrid[0:height, 0:width]
-    background = np.stack([90 + 60 * xs / width, 110 + 40 * ys / height, np.full_like(xs, 120.0)], axis=-1)
+    background = gradient_background(width, height)
     frames, boxes = [], []
     for face in faces:
         side = int(rng.integers(110, 200))

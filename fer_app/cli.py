@@ -354,7 +354,7 @@ def cmd_tta(args: argparse.Namespace) -> int:
     print(f"{'zooms':<14}{'views':>6}{'accuracy':>10}{'macro-F1':>10}")
     for c in report.candidates:
         mark = "  <- chosen" if c.zooms == report.chosen else ""
-        print(f"{str(list(c.zooms) or 'none'):<14}{c.views:>6}{c.accuracy:>10.2%}{c.macro_f1:>10.3f}{mark}")
+        print(f"{list(c.zooms) or 'none'!s:<14}{c.views:>6}{c.accuracy:>10.2%}{c.macro_f1:>10.3f}{mark}")
     if report.changed:
         print(f"{folder}: tta_zooms set to {list(report.chosen)}; val metrics, confusion matrix and model card updated")
     else:

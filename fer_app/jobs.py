@@ -28,14 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import torch
 
 from fer_app import config
 from fer_app import model as model_module
 from fer_app.data import DataError, Splits
 from fer_app.evaluate import evaluate
-from fer_app.metrics import confusion_image
+from fer_app.metrics import confusion_png
 from fer_app.model import ModelError, ModelInfo, load_model, save_model
 from fer_app.modelcard import render_card
 from fer_app.training import Callback, EpochStats, Progress, TrainConfig, TrainingError, TrainResult, pick_device, train
@@ -411,6 +410,6 @@ def start_training(cfg: TrainConfig, splits: Splits, *, run_name: str, resume: b
 def save_trained(result: TrainResult, name: str, *, overwrite: bool = False, command: str = "") -> Path:
     """Save a training result as models/<name> with its model card and confusion image (as the engine does)."""
     name = check_name(name, "model name")
-    _, png = cv2.imencode(".png", confusion_image(result.report["confusion"]))
     card = render_card(name, result.model.config(), command or "(trained on the Training page)")
-    return save_model(result.model, name, overwrite=overwrite, card=card, extra_files={"confusion.png": png.tobytes()})
+    return save_model(result.model, name, overwrite=overwrite, card=card,
+                      extra_files={"confusion.png": confusion_png(result.report["confusion"])})

@@ -69,3 +69,11 @@ def confusion_image(confusion: list[list[int]] | np.ndarray, classes: tuple[str,
     cv2.putText(img, "predicted", (left + k * cell // 2 - 35, 14), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(img, "rows: true class", (left, top + k * cell + 28), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     return img
+
+
+def confusion_png(confusion: list[list[int]] | np.ndarray, classes: tuple[str, ...] = CLASSES) -> bytes:
+    """`confusion_image` encoded as PNG (a model folder's confusion.png)."""
+    ok, png = cv2.imencode(".png", confusion_image(confusion, classes))
+    if not ok:
+        raise ValueError("could not encode the confusion matrix as PNG")
+    return png.tobytes()

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -31,7 +30,7 @@ from fer_app.config import APP_HOME, CLASSES, MODELS_DIR
 from fer_app.data import FaceSet, Splits
 from fer_app.encoders.compact import CompactEncoder
 from fer_app.heads import Head
-from fer_app.metrics import classification_report, confusion_image
+from fer_app.metrics import classification_report, confusion_png
 from fer_app.model import Classifier, ModelError, build_encoder, load_model, save_model
 
 
@@ -528,7 +527,7 @@ def train(cfg: TrainConfig, splits: Splits, *, name: str | None = None, workdir:
     })
     result = TrainResult(model, history, report, None, stopped, seconds, device_name(device))
     if name:
-        ok, png = cv2.imencode(".png", confusion_image(report["confusion"]))
         result.saved_to = save_model(model, name, models_dir=models_dir, overwrite=overwrite,
-                                     card=card(result) if card else None, extra_files={"confusion.png": png.tobytes()})
+                                     card=card(result) if card else None,
+                                     extra_files={"confusion.png": confusion_png(report["confusion"])})
     return result

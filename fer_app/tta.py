@@ -19,12 +19,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
 from fer_app.data import FaceSet
-from fer_app.metrics import classification_report, confusion_image
+from fer_app.metrics import classification_report, confusion_png
 from fer_app.modelcard import tta_line, tta_section, validation_section, with_section
 
 #: Zoom sets tried by default: the face at 90-110% of its size.
@@ -69,14 +68,13 @@ def _view_probs(model, pixels: torch.Tensor, zoom_factor: float | None, flip: bo
     from fer_app.model import zoom
 
     out = []
-    with torch.inference_mode():
-        for i in range(0, len(pixels), batch):
-            x = pixels[i:i + batch]
-            if zoom_factor is not None:
-                x = zoom(x, zoom_factor)
-            if flip:
-                x = x.flip(-1)
-            out.append(torch.softmax(model(x), dim=1).numpy())
+    for i in range(0, len(pixels), batch):
+        x = pixels[i:i + batch]
+        if zoom_factor is not None:
+            x = zoom(x, zoom_factor)
+        if flip:
+            x = x.flip(-1)
+        out.append(model.predict_pixels(x, tta=False).numpy())
     return np.concatenate(out)
 
 
@@ -133,7 +131,6 @@ def _write(folder: Path, report: TtaReport, val_report: dict, config_file: str, 
     cfg["tta_zooms"] = list(report.chosen)
     cfg[CONFIG_KEY] = report.to_dict()
     cfg.setdefault("metrics", {})["val"] = val_report
-    ok, png = cv2.imencode(".png", confusion_image(val_report["confusion"]))
     card_path = folder / card_file
     card = card_path.read_text() if card_path.is_file() else None
     if card is not None:
@@ -141,8 +138,7 @@ def _write(folder: Path, report: TtaReport, val_report: dict, config_file: str, 
         card = re.sub(r"^- test-time augmentation.*$", lambda _: tta_line(cfg), card, count=1, flags=re.MULTILINE)
     tmp = folder / (config_file + ".tmp")
     tmp.write_text(json.dumps(cfg, indent=2))
-    if ok:
-        (folder / "confusion.png").write_bytes(png.tobytes())
+    (folder / "confusion.png").write_bytes(confusion_png(val_report["confusion"]))
     if card is not None:
         card_path.write_text(card)
     os.replace(tmp, folder / config_file)
