@@ -89,6 +89,7 @@ class Placement(NamedTuple):
     text: str
     panel: Rect | None
     bars: int
+    tag: str = ""  # the badge at the label's start ("" for none): a face number or track id, never dropped
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class DrawOptions:
     bars: bool = True  # a small bar chart of the top probabilities per face
     stats: bool = True  # FPS / latency overlay
     track_ids: bool = False  # append "#id" to each label
+    badges: bool = False  # the track id ("#3") as a white badge before each label, kept when labels shorten
     top_k: int = 3  # bars per face
 
 
@@ -305,11 +307,15 @@ def stats_box(frame_width: int, lines: Sequence[str]) -> Rect | None:
 
 def draw_predictions(frame: np.ndarray, predictions: Sequence[Prediction], *, pending: Sequence[Face] = (),
                      options: DrawOptions = DrawOptions(),
-                     avoid: Sequence[tuple[int, int, int, int]] = ()) -> list[Placement]:
+                     avoid: Sequence[tuple[int, int, int, int]] = (),
+                     tags: Sequence[str] | None = None) -> list[Placement]:
     """Draw, in place, each prediction's box, label and bar chart, and a plain box per pending face.
 
     avoid: (x, y, w, h) rectangles the labels and bar charts keep off (e.g. `stats_box` of the
-    overlay drawn next). Returns where each prediction's label and bars went.
+    overlay drawn next). tags: per prediction, a short text ("1", "#3"; "" for none) drawn as a
+    white badge at the start of its label, beside the box, and kept however much the label is
+    shortened (with `options.badges`, the track ids by default). Returns where each prediction's
+    label and bars went.
     """
     height, width = frame.shape[:2]
     scale = text_scale(width)
@@ -320,17 +326,29 @@ def draw_predictions(frame: np.ndarray, predictions: Sequence[Prediction], *, pe
     labels: list[Rect | None] = [None] * len(predictions)
     thickness = 1 if scale < 0.8 else 2
     pad = 3
-    if options.labels and predictions:
-        for pred in predictions:
+    if tags is None:
+        tags = [f"#{p.track_id}" if options.badges and p.track_id is not None else "" for p in predictions]
+    elif len(tags) != len(predictions):
+        raise ValueError(f"{len(tags)} tags for {len(predictions)} predictions")
+    if (options.labels or any(tags)) and predictions:
+        for pred, tag in zip(predictions, tags):
             short = f"{pred.label} {pred.confidence:.0%}"
-            full = f"{short} #{pred.track_id}" if options.track_ids and pred.track_id is not None else short
+            full = (f"{short} #{pred.track_id}" if options.track_ids and not tag and pred.track_id is not None
+                    else short)
+            tag_w, tag_h = _tag_size(tag, scale, thickness, pad)
             alternatives = []
-            for text in dict.fromkeys((full, short, pred.label)):
+            for text in dict.fromkeys((full, short, pred.label) if options.labels else ()):
                 (tw, th), base = cv2.getTextSize(text, _FONT, scale, thickness)
-                alternatives.append((text, (tw + 2 * pad, th + base + 2 * pad)))
+                alternatives.append((text, (tag_w + tw + 2 * pad, max(tag_h, th + base + 2 * pad))))
+            if tag:  # the badge alone: the number stays beside its box however crowded the frame
+                alternatives.append(("", (tag_w, tag_h)))
             texts.append(alternatives)
-        labels = list(layout_labels(boxes, (width, height), [[size for _, size in alt] for alt in texts],
-                                    avoid=fixed))
+        shown = [i for i, alt in enumerate(texts) if alt]  # all, unless labels are off and only some have tags
+        placed = layout_labels([boxes[i] for i in shown], (width, height),
+                               [[size for _, size in texts[i]] for i in shown],
+                               avoid=fixed + [_as_rect(boxes[j]) for j in range(len(boxes)) if not texts[j]])
+        for i, rect in zip(shown, placed):
+            labels[i] = rect
 
     panels: list[Rect | None] = [None] * len(predictions)
     rows_of: dict[int, int] = {}  # panel height -> bars shown
@@ -356,8 +374,8 @@ def draw_predictions(frame: np.ndarray, predictions: Sequence[Prediction], *, pe
         text = ""
         if labels[i] is not None:
             text = next(t for t, size in texts[i] if size == (labels[i].w, labels[i].h))
-            _label(frame, labels[i], text, class_colour(pred.label), scale, thickness, pad)
-        placements.append(Placement(labels[i], text, panel, bars))
+            _label(frame, labels[i], text, class_colour(pred.label), scale, thickness, pad, tags[i])
+        placements.append(Placement(labels[i], text, panel, bars, tags[i] if labels[i] is not None else ""))
     return placements
 
 
@@ -384,13 +402,29 @@ def _box(frame: np.ndarray, face: Face, colour: BGR, thickness: int = 2) -> None
     cv2.rectangle(frame, (face.x, face.y), (face.x + face.w - 1, face.y + face.h - 1), colour, thickness)
 
 
-def _label(frame: np.ndarray, rect: Rect, text: str, colour: BGR, scale: float, thickness: int, pad: int) -> None:
-    """Text on a filled box of the class colour."""
+def _tag_size(tag: str, scale: float, thickness: int, pad: int) -> tuple[int, int]:
+    """(width, height) of a label's badge; (0, 0) for no badge."""
+    if not tag:
+        return 0, 0
+    (tw, th), base = cv2.getTextSize(tag, _FONT, scale, thickness + 1)
+    return tw + 2 * pad, th + base + 2 * pad
+
+
+def _label(frame: np.ndarray, rect: Rect, text: str, colour: BGR, scale: float, thickness: int, pad: int,
+           tag: str = "") -> None:
+    """Text on a filled box of the class colour, after the tag (bold black on white) where there is one."""
     x, y, w, h = rect
-    cv2.rectangle(frame, (x, y), (x + w - 1, y + h - 1), colour, cv2.FILLED)
+    tag_w = _tag_size(tag, scale, thickness, pad)[0]
+    if tag:
+        cv2.rectangle(frame, (x, y), (x + tag_w - 1, y + h - 1), _WHITE, cv2.FILLED)
+        th = cv2.getTextSize(tag, _FONT, scale, thickness + 1)[0][1]
+        cv2.putText(frame, tag, (x + pad, y + (h + th) // 2), _FONT, scale, _BLACK, thickness + 1, cv2.LINE_AA)
+    if not text:
+        return
+    cv2.rectangle(frame, (x + tag_w, y), (x + w - 1, y + h - 1), colour, cv2.FILLED)
     th = cv2.getTextSize(text, _FONT, scale, thickness)[0][1]
     ink = _BLACK if 0.114 * colour[0] + 0.587 * colour[1] + 0.299 * colour[2] > 140 else _WHITE
-    cv2.putText(frame, text, (x + pad, y + pad + th), _FONT, scale, ink, thickness, cv2.LINE_AA)
+    cv2.putText(frame, text, (x + tag_w + pad, y + pad + th), _FONT, scale, ink, thickness, cv2.LINE_AA)
 
 
 class _BarMetrics(NamedTuple):

@@ -334,3 +334,37 @@ def test_layout_is_fast() -> None:
         layout_panels(boxes, (W, H), PANEL, fallback_sizes=[ONE_BAR], labels=labels, avoid=[Rect(0, 0, 317, 60)])
         times.append(time.thread_time() - start)
     assert np.median(times) < 0.001
+
+
+# ------------------------------------------------------------------- face numbers and track ids (badges)
+
+
+def test_face_numbers_are_badges_beside_each_box_in_order() -> None:
+    """The photo page's numbers: a white badge at the start of each label, right by its own box."""
+    faces = [Face(60, 150, 100, 100), Face(260, 150, 100, 100), Face(460, 150, 100, 100)]
+    image = frame()
+    placements = draw_predictions(image, [prediction(f, track_id=None) for f in faces], tags=["1", "2", "3"])
+    assert [p.tag for p in placements] == ["1", "2", "3"]
+    for face, p in zip(faces, placements):
+        assert p.text.startswith("happy") and p.label is not None
+        assert abs(p.label.x - face.x) <= 2 and p.label.y + p.label.h <= face.y + 1  # above its own box, at its left
+        badge = image[p.label.y : p.label.y + p.label.h, p.label.x : p.label.x + 8]
+        assert (badge == 255).all(axis=2).mean() > 0.5  # the white badge
+    with pytest.raises(ValueError, match="2 tags for 3"):
+        draw_predictions(frame(), [prediction(f) for f in faces], tags=["1", "2"])
+
+
+def test_badges_survive_crowding_and_show_track_ids() -> None:
+    """With `badges` the track id is drawn on every face; where the label must shorten, the id stays."""
+    boxes = [Face(x, y, 100, 100) for y in range(40, 380, 110) for x in range(0, 540, 110)]
+    predictions = [prediction(b, "surprise", p=0.55, track_id=10 + i) for i, b in enumerate(boxes)]
+    placements = draw_predictions(frame(), predictions, options=DrawOptions(badges=True, track_ids=True))
+    assert [p.tag for p in placements] == [f"#{10 + i}" for i in range(len(boxes))]
+    assert all("#" not in p.text for p in placements)  # the id is not repeated in the text
+    assert any(p.text != "surprise 55%" for p in placements)  # some were shortened, the badge kept
+    for a, b in itertools.combinations([p.label for p in placements], 2):
+        assert not a.intersects(b)
+    off = draw_predictions(frame(), predictions[:1], options=DrawOptions(labels=False, badges=True))
+    assert off[0].tag == "#10" and off[0].text == ""  # labels off: the badge alone
+    plain = draw_predictions(frame(), predictions[:1])
+    assert plain[0].tag == "" and plain[0].text == "surprise 55%"  # the default is unchanged
