@@ -139,3 +139,35 @@ def test_refresh_rate_and_clear() -> None:
 def test_bad_settings(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         FaceTracker(**kwargs)
+
+
+def test_two_close_faces_keep_their_own_tracks_and_labels() -> None:
+    """Each track goes to the face it overlaps most: a neighbour that also overlaps it never takes it."""
+    tracker = FaceTracker()
+    a, b = ids(tracker, Face(100, 100, 80, 80), Face(140, 100, 80, 80))  # IoU 1/3 with each other
+    tracker.add_probabilities(a, probs("happy"), now=0.0)
+    tracker.add_probabilities(b, probs("sad"), now=0.0)
+    for step in range(1, 6):
+        tracks = tracker.update([Face(100 + step, 100, 80, 80), Face(140 - step, 100, 80, 80)])
+        assert [t.id for t in tracks] == [a, b]
+        assert [CLASSES[int(np.argmax(t.probabilities))] for t in tracks] == ["happy", "sad"]
+
+
+def test_a_track_goes_to_the_face_that_overlaps_it_most() -> None:
+    tracker = FaceTracker()
+    (a,) = ids(tracker, Face(100, 100, 80, 80))
+    # both are candidates (IoU 0.9 and 1/3); the far one is listed first and is nearer in the sort's tie-breaks
+    far, near = ids(tracker, Face(140, 100, 80, 80), Face(104, 100, 80, 80))
+    assert near == a and far != a
+    assert ids(tracker, Face(104, 100, 80, 80), Face(140, 100, 80, 80)) == [near, far]
+
+
+def test_a_track_seen_last_frame_is_matched_before_a_lost_one() -> None:
+    """The matching cascade: frames missed come first in the ordering, before overlap."""
+    tracker = FaceTracker(max_missed=5)
+    lost, seen = ids(tracker, Face(100, 100, 80, 80), Face(190, 100, 80, 80))
+    assert ids(tracker, Face(190, 100, 80, 80)) == [seen]  # `lost` misses a frame
+    # a face between the two, a candidate for both: it overlaps the lost track's box more (IoU 0.31
+    # against 0.25), but the track seen in the last frame takes it
+    assert ids(tracker, Face(142, 100, 80, 80)) == [seen]
+    assert tracker.get(lost).missed == 2
