@@ -350,3 +350,111 @@ def test_load_model_runs_clip_in_the_chosen_runtime(models_dir: Path, tiny_clip_
     auto = load_model("clip-head", clip_source=tiny_clip_dir, threads=1)
     assert runtime_name(auto.encoder) in available_runtimes()
     np.testing.assert_allclose(auto.predict_proba(faces), model.predict_proba(faces), atol=0.05)
+
+
+# ------------------------------------------------------------------------------ diverging encoders
+
+from fer_app.encoders.base import Encoder  # noqa: E402
+
+
+class _Mapped(Encoder):
+    """The tiny CLIP with its embeddings passed through `transform`: a runtime that drifts on purpose."""
+
+    def __init__(self, base: ClipEncoder, transform, runtime: str) -> None:
+        super().__init__()
+        self.base, self.transform, self.runtime = base, transform, runtime
+        self.encoder_id, self.embed_dim = base.encoder_id, base.embed_dim
+
+    def preprocess(self, crops):
+        return self.base.preprocess(crops)
+
+    def config(self) -> dict:
+        return self.base.config()
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.transform(self.base(pixels))
+
+
+@pytest.fixture(scope="module")
+def diverging(tiny_encoder: ClipEncoder, crops: CheckCrops) -> dict[str, torch.nn.Module]:
+    """A reference encoder and three drifting ones, with the check's head (the random one, as `auto` uses).
+
+    The reference's embeddings share a large common part (as real CLIP's do on faces), so a runtime can
+    keep the cosine above COSINE_MIN and still flip every top-1 label by mirroring the embeddings in the
+    few directions the head reads; or keep every label and lose the cosine by adding a large part the
+    head does not read.
+    """
+    base = runtimes.embed(tiny_encoder, crops.crops)
+    scale = 40 * float(base.norm(dim=1).max())
+    common = torch.zeros(base.shape[1])
+    common[0] = scale
+    reference = _Mapped(tiny_encoder, lambda e: e + common, TORCH)
+    embeddings = runtimes.embed(reference, crops.crops)
+    head = runtimes.random_head(embeddings)
+    mean = embeddings.mean(dim=0)
+    rows = torch.linalg.qr(head.weight.detach().T).Q  # an orthonormal basis of what the head reads
+    read = rows @ rows.T
+    unread = torch.linalg.svd(torch.eye(base.shape[1]) - read).U[:, 0]  # a direction the head ignores
+    return {
+        "reference": reference,
+        "head": head,
+        # every label flips (the head's logits are negated), cosine stays close to 1
+        "flips_top1": _Mapped(tiny_encoder, lambda e: (e + common) - 2 * ((e + common - mean) @ read), "flip"),
+        # every label stays, cosine drops to about 0.7
+        "drifts": _Mapped(tiny_encoder, lambda e: e + common + scale * unread, "drift"),
+        # both fine: a tiny shift along an unread direction
+        "close": _Mapped(tiny_encoder, lambda e: e + common + 1e-3 * scale * unread, "close"),
+    }
+
+
+def test_accuracy_check_fails_a_runtime_that_flips_top1_with_a_high_cosine(diverging: dict, crops: CheckCrops,
+                                                                           ) -> None:
+    check = AccuracyCheck(diverging["reference"], crops, head=diverging["head"])
+    assert check.labels.unique().numel() > 1  # the labels vary, so agreement means something
+    result = check(diverging["flips_top1"])
+    assert result.cosine_mean >= runtimes.COSINE_MIN  # the cosine alone would pass it...
+    assert result.top1_agreement < runtimes.TOP1_MIN  # ...the labels do not
+    assert not result.passed and "FAILS" in result.summary()
+
+
+def test_accuracy_check_fails_a_runtime_with_a_low_cosine_and_the_same_top1(diverging: dict, crops: CheckCrops,
+                                                                            ) -> None:
+    check = AccuracyCheck(diverging["reference"], crops, head=diverging["head"])
+    result = check(diverging["drifts"])
+    assert result.top1_agreement == 1.0  # the labels alone would pass it...
+    assert result.cosine_mean < runtimes.COSINE_MIN  # ...the cosine does not
+    assert not result.passed and result.runtime == "drift"
+
+
+def test_accuracy_check_passes_a_close_runtime_at_the_thresholds(diverging: dict, crops: CheckCrops,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    check = AccuracyCheck(diverging["reference"], crops, head=diverging["head"])
+    result = check(diverging["close"])
+    assert result.passed and result.top1_agreement == 1.0 and result.cosine_mean > 0.9999
+    # the thresholds are inclusive: a runtime exactly at both passes, one just below either fails
+    monkeypatch.setattr(runtimes, "COSINE_MIN", result.cosine_mean)
+    assert check(diverging["close"]).passed
+    monkeypatch.setattr(runtimes, "COSINE_MIN", result.cosine_mean + 1e-4)
+    assert not check(diverging["close"]).passed
+
+
+def test_auto_refuses_a_diverging_runtime_through_the_real_check(diverging: dict, crops: CheckCrops,
+                                                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 ) -> None:
+    """No patched result: `auto` loads onnx-fp32 as a runtime that flips every label, and refuses it."""
+    reference = diverging["reference"]
+    real_load = runtimes.load_runtime
+
+    def load(encoder, runtime, **kwargs):
+        if runtime == ONNX_FP32:
+            return diverging["flips_top1"]
+        return real_load(encoder, runtime, **kwargs)
+
+    monkeypatch.setattr(runtimes, "load_runtime", load)
+    monkeypatch.setattr(runtimes, "unavailable_reason", lambda runtime: None)
+    assert reference.encoder_id in runtimes.AUTO_ENCODERS
+    chosen = select_runtime(reference, AUTO, cache_dir=tmp_path, check_crops=crops, head=diverging["head"],
+                            candidates=[TORCH, ONNX_FP32], threads=1, progress=None)
+    assert runtime_name(chosen) == TORCH
+    decision = json.loads(next(tmp_path.rglob("auto-*.json")).read_text())
+    assert decision["runtime"] == TORCH and decision["candidates"][ONNX_FP32]["check"]["passed"] is False
