@@ -29,7 +29,7 @@ from fer_app.live import FrameTiming, LivePipeline, LiveSettings
 from fer_app.model import Classifier
 from fer_app.types import Prediction
 
-__all__ = ["CSV_COLUMNS", "VideoReader", "VideoResult", "VideoSummary", "VideoWriter", "process_video",
+__all__ = ["CSV_COLUMNS", "Cancelled", "VideoReader", "VideoResult", "VideoSummary", "VideoWriter", "process_video",
            "write_csv"]
 
 #: Columns of the per-face rows and of the CSV, for models with the standard classes.
@@ -39,7 +39,12 @@ _OUT_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
 #: Frame rate assumed when a file does not say.
 _DEFAULT_FPS = 30.0
 
-Progress = Callable[[int, int | None], None]
+#: progress(done, total): after each decoded frame; returning False (not None) cancels the run (`Cancelled`).
+Progress = Callable[[int, int | None], bool | None]
+
+
+class Cancelled(Exception):
+    """`process_video` was stopped by its progress callback; no annotated video was left behind."""
 
 
 @dataclass(frozen=True)
@@ -175,7 +180,8 @@ def process_video(path: str | Path, model: Classifier, settings: LiveSettings | 
     The pipeline runs synchronously (deterministic). With `out_path` (.mp4, .m4v, .mov or .mkv) the
     processed frames are written annotated, at the video's frame rate divided by `every`.
     `progress(done, total)` is called after each decoded frame; total is the header's frame count
-    (None when unknown).
+    (None when unknown). When it returns False (or raises `Cancelled`) the run stops with `Cancelled`,
+    and the partial annotated video is removed.
     """
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every}")
@@ -198,8 +204,8 @@ def process_video(path: str | Path, model: Classifier, settings: LiveSettings | 
                 timings.append(pipeline.last_timing())
                 frames += 1
                 with_faces += bool(predictions)
-            if progress is not None:
-                progress(decoded, reader.frame_count)
+            if progress is not None and progress(decoded, reader.frame_count) is False:
+                raise Cancelled(f"{path}: cancelled after {decoded} frames")
     seconds = time.perf_counter() - started
     summary = VideoSummary(
         path=str(path), model=pipeline.model.name, width=reader.width, height=reader.height, fps=reader.fps,

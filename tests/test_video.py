@@ -191,3 +191,41 @@ def test_cli_video_bad_file_one_line(capsys, tmp_path: Path) -> None:
     code = main(["video", str(path), "--model", "no-such-model-anywhere"])
     _, err = capsys.readouterr()
     assert code == 1 and err.count("\n") == 1 and err.startswith("error:")
+
+
+def test_progress_callback_can_cancel(face_video: Path, tmp_path: Path) -> None:
+    """progress returning False stops the run with `Cancelled` (no partial video); None carries on."""
+    from fer_app.draw import DrawOptions
+    from fer_app.video import Cancelled
+
+    seen: list[int] = []
+
+    def stop_at_five(done: int, total: int | None) -> bool:
+        seen.append(done)
+        return done < 5
+
+    with pytest.raises(Cancelled, match="cancelled after 5 frames"):
+        process_video(face_video, FakeModel(), SETTINGS, out_path=tmp_path / "out.mp4", progress=stop_at_five)
+    assert seen == [1, 2, 3, 4, 5] and list(tmp_path.iterdir()) == []
+    badges = LiveSettings(detector=DETECTOR, draw=DrawOptions(stats=False, badges=True))
+    result = process_video(face_video, FakeModel(), badges, out_path=tmp_path / "ids.mp4", progress=lambda d, t: None)
+    assert result.summary.frames == FRAMES and (tmp_path / "ids.mp4").is_file()
+
+
+def test_track_ids_are_drawn_on_the_annotated_video(face_video: Path, tmp_path: Path) -> None:
+    """With DrawOptions(badges=True) (the Video page's setting) each face's label starts with a white
+    "#id" badge: the annotated frames differ from those drawn without it, right above the face box."""
+    from fer_app.draw import DrawOptions
+
+    frames = {}
+    for badges in (False, True):
+        settings = LiveSettings(detector=DETECTOR, draw=DrawOptions(stats=False, bars=False, badges=badges))
+        out = tmp_path / f"badges-{badges}.mp4"
+        result = process_video(face_video, FakeModel("happy"), settings, out_path=out)
+        with av.open(str(out)) as container:
+            frames[badges] = [f.to_ndarray(format="bgr24") for f in container.decode(video=0)]
+    row = result.rows[-1]
+    last_with, last_without = frames[True][row["frame"]], frames[False][row["frame"]]
+    above = (slice(max(row["y"] - 30, 0), row["y"]), slice(row["x"], row["x"] + 30))
+    white = (last_with[above] > 230).all(axis=2).mean()
+    assert white > 0.3 and (last_without[above] > 230).all(axis=2).mean() < white / 2
