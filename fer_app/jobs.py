@@ -17,7 +17,6 @@ finished epoch. The job itself never saves a model over another: `Job.save` need
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import shlex
@@ -37,7 +36,8 @@ from fer_app.evaluate import evaluate
 from fer_app.metrics import confusion_png
 from fer_app.model import ModelError, ModelInfo, load_model, save_model
 from fer_app.modelcard import render_card
-from fer_app.training import Callback, EpochStats, Progress, TrainConfig, TrainingError, TrainResult, pick_device, train
+from fer_app.training import (Callback, EpochStats, Progress, TrainConfig, TrainingError, TrainResult, pick_device,
+                              read_checkpoint_meta, train)
 
 log = logging.getLogger(__name__)
 
@@ -167,14 +167,13 @@ class CheckpointInfo:
 def find_checkpoint(run_name: str) -> CheckpointInfo | None:
     """The checkpoint the engine left in APP_HOME/runs/<run name>, or None (none, or unreadable)."""
     folder = run_dir(run_name)
-    meta_file = folder / "checkpoint.json"
     if not (folder / "checkpoint.safetensors").is_file():
         return None
-    try:
-        meta = json.loads(meta_file.read_text())
+    try:  # the state is in the checkpoint's own header: one file, replaced at once
+        meta = read_checkpoint_meta(folder / "checkpoint.safetensors")
         return CheckpointInfo(run_name, folder, TrainConfig(**meta["config"]), int(meta["epoch"]),
                               float(meta["best_acc"]), [EpochStats(**h) for h in meta["history"]])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, TrainingError):
         return None
 
 

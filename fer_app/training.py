@@ -7,6 +7,14 @@ augments them on the device. It picks the device (CUDA, MPS, CPU), seeds every
 random draw, writes a checkpoint each epoch into a work folder (resumable with `resume=True`),
 stops early on val, reports progress through a callback, and saves the best model atomically:
 an interrupted, stopped or diverged run never overwrites a good model.
+
+Under torchrun (`fer_app.distributed`) the same loop runs in every process with the network in
+`DistributedDataParallel`: each epoch's order is one permutation sharded across ranks (torch's
+`DistributedSampler`), so N processes with a global batch B see the batches one process with B
+sees; val is sharded and its counts summed; rank 0 alone reports, checkpoints and saves. Data
+in memory (`FaceSet`) is indexed directly; streamed data (`fer_app.streaming.StreamingSet`) comes
+through a DataLoader with worker processes. On CUDA: AMP (bf16, or fp16 with a gradient scaler),
+in-memory faces moved to the GPU once, streamed batches from pinned memory, channels-last.
 """
 
 from __future__ import annotations
@@ -25,9 +33,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from fer_app import distributed
 from fer_app.augment import AugmentConfig, augment
 from fer_app.config import APP_HOME, CLASSES, MODELS_DIR
-from fer_app.data import FaceSet, Splits
+from fer_app.data import DataError, FaceSet, Splits
 from fer_app.encoders.compact import CompactEncoder
 from fer_app.heads import Head
 from fer_app.metrics import classification_report, confusion_png
@@ -61,7 +70,8 @@ class TrainConfig:
     patience: int = 0                   # early stopping: epochs without val improvement (0 = off)
     seed: int = 0
     device: str = "auto"
-    precision: str = "auto"             # "fp32", "bf16" (autocast) or "auto": bf16 where the hardware has it
+    precision: str = "auto"             # "fp32", "bf16"/"fp16" (autocast) or "auto": bf16 where the hardware
+    #                                     has it, fp16 on other CUDA GPUs, else fp32
     threads: int = 0                    # CPU threads (0 = torch's default)
     clip_source: str | None = None
 
@@ -69,7 +79,7 @@ class TrainConfig:
         self.widths, self.convs_per_stage = tuple(self.widths), tuple(self.convs_per_stage)
         choices = {"encoder": ("compact", "clip-vit-b32"), "mode": ("full", "head"), "head": ("linear", "mlp"),
                    "optimizer": ("sgd", "adamw"), "schedule": ("onecycle", "cosine", "constant"),
-                   "balance": ("none", "sqrt", "inverse"), "precision": ("auto", "fp32", "bf16")}
+                   "balance": ("none", "sqrt", "inverse"), "precision": ("auto", "fp32", "bf16", "fp16")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {', '.join(allowed)} (got {getattr(self, key)!r})")
@@ -170,6 +180,17 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return False
 
 
+def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a run (None: fp32). "auto": bf16 where `use_bf16` says so, fp16 on other CUDA
+    GPUs (with a gradient scaler), fp32 elsewhere. fp16 runs on the CPU too (slowly; the tests use it)."""
+    if precision == "fp16" or (precision == "auto" and device.type == "cuda" and not use_bf16("auto", device)):
+        return torch.float16
+    return torch.bfloat16 if use_bf16(precision, device) else None
+
+
+PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}
+
+
 def class_weights(labels: np.ndarray, balance: str, num_classes: int = len(CLASSES)) -> torch.Tensor:
     """Loss weights against class imbalance, normalised so the average sample weight is 1."""
     counts = np.bincount(labels, minlength=num_classes).astype(float)
@@ -217,7 +238,8 @@ def build_model(cfg: TrainConfig, splits: Splits) -> Classifier:
         _mark_fine_tuned(model, cfg)
         return model
     if cfg.encoder == "compact":
-        images = splits["train"].images
+        train_set = splits["train"]
+        images = train_set.images if hasattr(train_set, "images") else train_set.sample_images()  # streamed
         mean, std = float(images.mean() / 255), float(images.std() / 255)
         encoder = CompactEncoder(cfg.widths, cfg.convs_per_stage, mean=round(mean, 4), std=round(std, 4))
     else:
@@ -297,8 +319,33 @@ def cached_embeddings(model: Classifier, faces: FaceSet, device: torch.device, c
 # ---------------------------------------------------------------- checkpoints
 
 
+#: The checkpoint's JSON state is stored in its safetensors header under this key.
+CHECKPOINT_META_KEY = "fer_app.checkpoint"
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of named tensors (names, dtypes, shapes and bytes, in name order)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        v = tensors[k].detach().cpu().contiguous()
+        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
+        h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _replace_atomically(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file next to `path` (a name of this process's own), then rename it over `path`."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
 def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, state: dict,
-                     gen: torch.Generator) -> None:
+                     scaler: torch.amp.GradScaler | None = None) -> None:
+    """One file, replaced in one rename: model and optimizer tensors, and the JSON state (epoch, history,
+    optimizer scalars, the digest of the tensors) in its header. A kill leaves the old file or the new one."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     opt_state = opt.state_dict()
     scalars = {}
@@ -308,22 +355,38 @@ def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, s
                 tensors[f"opt.{idx}.{k}"] = v.detach().cpu().contiguous()
             else:
                 scalars[f"{idx}.{k}"] = v
-    tensors["rng"] = gen.get_state()
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
-    meta = {**state, "opt_scalars": scalars, "opt_param_groups": opt_state["param_groups"]}
-    tmp_json = path.with_suffix(".json.tmp")
-    tmp_json.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp_json, path.with_suffix(".json"))
+    meta = {**state, "opt_scalars": scalars, "opt_param_groups": opt_state["param_groups"],
+            "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+            "tensors_sha256": tensors_digest(tensors)}
+    _replace_atomically(path, tensors, {CHECKPOINT_META_KEY: json.dumps(meta)})
 
 
-def _load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator) -> dict:
+def read_checkpoint_meta(path: Path) -> dict:
+    """The JSON state in a checkpoint's header (cheap: the tensors are not read); TrainingError when unreadable."""
+    from safetensors import safe_open
+
     try:
-        tensors = load_file(str(path))
-        meta = json.loads(path.with_suffix(".json").read_text())
+        with safe_open(str(path), "pt") as f:
+            header = f.metadata() or {}
     except Exception as exc:  # noqa: BLE001
         raise TrainingError(f"{path}: checkpoint unreadable ({exc}); delete it to start over") from None
+    if CHECKPOINT_META_KEY not in header:
+        raise TrainingError(f"{path}: not a checkpoint of this version (its state is in a separate "
+                            f"{path.with_suffix('.json').name}, which may not match its tensors); "
+                            "start a new run or delete it")
+    return json.loads(header[CHECKPOINT_META_KEY])
+
+
+def _load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer,
+                     scaler: torch.amp.GradScaler | None = None) -> dict:
+    meta = read_checkpoint_meta(path)
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001
+        raise TrainingError(f"{path}: checkpoint unreadable ({exc}); delete it to start over") from None
+    if tensors_digest(tensors) != meta.get("tensors_sha256"):
+        raise TrainingError(f"{path}: the checkpoint's tensors do not match its recorded digest (damaged); "
+                            "delete it to start over")
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     state: dict = {}
     for k, v in tensors.items():
@@ -334,42 +397,162 @@ def _load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, g
         idx, name = k.split(".", 1)
         state.setdefault(int(idx), {})[name] = v
     opt.load_state_dict({"state": state, "param_groups": meta["opt_param_groups"]})
-    gen.set_state(tensors["rng"])
+    if scaler is not None and meta.get("scaler"):
+        scaler.load_state_dict(meta["scaler"])
     return meta
 
 
 # ---------------------------------------------------------------- the loop
 
 
-def _batches(n: int, batch_size: int, gen: torch.Generator, shuffle: bool) -> list[torch.Tensor]:
-    order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
-    return list(order.split(batch_size))
+def _shard_order(n: int, ctx: distributed.Context, seed: int, epoch: int) -> torch.Tensor:
+    """This rank's indices of the epoch's permutation of n items: torch's `DistributedSampler` (one
+    permutation seeded by seed + epoch for all ranks, padded to a multiple of the world size, every
+    world_size-th index), so the union of the ranks' k-th batches is one process's k-th batch."""
+    from torch.utils.data import DistributedSampler
+
+    sampler = DistributedSampler(range(n), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
+    sampler.set_epoch(epoch)
+    return torch.tensor(list(sampler), dtype=torch.int64)
 
 
-def _evaluate_logits(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-                     device: torch.device, tta_flip: bool, batch_size: int = 512,
-                     prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[float, np.ndarray]:
-    """Mean loss and predictions over (x, y) in batches; `prepare` turns each batch of x, on the device,
-    into the network's input (the encoder's `normalize` in full mode: val is never normalised whole)."""
-    losses, preds = [], []
+class _InMemory:
+    """Faces (uint8) or embeddings held in one tensor, batched by index; on CUDA moved to the GPU once
+    (FER-2013's 28k faces are 66 MB), so a batch is an index on the device."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, device: torch.device, ctx: distributed.Context) -> None:
+        self.x, self.y, self.device, self.ctx = x, y, device, ctx
+        if device.type == "cuda":
+            self.x, self.y = x.to(device), y.to(device)
+
+    def steps(self, batch_size: int) -> int:
+        return math.ceil(math.ceil(len(self.y) / self.ctx.world_size) / batch_size)
+
+    def _take(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        idx = idx.to(self.x.device)
+        return self.x[idx].to(self.device), self.y[idx].to(self.device), None
+
+    def train_batches(self, batch_size: int, seed: int, epoch: int):
+        for idx in _shard_order(len(self.y), self.ctx, seed, epoch).split(batch_size):
+            yield self._take(idx)
+
+    def eval_batches(self, batch_size: int):
+        for idx in torch.tensor(distributed.shard(len(self.y), self.ctx), dtype=torch.int64).split(batch_size):
+            yield self._take(idx)
+
+
+class _Streamed:
+    """A `StreamingSet` through a DataLoader: worker processes decode and resize, batches come from
+    pinned memory on CUDA. At most workers x prefetch batches are in flight: memory stays bounded."""
+
+    def __init__(self, dataset, device: torch.device, ctx: distributed.Context, workers: int) -> None:
+        self.dataset, self.device, self.ctx, self.workers = dataset, device, ctx, workers
+        self.pin = device.type == "cuda"
+        self._train = None
+        self.bad = 0
+
+    def _loader(self, sampler, batch_size: int, persistent: bool):
+        from torch.utils.data import DataLoader
+
+        from fer_app.streaming import worker_init
+
+        return DataLoader(self.dataset, batch_size=batch_size, sampler=sampler, num_workers=self.workers,
+                          pin_memory=self.pin, worker_init_fn=worker_init if self.workers else None,
+                          persistent_workers=persistent and self.workers > 0,
+                          prefetch_factor=2 if self.workers else None)
+
+    def steps(self, batch_size: int) -> int:
+        return math.ceil(math.ceil(len(self.dataset) / self.ctx.world_size) / batch_size)
+
+    def _checked(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Batch on the device; unreadable files (label -1) stop the run naming the file, or are masked
+        out of the loss and metrics ("skip"; the mask is returned, None when all are good)."""
+        xb, yb, idx = batch
+        bad = yb < 0
+        mask = None
+        if bool(bad.any()):
+            first = self.dataset.path(int(idx[bad][0]))
+            if self.dataset.on_error != "skip":
+                raise DataError(f"{first}: not a readable image")
+            self.bad += int(bad.sum())
+            mask = (~bad).to(self.device)
+            yb = yb.clamp_min(0)
+        return (xb.to(self.device, non_blocking=self.pin), yb.to(self.device, non_blocking=self.pin), mask)
+
+    def train_batches(self, batch_size: int, seed: int, epoch: int):
+        from torch.utils.data import DistributedSampler
+
+        if self._train is None:
+            sampler = DistributedSampler(self.dataset, num_replicas=self.ctx.world_size, rank=self.ctx.rank,
+                                         shuffle=True, seed=seed)
+            self._train = (sampler, self._loader(sampler, batch_size, persistent=True))
+        sampler, loader = self._train
+        sampler.set_epoch(epoch)
+        for batch in loader:
+            yield self._checked(batch)
+
+    def eval_batches(self, batch_size: int):
+        for batch in self._loader(list(distributed.shard(len(self.dataset), self.ctx)), batch_size, False):
+            yield self._checked(batch)
+
+
+def _report_from_confusion(confusion: np.ndarray) -> dict:
+    """`classification_report` of the labels a confusion matrix (rows true, columns predicted) counts."""
+    k = confusion.shape[0]
+    y_true = np.repeat(np.repeat(np.arange(k), k), confusion.reshape(-1))
+    y_pred = np.repeat(np.tile(np.arange(k), k), confusion.reshape(-1))
+    return classification_report(y_true, y_pred)
+
+
+def _evaluate(forward: Callable[[torch.Tensor], torch.Tensor], batches, ctx: distributed.Context, tta_flip: bool,
+              prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[float, dict]:
+    """Mean loss and classification report over this rank's share of val, summed over all ranks (the
+    confusion counts and loss sums: exact whatever the number of ranks). `prepare` turns each batch,
+    on the device, into the network's input (the encoder's `normalize` in full mode: val is never
+    normalised whole)."""
+    k = len(CLASSES)
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    confusion = torch.zeros(k * k, dtype=torch.float64)
     with torch.inference_mode():
-        for i in range(0, len(y), batch_size):
-            xb = x[i:i + batch_size].to(device)
+        for xb, yb, mask in batches:
             if prepare is not None:
                 xb = prepare(xb)
             probs = torch.softmax(forward(xb), 1)
             if tta_flip and xb.dim() == 4:
                 probs = (probs + torch.softmax(forward(xb.flip(-1)), 1)) / 2
-            losses.append(F.nll_loss(torch.log(probs + 1e-8), y[i:i + batch_size].to(device), reduction="sum"))
-            preds.append(probs.argmax(1).cpu())
-    return float(sum(losses) / max(1, len(y))), torch.cat(preds).numpy() if preds else np.zeros(0, np.int64)
+            nll = F.nll_loss(torch.log(probs + 1e-8), yb, reduction="none")
+            pred = probs.argmax(1)
+            if mask is not None:
+                nll, pred, yb = nll[mask], pred[mask], yb[mask]
+            loss_sum += nll.double().sum().cpu()
+            confusion += torch.bincount((yb * k + pred).cpu(), minlength=k * k).double()
+    totals = distributed.sum_across(ctx, torch.cat([loss_sum.reshape(1), confusion]))
+    counts = totals[1:].round().long().numpy().reshape(k, k)
+    return float(totals[0]) / max(1, int(counts.sum())), _report_from_confusion(counts)
+
+
+def _step_loss(logits: torch.Tensor, yb: torch.Tensor, mask: torch.Tensor | None, weights: torch.Tensor,
+               label_smoothing: float) -> torch.Tensor:
+    if mask is None:
+        return F.cross_entropy(logits, yb, weight=weights, label_smoothing=label_smoothing)
+    per = F.cross_entropy(logits, yb, weight=weights, label_smoothing=label_smoothing, reduction="none")
+    return (per * mask).sum() / (weights[yb] * mask).sum().clamp_min(1e-12)
+
+
+def _best_file(workdir: Path, epoch: int) -> Path:
+    return workdir / f"best-{epoch:04d}.safetensors"
 
 
 def train(cfg: TrainConfig, splits: Splits, *, name: str | None = None, workdir: Path | None = None,
           resume: bool = False, callback: Callback | None = None, models_dir: Path | None = None,
           overwrite: bool = False, card: Callable[[TrainResult], str] | None = None,
-          extra_meta: dict | None = None) -> TrainResult:
-    """Train per `cfg` on splits["train"], select on splits["val"]; save the best as models/<name> if given."""
+          extra_meta: dict | None = None, workers: int = 2) -> TrainResult:
+    """Train per `cfg` on splits["train"], select on splits["val"]; save the best as models/<name> if given.
+
+    Splits hold `FaceSet`s (in memory) or `fer_app.streaming.StreamingSet`s (streamed through a
+    DataLoader with `workers` worker processes). Under torchrun every rank calls this with the same
+    arguments; `cfg.batch_size` is the global batch (each of N ranks takes batch_size / N, rounded up).
+    """
     if "train" not in splits or "val" not in splits:
         raise TrainingError(f"need a train and a val split (got {', '.join(splits) or 'none'})")
     train_set, val_set = splits["train"], splits["val"]
@@ -377,19 +560,36 @@ def train(cfg: TrainConfig, splits: Splits, *, name: str | None = None, workdir:
         raise TrainingError("the train or val split is empty")
     if name and (models_dir or MODELS_DIR).joinpath(name).exists() and not overwrite:
         raise ModelError(f"model {name!r} exists; choose another name or allow overwriting")
-    callback = callback or Callback()
+    streamed = not hasattr(train_set, "images") or not hasattr(val_set, "images")
+    if streamed and cfg.mode == "head":
+        raise TrainingError("head mode trains on cached embeddings of data held in memory; streamed data "
+                            "trains in full mode")
+    ctx = distributed.setup(pick_device(cfg.device))
+    try:
+        return _train(cfg, splits, ctx, name=name, workdir=workdir, resume=resume,
+                      callback=(callback or Callback()) if ctx.is_main else Callback(), models_dir=models_dir,
+                      overwrite=overwrite, card=card, extra_meta=extra_meta, workers=workers, streamed=streamed)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, workdir, resume, callback,
+           models_dir, overwrite, card, extra_meta, workers, streamed) -> TrainResult:
+    train_set, val_set = splits["train"], splits["val"]
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    device = ctx.device
+    gen = torch.Generator()
     model = build_model(cfg, splits)
     workdir = Path(workdir or APP_HOME / "runs" / (name or "unnamed"))
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     history: list[EpochStats] = []
+    batch_size = math.ceil(cfg.batch_size / ctx.world_size)
 
     head_only = cfg.mode == "head"
+    y_train = torch.from_numpy(train_set.labels.astype(np.int64))
     if head_only:
         progress = Progress("embed", 1, 1, 0, 1)
 
@@ -398,29 +598,47 @@ def train(cfg: TrainConfig, splits: Splits, *, name: str | None = None, workdir:
             callback.on_progress(progress)
 
         cache = APP_HOME / "cache" / "embeddings"
+        if not ctx.is_main:  # rank 0 embeds and caches; the others read its cache (or embed themselves)
+            distributed.barrier(ctx)
         x_train = cached_embeddings(model, train_set, device, cache, report)
         x_val = cached_embeddings(model, val_set, device, cache, report)
+        if ctx.is_main:
+            distributed.barrier(ctx)
         net: nn.Module = model.head
         prepare = None
         eval_batch = 512
     else:  # grey uint8 faces, normalised per batch on the device (CLIP's 224 px val set would take GBs)
-        x_train = torch.from_numpy(np.ascontiguousarray(train_set.images))
-        x_val = torch.from_numpy(np.ascontiguousarray(val_set.images))
         net = model
         prepare = model.encoder.normalize
-        eval_batch = max(1, min(512, EVAL_FLOATS // prepare(x_val[:1]).numel()))
-    y_train = torch.from_numpy(train_set.labels.astype(np.int64))
-    y_val = torch.from_numpy(val_set.labels.astype(np.int64))
+        eval_batch = max(1, min(512, EVAL_FLOATS // prepare(torch.zeros((1, 48, 48), dtype=torch.uint8)).numel()))
+        if not streamed:
+            x_train = torch.from_numpy(np.ascontiguousarray(train_set.images))
+            x_val = torch.from_numpy(np.ascontiguousarray(val_set.images))
+    if streamed:
+        train_data: _InMemory | _Streamed = _Streamed(train_set, device, ctx, workers)
+        val_data: _InMemory | _Streamed = _Streamed(val_set, device, ctx, workers)
+    else:
+        train_data = _InMemory(x_train, y_train, device, ctx)
+        val_data = _InMemory(x_val, torch.from_numpy(val_set.labels.astype(np.int64)), device, ctx)
     net.to(device)
-    bf16 = use_bf16(cfg.precision, device)
+    amp = amp_dtype(cfg.precision, device)
     if not head_only:  # conv nets run faster channels-last (NHWC) in oneDNN and cuDNN
         net.to(memory_format=torch.channels_last)
+    wrapped = net
+    if ctx.distributed:
+        from torch.nn.parallel import DistributedDataParallel
 
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            return net(x).float()
+        wrapped = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def forward_with(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            if x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+                return module(x).float()
+        return forward
+
+    train_forward, eval_forward = forward_with(wrapped), forward_with(net)
     weights = class_weights(train_set.labels, cfg.balance).to(device)
     params = param_groups(model, cfg)
     if cfg.optimizer == "sgd":
@@ -428,106 +646,132 @@ def train(cfg: TrainConfig, splits: Splits, *, name: str | None = None, workdir:
                                                      weight_decay=cfg.weight_decay)
     else:
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     aug_cfg = AugmentConfig()
 
-    steps_per_epoch = math.ceil(len(y_train) / cfg.batch_size)
+    steps_per_epoch = train_data.steps(batch_size)
     total_steps = steps_per_epoch * cfg.epochs
-    ckpt, best_path = workdir / "checkpoint.safetensors", workdir / "best.safetensors"
-    start_epoch, best_acc, best_epoch, stale = 1, -1.0, 0, 0
+    ckpt = workdir / "checkpoint.safetensors"
+    start_epoch, best_acc, best_epoch, stale, resumes = 1, -1.0, 0, 0, []
+    best_state: dict[str, torch.Tensor] | None = None
+    config_json = json.loads(json.dumps(asdict(cfg)))
     if resume and ckpt.is_file():
-        meta = _load_checkpoint(ckpt, net, opt, gen)
-        if meta.get("config") != json.loads(json.dumps(asdict(cfg))):
+        meta = _load_checkpoint(ckpt, net, opt, scaler)
+        if meta.get("config") != config_json:
             raise TrainingError(f"{ckpt}: the checkpoint was made with other settings; start a new run "
                                 f"(another work folder) or resume with the same settings")
+        if meta.get("world_size", 1) != ctx.world_size:
+            raise TrainingError(f"{ckpt}: the checkpoint was made by {meta.get('world_size', 1)} process(es), "
+                                f"not {ctx.world_size}; resume with the same number (the batches depend on it)")
         start_epoch, best_acc, best_epoch, stale = meta["epoch"] + 1, meta["best_acc"], meta["best_epoch"], meta["stale"]
+        resumes = [*meta.get("resumes", []), meta["epoch"]]
         history = [EpochStats(**h) for h in meta["history"]]
         started -= meta.get("seconds", 0.0)
+        if meta.get("best_file"):
+            try:
+                best_state = load_file(str(workdir / meta["best_file"]))
+            except Exception as exc:  # noqa: BLE001
+                raise TrainingError(f"{workdir / meta['best_file']}: the best epoch's weights are unreadable "
+                                    f"({exc}); start a new run") from None
+            if tensors_digest(best_state) != meta.get("best_sha256"):
+                raise TrainingError(f"{workdir / meta['best_file']}: does not match the checkpoint's digest; "
+                                    "start a new run")
 
     stopped = False
     progress = Progress("train", start_epoch, cfg.epochs, 0, steps_per_epoch, history=history)
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
-        torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout draws: reproducible per epoch, so resumes match
+        # every draw reproducible per epoch and rank, so resumes match: dropout, then augmentation
+        torch.manual_seed(cfg.seed * 100_003 + epoch + 7_919 * ctx.rank)
+        gen.manual_seed(cfg.seed * 1_000_003 + epoch * 7_919 + ctx.rank)
         net.train()
-        loss_sum, correct, seen = 0.0, 0, 0
-        for b, idx in enumerate(_batches(len(y_train), cfg.batch_size, gen, shuffle=True)):
-            if callback.should_stop():
+        sums = torch.zeros(3, dtype=torch.float64)  # loss * n, correct, seen
+        for b, (xb, yb, mask) in enumerate(train_data.train_batches(batch_size, cfg.seed, epoch)):
+            if distributed.any_rank(ctx, callback.should_stop()):
                 stopped = True
                 break
             step = (epoch - 1) * steps_per_epoch + b
             lr = lr_at(cfg, step, total_steps)
             for group in opt.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
-            yb = y_train[idx].to(device)
-            if head_only:
-                xb = x_train[idx].to(device)
-            else:
-                xb = model.encoder.normalize(x_train[idx].to(device))
+            if not head_only:
+                xb = model.encoder.normalize(xb)
                 if cfg.augment:
                     xb = augment(xb, aug_cfg, gen)
-            logits = forward(xb)
-            loss = F.cross_entropy(logits, yb, weight=weights, label_smoothing=cfg.label_smoothing)
+            logits = train_forward(xb)
+            loss = _step_loss(logits, yb, mask, weights, cfg.label_smoothing)
             if not torch.isfinite(loss):
                 raise TrainingError(f"training diverged at epoch {epoch}, batch {b + 1} (loss {loss.item()}); "
                                     f"try a lower learning rate. The last checkpoint ({ckpt}) and saved models "
                                     f"are intact.")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.item() * len(yb)
-            correct += int((logits.argmax(1) == yb).sum())
-            seen += len(yb)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            n_good = len(yb) if mask is None else int(mask.sum())
+            hits = (logits.argmax(1) == yb) if mask is None else (logits.argmax(1) == yb) & mask
+            sums += torch.tensor([loss.item() * n_good, int(hits.sum()), n_good], dtype=torch.float64)
             progress.epoch, progress.step, progress.loss, progress.lr = epoch, b + 1, loss.item(), lr
             progress.elapsed = time.perf_counter() - started
             callback.on_progress(progress)
+        loss_sum, correct, seen = distributed.sum_across(ctx, sums).tolist()
         if stopped and seen == 0:
             break
         net.eval()
-        val_loss, val_pred = _evaluate_logits(forward, x_val, y_val, device, cfg.tta_flip and not head_only,
-                                              eval_batch, prepare)
-        rep = classification_report(y_val.numpy(), val_pred)
+        val_loss, rep = _evaluate(eval_forward, val_data.eval_batches(eval_batch), ctx,
+                                  cfg.tta_flip and not head_only, prepare)
         improved = rep["accuracy"] > best_acc
         if improved:
             best_acc, best_epoch, stale = rep["accuracy"], epoch, 0
-            tmp = best_path.with_suffix(".tmp")
-            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-            os.replace(tmp, best_path)
+            best_state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+            if ctx.is_main:
+                _replace_atomically(_best_file(workdir, epoch), best_state)
         else:
             stale += 1
         stats = EpochStats(epoch, cfg.epochs, loss_sum / max(1, seen), correct / max(1, seen), val_loss,
                            rep["accuracy"], rep["macro_f1"], progress.lr, time.perf_counter() - t0, improved)
         history.append(stats)
-        if not stopped:
+        if not stopped and ctx.is_main and best_state is not None:
             _save_checkpoint(ckpt, net, opt, {
-                "config": json.loads(json.dumps(asdict(cfg))), "epoch": epoch, "best_acc": best_acc,
-                "best_epoch": best_epoch, "stale": stale, "history": [asdict(h) for h in history],
-                "seconds": time.perf_counter() - started}, gen)
+                "config": config_json, "epoch": epoch, "best_acc": best_acc, "best_epoch": best_epoch,
+                "stale": stale, "history": [asdict(h) for h in history], "world_size": ctx.world_size,
+                "resumes": resumes, "best_file": _best_file(workdir, best_epoch).name,
+                "best_sha256": tensors_digest(best_state), "seconds": time.perf_counter() - started}, scaler)
+            for old in workdir.glob("best-*.safetensors"):  # only the committed best is kept
+                if old.name != _best_file(workdir, best_epoch).name:
+                    old.unlink(missing_ok=True)
         callback.on_epoch(stats, progress)
         if stopped or (cfg.patience and stale >= cfg.patience):
             stopped = True
             break
 
-    if not best_path.is_file():
+    if best_state is None:
         raise TrainingError("no epoch finished; nothing to save (the previous model is intact)")
-    model.load_state_dict(load_file(str(best_path)))
+    model.load_state_dict(best_state)
     model.to(memory_format=torch.contiguous_format)
     model.eval()  # the final report is in fp32, as the model will run
-    _, val_pred = _evaluate_logits(net, x_val, y_val, device, cfg.tta_flip and not head_only, eval_batch, prepare)
-    report = classification_report(y_val.numpy(), val_pred)
+    _, report = _evaluate(net, val_data.eval_batches(eval_batch), ctx, cfg.tta_flip and not head_only, prepare)
     model.to("cpu")
     seconds = time.perf_counter() - started
+    data_meta = {
+        "train": {"source": train_set.source, "n": len(train_set), "counts": train_set.class_counts()},
+        "val": {"source": val_set.source, "n": len(val_set), "counts": val_set.class_counts()}}
+    if streamed:
+        data_meta["streamed"] = True
+        bad = distributed.sum_across(ctx, torch.tensor([float(train_data.bad + val_data.bad)], dtype=torch.float64))
+        data_meta["unreadable_skipped"] = int(bad.item())  # counted each time a bad file came up
     model.meta.update({
-        "training": {"config": json.loads(json.dumps(asdict(cfg))), "data": {
-            "train": {"source": train_set.source, "n": len(train_set), "counts": train_set.class_counts()},
-            "val": {"source": val_set.source, "n": len(val_set), "counts": val_set.class_counts()}},
-            "epochs_run": len(history), "best_epoch": best_epoch, "seconds": round(seconds, 1),
-            "device": device_name(device), "precision": "bf16 autocast" if bf16 else "fp32",
-            "history": [asdict(h) for h in history], **(extra_meta or {})},
+        "training": {"config": config_json, "data": data_meta,
+                     "epochs_run": len(history), "best_epoch": best_epoch, "seconds": round(seconds, 1),
+                     "device": device_name(device), "precision": PRECISION_NAMES[amp],
+                     "processes": ctx.world_size, **({"resumed_after_epochs": resumes} if resumes else {}),
+                     "history": [asdict(h) for h in history], **(extra_meta or {})},
         "metrics": {"val": report},
     })
     result = TrainResult(model, history, report, None, stopped, seconds, device_name(device))
-    if name:
+    if name and ctx.is_main:
         result.saved_to = save_model(model, name, models_dir=models_dir, overwrite=overwrite,
                                      card=card(result) if card else None,
                                      extra_files={"confusion.png": confusion_png(report["confusion"])})
+    distributed.barrier(ctx)
     return result

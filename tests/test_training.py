@@ -11,7 +11,8 @@ import pytest
 from conftest import TINY_COMPACT
 from fer_app.evaluate import evaluate
 from fer_app.model import ModelError, load_model
-from fer_app.training import (Callback, TrainConfig, TrainingError, class_weights, lr_at, train, use_bf16)
+from fer_app.training import (Callback, TrainConfig, TrainingError, class_weights, lr_at, read_checkpoint_meta, train,
+                              use_bf16)
 
 
 class StopAfterFirstEpoch(Callback):
@@ -156,7 +157,7 @@ def test_clip_full_fine_tune_learns_saves_and_reloads(models_dir, tiny_clip_dir,
     assert len(losses) == 2 and losses[1] < losses[0], losses
     assert max(sizes) <= 16  # train batches and val batches of 5: the val set is never normalised whole
     # the encoder trains at a tenth of the head's learning rate
-    groups = json.loads((models_dir.parent / "run" / "checkpoint.json").read_text())["opt_param_groups"]
+    groups = read_checkpoint_meta(models_dir.parent / "run" / "checkpoint.safetensors")["opt_param_groups"]
     assert [g["lr_scale"] for g in groups] == [0.1, 1.0]
     assert groups[0]["lr"] == pytest.approx(0.1 * groups[1]["lr"])
 
