@@ -12,10 +12,17 @@ Weights are read with safetensors only: nothing a user hands in is ever unpickle
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import hashlib
 import json
+import logging
+import math
 import os
+import re
+import secrets
 import shutil
-import tempfile
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -30,13 +37,18 @@ from torch import nn
 
 from fer_app.config import CLASSES, DEFAULT_MODEL, MODELS_DIR
 from fer_app.encoders.base import Encoder
-from fer_app.encoders.compact import CompactEncoder
+from fer_app.encoders.compact import INPUT_SIZE, CompactEncoder
 from fer_app.heads import Head
 
 CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "config.json", "model.safetensors", "README.md"
 FORMAT = "fer-app-model/1"
 #: The pseudo-model name for CLIP's zero-shot classifier (built from text prompts, not saved).
 CLIP_ZERO_SHOT = "clip-vit-b32-zero-shot"
+#: The config entry with the sha256 of model.safetensors: recorded by `save_model`, checked on load.
+DIGEST_KEY = "weights_sha256"
+ENCODER_TYPES = (CompactEncoder.encoder_id, "clip-vit-b32")
+HEAD_TYPES = ("linear", "mlp", "zero-shot")
+_log = logging.getLogger(__name__)
 
 
 class ModelError(ValueError):
@@ -98,7 +110,11 @@ class Classifier(nn.Module):
             return np.zeros((0, len(self.classes)), np.float32)
         if self.training:
             self.eval()
-        return self.predict_pixels(self.encoder.preprocess(crops), tta=tta).numpy().astype(np.float32)
+        probs = self.predict_pixels(self.encoder.preprocess(crops), tta=tta).numpy().astype(np.float32)
+        if not np.isfinite(probs).all():  # never hand on NaN: damaged weights that escaped the digest check
+            raise ModelError(f"model {self.name!r} gave non-finite probabilities (NaN or infinity): "
+                             "its weights are damaged")
+        return probs
 
     def config(self) -> dict:
         return {"format": FORMAT, "name": self.name, "classes": list(self.classes),
@@ -115,6 +131,12 @@ class ModelInfo:
     encoder: str
     val_accuracy: float | None = None
     description: str = ""
+    #: Why the model cannot be used (a damaged or malformed folder; the message names the file); None: usable.
+    problem: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.problem is None
 
 
 def _zooms(cfg: dict, folder: Path) -> tuple[float, ...]:
@@ -138,12 +160,136 @@ def read_config(folder: Path) -> dict:
         cfg = json.loads(path.read_text())
     except FileNotFoundError:
         raise ModelError(f"{path}: missing; not a fer-app model folder") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{path}: not valid JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, absurd nesting or numbers
+        raise ModelError(f"{path}: not valid JSON ({type(exc).__name__}: {exc})") from None
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    validate_config(cfg, path)
+    return cfg
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _is_int(value: object, low: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _is_number(value: object, low: float = -math.inf, high: float = math.inf) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and low <= value <= high
+
+
+def validate_config(cfg: object, path: Path) -> None:
+    """Check a model config completely (types and sizes of every entry load_model uses), so that a
+    malformed one is a ModelError naming `path`, never a traceback at load or prediction time."""
+    def bad(what: str) -> ModelError:
+        return ModelError(f"{path}: {what}")
+
+    if not isinstance(cfg, dict):
+        raise bad(f"not a JSON object but {_short(cfg)}; not a fer-app model config")
     for key in ("encoder", "head", "classes"):
         if key not in cfg:
-            raise ModelError(f"{path}: no {key!r} entry; not a fer-app model config")
-    return cfg
+            raise bad(f"no {key!r} entry; not a fer-app model config")
+    if cfg.get("format", FORMAT) != FORMAT:
+        raise bad(f"format {_short(cfg['format'])}, this version reads {FORMAT!r}")
+    classes = cfg["classes"]
+    if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) and c for c in classes)
+            and len(set(classes)) == len(classes)):
+        raise bad(f"'classes' must be a list of at least 2 distinct names, got {_short(classes)}")
+    enc = cfg["encoder"]
+    if not isinstance(enc, dict):
+        raise bad(f"'encoder' must be an object with a 'type' ({', '.join(ENCODER_TYPES)}), got {_short(enc)}")
+    kind = enc.get("type")
+    if kind == CompactEncoder.encoder_id:
+        widths = enc.get("widths", [32, 64, 128, 256])
+        if not (isinstance(widths, list) and widths and len(widths) <= 8 and all(_is_int(w) and w <= 4096
+                                                                                  for w in widths)):
+            raise bad(f"encoder 'widths' must be a list of 1 to 8 channel counts (1-4096), got {_short(widths)}")
+        convs = enc.get("convs_per_stage", 2)
+        if not ((_is_int(convs) and convs <= 16) or (isinstance(convs, list) and len(convs) == len(widths)
+                                                      and all(_is_int(n) and n <= 16 for n in convs))):
+            raise bad(f"encoder 'convs_per_stage' must be 1-16 or a list of those, one per width, got {_short(convs)}")
+        for key, low, high, default in (("dropout", 0.0, 0.99, 0.3), ("mean", 0.0, 1.0, 0.5), ("std", 1e-6, 1.0, 0.25)):
+            if not _is_number(enc.get(key, default), low, high):
+                raise bad(f"encoder {key!r} must be a number in [{low:g}, {high:g}], got {_short(enc[key])}")
+        if enc.get("input_size", INPUT_SIZE) != INPUT_SIZE:
+            raise bad(f"encoder 'input_size' must be {INPUT_SIZE}, got {_short(enc['input_size'])}")
+    elif kind == "clip-vit-b32":
+        if not isinstance(enc.get("source"), (str, type(None))):
+            raise bad(f"encoder 'source' must be a folder or hub id, got {_short(enc['source'])}")
+        if not isinstance(enc.get("fine_tuned", False), bool):
+            raise bad(f"encoder 'fine_tuned' must be true or false, got {_short(enc['fine_tuned'])}")
+    else:
+        raise bad(f"unknown encoder type {_short(kind)} (known: {', '.join(ENCODER_TYPES)})")
+    head = cfg["head"]
+    if not isinstance(head, dict):
+        raise bad(f"'head' must be an object with a 'type' ({', '.join(HEAD_TYPES)}), got {_short(head)}")
+    if head.get("type", "linear") not in HEAD_TYPES:
+        raise bad(f"unknown head type {_short(head['type'])} (known: {', '.join(HEAD_TYPES)})")
+    for key in ("in_dim", "num_classes"):
+        if not _is_int(head.get(key)) or head[key] > 1 << 20:
+            raise bad(f"head {key!r} must be a positive whole number, got {_short(head.get(key))}")
+    if not (_is_int(head.get("hidden", 256)) and head.get("hidden", 256) <= 1 << 16):
+        raise bad(f"head 'hidden' must be a positive whole number, got {_short(head['hidden'])}")
+    if not _is_number(head.get("dropout", 0.0), 0.0, 0.99):
+        raise bad(f"head 'dropout' must be a number in [0, 0.99], got {_short(head['dropout'])}")
+    if head["num_classes"] != len(classes):  # (a head that does not fit the encoder: see load_state)
+        raise bad(f"{len(classes)} classes for a head with {head['num_classes']} outputs")
+    if not isinstance(cfg.get("tta_flip", False), bool):
+        raise bad(f"'tta_flip' must be true or false, got {_short(cfg['tta_flip'])}")
+    _zooms(cfg, path.parent)
+    digest = cfg.get(DIGEST_KEY)
+    if digest is not None and not (isinstance(digest, str) and len(digest) == 64
+                                   and all(c in "0123456789abcdef" for c in digest)):
+        raise bad(f"{DIGEST_KEY!r} must be a sha256 in hex, got {_short(digest)}")
+    for key in ("name", "description"):
+        if not isinstance(cfg.get(key, ""), str):
+            raise bad(f"{key!r} must be a string, got {_short(cfg[key])}")
+    metrics = cfg.get("metrics", {})
+    val = metrics.get("val", {}) if isinstance(metrics, dict) else None
+    if not isinstance(val, dict) or not (val.get("accuracy") is None or _is_number(val["accuracy"], 0.0, 1.0)):
+        raise bad(f"'metrics' must be an object with val.accuracy in [0, 1], got {_short(metrics)}")
+
+
+_DIGESTS: dict[tuple, str] = {}
+_DIGESTS_LOCK = threading.Lock()
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, hashed once per process and version of the file (size, mtime, ctime, inode)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    with _DIGESTS_LOCK:
+        if key in _DIGESTS:
+            return _DIGESTS[key]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    with _DIGESTS_LOCK:
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
+def check_weights(path: Path, cfg: dict) -> None:
+    """A ModelError naming `path` when the weights file differs from the sha256 its config recorded at save
+    time (a damaged or replaced file: safetensors checks the header, not the tensor data). Models saved before
+    digests were recorded have none and are not checked."""
+    expected = cfg.get(DIGEST_KEY)
+    if expected is None:
+        return
+    if not path.is_file():
+        raise ModelError(f"{path}: missing")
+    try:
+        actual = file_sha256(path)
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if actual != expected:
+        raise ModelError(f"{path}: damaged or changed since it was saved (its sha256 is {actual[:12]}..., "
+                         f"{CONFIG_FILE} records {expected[:12]}...); save or copy the model again")
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -219,12 +365,14 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL, *, models_dir: Path | N
         model = clip_zero_shot(clip_source, allow_download=allow_download)
         return _with_runtime(model, runtime, threads)
     folder = model_dir(name_or_path, models_dir)
+    recover_model(folder)
     if not folder.is_dir():
         names = ", ".join(m.name for m in list_models(models_dir)) or "none"
         raise ModelError(f"no model {str(name_or_path)!r} (looked in {folder}); available: {names}")
     cfg = read_config(folder)
     weights_path = folder / WEIGHTS_FILE
     tensors = read_weights(weights_path)
+    check_weights(weights_path, cfg)
     encoder = build_encoder(cfg["encoder"], clip_source=clip_source, allow_download=allow_download)
     head = Head.from_config(cfg["head"])
     meta = {k: v for k, v in cfg.items() if k not in ("format", "name", "classes", "encoder", "head", "tta_flip",
@@ -275,10 +423,19 @@ def clip_zero_shot(clip_source: str | Path | None = None, *, allow_download: boo
 
 def save_model(model: Classifier, name: str, *, models_dir: Path | None = None, overwrite: bool = False,
                card: str | None = None, extra_files: dict[str, bytes] | None = None) -> Path:
-    """Write models/<name>/ atomically: a failure midway leaves any existing model untouched."""
+    """Write models/<name>/ atomically, also under a kill: a reader sees the old model or the new one, whole.
+
+    The files are written (and fsynced) into a temporary folder, which is renamed to `.<name>.new`
+    (complete from then on); under a lock on the models folder the old model is renamed to `.<name>.old`,
+    `.<name>.new` to `<name>`, and the old one is deleted. A failure midway puts the old model back; a
+    kill between the renames is finished by the next `load_model`, `list_models` or `save_model`
+    (`recover_model`). The weights' sha256 goes into the config (`DIGEST_KEY`), checked on every load.
+    The folder gets the usual permissions (0777 less the umask: 0755 under the common 022).
+    """
     root = models_dir or MODELS_DIR
     root.mkdir(parents=True, exist_ok=True)
     target = root / name
+    recover_model(target)
     if target.exists() and not overwrite:
         raise ModelError(f"{target} exists; choose another name or pass overwrite=True")
     state = model.state_dict() if owns_encoder_weights(model.encoder.config()) else \
@@ -286,41 +443,191 @@ def save_model(model: Classifier, name: str, *, models_dir: Path | None = None, 
     cfg = model.config()
     cfg["name"] = name
     cfg.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
+    tmp = root / f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    new, old = _swap_paths(target)
+    os.mkdir(tmp, 0o777)  # the umask applies, as for any new folder (tempfile.mkdtemp would give 0700)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / WEIGHTS_FILE))
+        cfg[DIGEST_KEY] = file_sha256(tmp / WEIGHTS_FILE)
         (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
         if card is not None:
             (tmp / CARD_FILE).write_text(card)
         for fname, data in (extra_files or {}).items():
             (tmp / fname).write_bytes(data)
-        old = None
-        if target.exists():
-            old = root / f".{name}.old-{os.getpid()}"
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _fsync_folder(tmp)
+        with _models_lock(root):
+            if target.exists() and not overwrite:
+                raise ModelError(f"{target} exists; choose another name or pass overwrite=True")
+            _discard(new)  # a leftover that was never swapped in
+            os.replace(tmp, new)
+            if target.exists():
+                _discard(old)
+                os.replace(target, old)
+            os.replace(new, target)
+            _fsync_dir(root)
+            _discard(old)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        with _models_lock(root):  # a failure (not a kill) between the renames: the old model goes back
+            if not target.exists() and old.is_dir():
+                os.replace(old, target)
+            _discard(new)
         raise
     return target
 
 
+_SWAP_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:new|old|old-\d+|tmp-(?P<pid>\d+)-[0-9a-f]+|trash-\d+-[0-9a-f]+)$")
+
+
+def _swap_paths(target: Path) -> tuple[Path, Path]:
+    """The complete new folder and the old one set aside, while `save_model` swaps them."""
+    return target.with_name(f".{target.name}.new"), target.with_name(f".{target.name}.old")
+
+
+def _discard(path: Path) -> None:
+    """Delete a folder: first renamed away (atomic), so that a kill midway never leaves half of it under its name."""
+    if not path.exists():
+        return
+    trash = path.with_name(f".{path.name.lstrip('.')}.trash-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        os.replace(path, trash)
+    except OSError:
+        trash = path
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _models_lock(root: Path):
+    """An exclusive lock on the models folder (released by the OS when the process dies)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _fsync_folder(folder: Path) -> None:
+    for path in folder.iterdir():
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def recover_model(folder: Path) -> str | None:
+    """Finish or roll back a `save_model` of `folder` that was killed midway; what was done, or None.
+
+    No `<name>` but a complete `.<name>.new`: renamed into place (the save is finished). No `<name>` and no
+    `.new` but `.<name>.old`: renamed back (rolled back). With `<name>` in place, leftovers are deleted:
+    `.old` (the swap was done), `.new` (it never started: the old model stays), and the temporary folders
+    of saves whose process is gone.
+    """
+    folder = Path(folder)
+    root, name = folder.parent, folder.name
+    new, old = _swap_paths(folder)
+    leftovers = [new, old, *root.glob(f".{glob.escape(name)}.old-*")]
+    if not any(p.exists() for p in leftovers) or not root.is_dir():
+        return None
+    done = None
+    try:
+        with _models_lock(root):
+            if not folder.exists():
+                if new.is_dir():
+                    os.replace(new, folder)
+                    done = f"{folder}: finished an interrupted save (from {new.name})"
+                else:
+                    older = [p for p in (old, *sorted(root.glob(f".{glob.escape(name)}.old-*"))) if p.is_dir()]
+                    if older:
+                        os.replace(older[0], folder)
+                        done = f"{folder}: rolled back an interrupted save (from {older[0].name})"
+                _fsync_dir(root)
+            if folder.exists():
+                for leftover in (new, old, *root.glob(f".{glob.escape(name)}.old-*")):
+                    _discard(leftover)
+    except OSError as exc:  # e.g. a read-only models folder: leave it as it is
+        _log.warning("%s: cannot recover an interrupted save (%s)", folder, exc)
+        return None
+    if done:
+        _log.warning(done)
+    return done
+
+
+def recover_models(root: Path) -> list[str]:
+    """`recover_model` for every model folder of `root` with leftovers of an interrupted save; also deletes
+    the temporary folders of saves whose process is gone. What was done."""
+    done, names = [], set()
+    for path in root.iterdir() if root.is_dir() else []:
+        match = _SWAP_LEFTOVER.match(path.name)
+        if not match:
+            continue
+        pid = match.group("pid")
+        if ".trash-" in path.name or (pid is not None and not _pid_alive(int(pid))):
+            shutil.rmtree(path, ignore_errors=True)
+        elif pid is None:
+            names.add(match.group("name"))
+    for name in sorted(names):
+        if (what := recover_model(root / name)) is not None:
+            done.append(what)
+    return done
+
+
 def list_models(models_dir: Path | None = None, *, include_zero_shot: bool = True) -> list[ModelInfo]:
-    """Saved models (folders with a config.json), the default first; plus CLIP zero-shot when its weights are here."""
+    """Saved models (folders with a config.json), the default first; plus CLIP zero-shot when its weights are here.
+
+    A damaged or malformed model folder is listed with `problem` set (why it cannot be used, naming the
+    file); the others stay usable. Folders whose config.json is not a model config (CLIP's weights) are
+    left out. Interrupted saves are finished or rolled back first (`recover_models`).
+    """
     root = models_dir or MODELS_DIR
     out: list[ModelInfo] = []
+    try:
+        recover_models(root)
+    except OSError:
+        pass
     for folder in sorted(root.glob("*/" + CONFIG_FILE)) if root.is_dir() else []:
         folder = folder.parent
         if folder.name.startswith("."):
             continue
         try:
             cfg = read_config(folder)
-        except ModelError:
+            check_weights(folder / WEIGHTS_FILE, cfg)
+            if not (folder / WEIGHTS_FILE).is_file():
+                raise ModelError(f"{folder / WEIGHTS_FILE}: missing")
+        except Exception as exc:  # noqa: BLE001 - one bad folder never breaks the list
+            if _is_model_folder(folder):
+                problem = str(exc) if isinstance(exc, ModelError) else f"{folder}: {type(exc).__name__}: {exc}"
+                out.append(ModelInfo(folder.name, folder, "?", problem=problem))
             continue
         acc = cfg.get("metrics", {}).get("val", {}).get("accuracy")
-        out.append(ModelInfo(folder.name, folder, cfg["encoder"].get("type", "?"), acc, cfg.get("description", "")))
+        out.append(ModelInfo(folder.name, folder, cfg["encoder"]["type"], acc, cfg.get("description", "")))
     out.sort(key=lambda m: (m.name != DEFAULT_MODEL, m.name))
     if include_zero_shot:
         try:
@@ -331,3 +638,13 @@ def list_models(models_dir: Path | None = None, *, include_zero_shot: bool = Tru
         except Exception:  # noqa: BLE001 - no CLIP weights (or no transformers): simply not listed
             pass
     return out
+
+
+def _is_model_folder(folder: Path) -> bool:
+    """Whether a folder with a config.json is meant as a model (a damaged one included), not e.g. CLIP's weights."""
+    try:
+        cfg = json.loads((folder / CONFIG_FILE).read_text())
+    except Exception:  # noqa: BLE001 - unreadable: a damaged model
+        return True
+    return not isinstance(cfg, dict) or bool({"format", "encoder", "head", "classes"} & set(cfg)) \
+        or (folder / WEIGHTS_FILE).is_file() and "model_type" not in cfg
