@@ -137,7 +137,7 @@ def test_refresh_rate_and_clear() -> None:
 
 @pytest.mark.parametrize("kwargs", [{"smoothing": 1.0}, {"smoothing": -0.1}, {"max_missed": -1}])
 def test_bad_settings(kwargs: dict) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
         FaceTracker(**kwargs)
 
 
@@ -171,3 +171,75 @@ def test_a_track_seen_last_frame_is_matched_before_a_lost_one() -> None:
     # against 0.25), but the track seen in the last frame takes it
     assert ids(tracker, Face(142, 100, 80, 80)) == [seen]
     assert tracker.get(lost).missed == 2
+
+
+# ------------------------------------------------------------------ edges found by mutation testing
+
+def test_iou_of_disjoint_and_barely_touching_boxes() -> None:
+    a = Face(0, 0, 10, 10)
+    assert iou(a, Face(20, 0, 10, 10)) == 0.0  # apart horizontally, level vertically: not a negative IoU
+    assert iou(a, Face(0, 20, 10, 10)) == 0.0
+    assert iou(a, Face(10, 0, 10, 10)) == 0.0  # edges touching
+    assert iou(a, Face(9, 0, 10, 10)) == pytest.approx(10 / 190)  # one pixel column shared
+    assert iou(a, Face(0, 9, 10, 10)) == pytest.approx(10 / 190)
+
+
+def test_centre_distance_of_tiny_boxes() -> None:
+    assert centre_distance(Face(0, 0, 1, 1), Face(3, 4, 1, 1)) == pytest.approx(5.0)  # a 1 px side is the unit
+
+
+def test_default_settings() -> None:
+    tracker = FaceTracker()
+    (a,) = ids(tracker, Face(0, 0, 100, 100))
+    assert a == 1  # ids start at 1 and count up by one
+    assert ids(tracker, Face(0, 0, 160, 160)) == [a]  # grows 1.6x towards the camera, IoU 0.39 >= 0.3
+    for _ in range(8):
+        assert ids(tracker) == []
+    assert tracker.get(a) is not None and tracker.get(a).missed == 8  # max_missed 8: still alive...
+    ids(tracker)
+    assert tracker.get(a) is None  # ...and gone at the 9th
+    (b,) = ids(tracker, Face(100, 100, 60, 60))
+    # twice the side, centres 0.47 mean sides apart but IoU 0.25: the scale (> 1.5) says another face
+    assert ids(tracker, Face(100, 100, 120, 120)) == [b + 1] and b == 2
+
+
+def test_ids_count_up_by_one_and_hits_count_matched_frames() -> None:
+    tracker = FaceTracker()
+    assert ids(tracker, Face(0, 0, 80, 80), Face(200, 0, 80, 80), Face(400, 0, 80, 80)) == [1, 2, 3]
+    for _ in range(3):
+        tracks = tracker.update([Face(0, 0, 80, 80)])
+    assert tracks[0].hits == 4 and tracker.get(2).hits == 1 and tracker.get(2).missed == 3
+
+
+def test_thresholds_are_inclusive() -> None:
+    by_overlap = FaceTracker(min_iou=1 / 3, max_shift=0.0)
+    (a,) = ids(by_overlap, Face(0, 0, 10, 10))
+    assert ids(by_overlap, Face(5, 0, 10, 10)) == [a]  # IoU exactly 1/3
+    by_scale = FaceTracker(min_iou=1.0, max_shift=0.6, max_scale=1.5)
+    (b,) = ids(by_scale, Face(0, 0, 80, 80))
+    assert ids(by_scale, Face(-20, -20, 120, 120)) == [b]  # same centre, side exactly 1.5x
+    assert ids(by_scale, Face(-40, -40, 200, 200)) != [b]  # 1.67x
+
+
+def test_add_probabilities_returns_true_and_keeps_float32() -> None:
+    tracker = FaceTracker(smoothing=0.5)
+    (track,) = tracker.update([Face(0, 0, 80, 80)])
+    assert tracker.add_probabilities(track.id, probs("happy").astype(np.float64), now=0.0) is True
+    assert track.probabilities.dtype == np.float32
+    assert tracker.add_probabilities(track.id, probs("sad").astype(np.float64), now=0.1) is True
+    assert track.probabilities.dtype == np.float32
+    np.testing.assert_allclose(track.probabilities, (probs("happy") + probs("sad")) / 2, rtol=1e-6)
+
+
+def test_refresh_rate_edges() -> None:
+    track = FaceTracker().update([Face(0, 0, 80, 80)])[0]
+    track.updates.extend([100.0, 100.5])
+    assert track.refresh_hz() == pytest.approx(2.0)  # two classifications are enough, at any clock origin
+    track.updates.append(100.5)  # a third at the same moment: 2 intervals over 0.5 s
+    assert track.refresh_hz() == pytest.approx(4.0)
+    track.updates.clear()
+    track.updates.extend([7.0, 7.0, 7.0])
+    assert track.refresh_hz() is None  # no time elapsed: no rate, not a division by zero
+    track.updates.clear()
+    track.updates.extend([5.0, 5.0, 6.0])
+    assert track.refresh_hz() == pytest.approx(2.0)  # from the first to the last, whatever lies between
