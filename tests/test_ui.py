@@ -267,11 +267,35 @@ def test_photo_upload_gives_faces_and_downloads(tiny_model: Path) -> None:
     assert not at.error
     table = at.dataframe[0].value
     assert len(table) == 1
-    assert table["label"].iloc[0] in {"angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"}
+    label, confidence = table["label"].iloc[0].split()  # "happy 72%"
+    assert label in {"angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"} and confidence.endswith("%")
     assert table.filter(["angry", "happy", "neutral"]).shape[1] == 3
     assert at.get("image")
     assert at.get("vega_lite_chart") or at.get("arrow_bar_chart")
     assert [b.label for b in at.get("download_button")] == ["Download annotated PNG", "Download JSON result"]
+
+
+def test_photo_faces_are_numbered_and_all_classes_shown_in_the_app_order(tiny_model: Path) -> None:
+    """Two faces: numbered 1, 2 left to right in the table and the charts (the same numbers are drawn on
+    the image, `test_draw`); the table's columns are narrow enough for all 7 classes; bars in CLASSES order."""
+    import cv2
+
+    from fer_app.config import CLASSES
+
+    photo = load_image(ASTRONAUT)
+    two = np.concatenate([photo, np.full((512, 100, 3), 90, np.uint8), photo], axis=1)
+    at = upload(run_page("photo"), "photo-upload", "two.png", cv2.imencode(".png", two)[1].tobytes(), "image/png")
+    table = at.dataframe[0]
+    assert list(table.value.index) == [1, 2] and list(table.value.columns) == ["label", *CLASSES]
+    widths = {name: c["width"] for name, c in json.loads(table.proto.columns).items()}
+    assert set(widths) == {"face", "label", *CLASSES} and sum(widths.values()) <= 680  # fits a 1280 px window
+    assert [m.value.split(":")[0] for m in at.markdown if m.value.startswith("**Face")] == ["**Face 1", "**Face 2"]
+    charts = [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
+    assert len(charts) == 2
+    for spec in charts:
+        assert spec["mark"]["type"] == "bar" if isinstance(spec["mark"], dict) else spec["mark"] == "bar"
+        assert spec["encoding"]["y"]["sort"] == list(CLASSES)  # the app's order, not alphabetical
+        assert spec["encoding"]["y"]["axis"]["labelAngle"] == 0 and spec["encoding"]["x"]["type"] == "quantitative"
 
 
 @pytest.mark.parametrize(("name", "data", "expected"), [
@@ -323,8 +347,32 @@ def tiny_mp4(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     return path.read_bytes()
 
 
+def processed(at: AppTest) -> AppTest:
+    """Wait for the page's background processing to end, then rerun (as its polling fragment does)."""
+    task = at.session_state["video-result"]
+    assert task.wait(TIMEOUT), "the video was not processed in time"
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def slow_processing(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """`process_video` taking `seconds` more per frame, so that the page can be seen while it works."""
+    import fer_app.video
+
+    real = fer_app.video.process_video
+
+    def slow(*args: Any, progress: Any = None, **kwargs: Any) -> Any:
+        def paced(done: int, total: int | None) -> Any:
+            time.sleep(seconds)
+            return progress(done, total)
+        return real(*args, progress=paced, **kwargs)
+
+    monkeypatch.setattr(fer_app.video, "process_video", slow)
+
+
 def test_video_upload_gives_video_timeline_and_csv(tiny_model: Path, tiny_mp4: bytes) -> None:
-    at = upload(run_page("video"), "video-upload", "clip.mp4", tiny_mp4, "video/mp4")
+    at = processed(upload(run_page("video"), "video-upload", "clip.mp4", tiny_mp4, "video/mp4"))
     assert not at.error
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Frames"] == "12" and metrics["Faces followed"] == "1"
@@ -333,8 +381,65 @@ def test_video_upload_gives_video_timeline_and_csv(tiny_model: Path, tiny_mp4: b
                                                             "Download annotated MP4"]
     assert any("Face #" in m.value for m in at.markdown)
     assert at.get("arrow_line_chart") or at.get("vega_lite_chart")
+    task = at.session_state["video-result"]
     at.run()  # a rerun (e.g. after a download) reuses the result instead of processing again
-    assert at.session_state["video-result"][1].summary.frames == 12
+    assert at.session_state["video-result"] is task and task.result[0].summary.frames == 12
+    assert task.key[-1].draw.badges  # the track ids are drawn on the annotated video
+
+
+def test_video_progress_eta_and_cancel(tiny_model: Path, tiny_mp4: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Processing runs in the background: the page shows frames done of the total, elapsed and ETA, and
+    a Cancel button that stops it; "Process again" starts over and then shows the results."""
+    slow_processing(monkeypatch, 0.4)
+    at = upload(run_page("video"), "video-upload", "clip.mp4", tiny_mp4, "video/mp4")
+    task = at.session_state["video-result"]
+    assert task.running and at.button(key="video-cancel")
+    while task.done < 2:
+        time.sleep(0.05)
+    at.run()
+    text = at.get("progress")[0].proto.text
+    assert re.fullmatch(r"Processing frame \d+ of 12 · \d+ s elapsed · about \d+ s left", text), text
+    assert not at.get("video") and not at.metric
+    at.button(key="video-cancel").click()
+    at.run()
+    assert not at.exception and task.cancelling
+    assert task.wait(30) and 0 < task.done < 12
+    at.run()
+    assert not at.exception
+    assert re.fullmatch(r"Cancelled after \d+ of 12 frames \(\d+ s\); nothing was kept\.", at.warning[0].value)
+    assert not at.get("video") and not at.get("download_button")
+    at.button(key="video-again").click()
+    at.run()
+    again = at.session_state["video-result"]
+    assert again is not task and again.running
+    at = processed(at)
+    assert {m.label: m.value for m in at.metric}["Frames"] == "12" and at.get("video")
+
+
+def test_video_hides_short_tracks_and_shares_one_time_axis(tiny_model: Path, tmp_path: Path) -> None:
+    """A face seen throughout and a second one seen in 2 frames only: one chart, a note that one face was
+    hidden; the chart's time axis spans the whole clip."""
+    from fer_app.video import VideoWriter
+
+    face = load_image(ASTRONAUT)
+    path = tmp_path / "two.mp4"
+    with VideoWriter(path, 10, 1124, 512) as writer:
+        for i in range(20):
+            frame = np.full((512, 1124, 3), 100, np.uint8)
+            frame[:, :512] = face
+            if i in (8, 9):
+                frame[:, 612:] = face
+            writer.write(frame)
+    at = processed(upload(run_page("video"), "video-upload", "two.mp4", path.read_bytes(), "video/mp4"))
+    rows = at.session_state["video-result"].result[0].rows
+    counts = {t: sum(r["track"] == t for r in rows) for t in {r["track"] for r in rows}}
+    assert len(counts) == 2 and sorted(counts.values())[0] < 5, counts  # the clip has a short track
+    assert [m.value.split(":")[0] for m in at.markdown if m.value.startswith("**Face #")] == [
+        f"**Face #{max(counts, key=counts.get)}**"]
+    assert any("1 face(s) seen in fewer than 5 frames are hidden" in c.value for c in at.caption)
+    assert {m.label: m.value for m in at.metric}["Faces followed"] == "1"
+    spec = json.loads(at.get("vega_lite_chart")[0].proto.spec)
+    assert spec["encoding"]["x"]["scale"]["domain"] == [0, pytest.approx(1.9)]  # 20 frames at 10 FPS
 
 
 def test_video_bad_upload_is_an_error_message(tiny_model: Path) -> None:

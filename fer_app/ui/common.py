@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import math
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
 
 import streamlit as st
 
@@ -74,3 +79,68 @@ def detector_settings(key: str = "det", defaults: DetectorConfig | None = None) 
 @st.cache_resource
 def cached_detector(config: DetectorConfig) -> FaceDetector:
     return FaceDetector(config)
+
+
+def duration(seconds: float | None) -> str:
+    """Seconds for people: "8 s", "2 min 05 s", "1 h 03 min" ("?" when unknown)."""
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+class BackgroundTask:
+    """`work(progress)` in a thread of its own, so that the page stays responsive (progress, a Cancel button).
+
+    `progress(done, total)` (for `work` to call) records how far it is and returns False once `cancel()`
+    was asked, which `fer_app.video.process_video` takes as a request to stop. The thread touches no
+    Streamlit element: a page polls the task (e.g. from an `st.fragment(run_every=...)`) and draws it.
+    """
+
+    def __init__(self, work: Callable[[Callable[[int, int | None], bool]], Any], key: Any = None) -> None:
+        self.key = key
+        self.done, self.total = 0, None
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.started, self.ended = time.monotonic(), None
+        self._cancel = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(work,), name="fer-app-task", daemon=True)
+        self._thread.start()
+
+    def _run(self, work: Callable) -> None:
+        try:
+            self.result = work(self.progress)
+        except BaseException as exc:  # shown by the page
+            self.error = exc
+        finally:
+            self.ended = time.monotonic()
+
+    def progress(self, done: int, total: int | None) -> bool:
+        self.done, self.total = done, total
+        return not self._cancel.is_set()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def cancelling(self) -> bool:
+        return self._cancel.is_set()
+
+    @property
+    def running(self) -> bool:
+        return self.ended is None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the work to end (at most `timeout` seconds); whether it has."""
+        self._thread.join(timeout)
+        return not self.running
+
+    def elapsed(self) -> float:
+        return (self.ended or time.monotonic()) - self.started
+
+    def eta(self) -> float | None:
+        """Seconds left at the pace so far; None before the first step or without a total."""
+        if not self.done or not self.total:
+            return None
+        return self.elapsed() / self.done * max(self.total - self.done, 0)
