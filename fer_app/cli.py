@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -174,7 +175,22 @@ def _train_config(args: argparse.Namespace):
                        clip_source=args.clip)
 
 
-def _load_sources(args: argparse.Namespace):
+def _load_streamed(args: argparse.Namespace, verbose: bool = True):
+    """DATA indexed for streaming (--stream: a folder layout or a CSV of path,label[,split]); counts printed."""
+    from fer_app.streaming import load_streaming
+
+    if args.mix or args.ferplus:
+        raise ValueError("--stream reads one folder or CSV of image paths; --mix and --ferplus need data in memory")
+    splits = load_streaming(args.data, val_fraction=args.val_fraction, seed=args.seed, on_error=args.on_error)
+    for split, faces in splits.items():
+        note = f" ({faces.skipped} bad entries skipped)" if faces.skipped else ""
+        counts = ", ".join(f"{c} {n}" for c, n in faces.class_counts().items())
+        if verbose:  # not on the other ranks under torchrun
+            print(f"{split}: {len(faces)} image files, streamed{note}: {counts}", file=sys.stderr)
+    return splits
+
+
+def _load_sources(args: argparse.Namespace, verbose: bool = True):
     """DATA (with --ferplus) and every --mix source, each given a val split, mixed by weight; counts printed."""
     from dataclasses import replace
 
@@ -184,6 +200,8 @@ def _load_sources(args: argparse.Namespace):
     first = first if args.ferplus is None else replace(first, ferplus=Path(args.ferplus))
     splits = load_sources([first, *args.mix], val_fraction=args.val_fraction, seed=args.seed,
                           on_error=args.on_error)
+    if not verbose:  # the other ranks under torchrun
+        return splits
     info = preview(splits)
     for split, faces in splits.items():
         note = f" ({faces.skipped} bad rows skipped)" if faces.skipped else ""
@@ -235,12 +253,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     from fer_app.modelcard import render_card
     from fer_app.training import device_name, pick_device, train
 
+    from fer_app import distributed
+
     cfg = _train_config(args)
-    splits = _load_sources(args)
-    print(f"device: {device_name(pick_device(args.device))}", file=sys.stderr)
+    main_rank = distributed.env_rank() == 0  # under torchrun: rank 0 prints, every rank trains
+    splits = _load_streamed(args, main_rank) if args.stream else _load_sources(args, main_rank)
+    if main_rank:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        print(f"device: {device_name(pick_device(args.device))}" + (f"; {world} processes (torchrun)"
+                                                                    if world > 1 else ""), file=sys.stderr)
     command = _command(args)
     result = train(cfg, splits, name=args.name, workdir=args.workdir, resume=args.resume, callback=_training_bar(),
-                   overwrite=args.overwrite, card=lambda r: render_card(args.name, r.model.config(), command))
+                   overwrite=args.overwrite, card=lambda r: render_card(args.name, r.model.config(), command),
+                   workers=args.workers)
+    if not main_rank:
+        return EXIT_OK
     rep = result.report
     print(f"best val accuracy {rep['accuracy']:.4f}, macro-F1 {rep['macro_f1']:.4f} after {len(result.history)} "
           f"epochs ({result.seconds / 60:.1f} min on {result.device})" +
@@ -530,11 +557,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.1, help="held out for val when the data has no val split")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="auto: bf16 autocast where the CPU/GPU has native bf16 (about 2x faster), else fp32")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="auto: bf16 autocast where the CPU/GPU has native bf16 (about 2x faster), fp16 (with a "
+                   "gradient scaler) on other CUDA GPUs, else fp32")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     p.add_argument("--workdir", type=Path, help="checkpoint folder (default ~/.fer_app/runs/NAME)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --workdir")
+    p.add_argument("--stream", action="store_true", help="data larger than memory: DATA (a folder layout or a "
+                   "CSV with columns path,label[,split]) is read batch by batch by --workers processes")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes decoding streamed images "
+                   "(0: in the training process)")
     p.set_defaults(func=cmd_train, argv=None)
 
     p = sub.add_parser("calibrate", help="fine-tune a model's head on your own captured faces",
