@@ -3,8 +3,12 @@
 `load_image` accepts a path or the raw bytes of an upload and turns every problem into an
 `ImageError` whose one-line message names the file. It never decodes more pixels than needed:
 the size is read from the header first, JPEGs are decoded at a reduced scale (`draft`) when they
-are larger than needed, other formats above `config.MAX_IMAGE_PIXELS` are refused, and Pillow's
-decompression-bomb guard stays on. Truncated files are errors, never half images.
+are larger than needed; other formats (PNG, WebP, ...), which cannot be decoded reduced, are decoded
+whole up to `MAX_DECODE_PIXELS` (100 Mpx; a 50-megapixel phone photo passes) and reduced at once to
+at most `config.MAX_IMAGE_PIXELS`, like a JPEG; larger ones are refused from the header. Pillow's
+decompression-bomb guard stays on (its warning below the guard is ours to handle, not printed).
+Truncated files are errors ("truncated"), never half images. `load_image_with_size` also gives the
+file's own (upright) size, for mapping boxes found on a downscaled image back to the file's pixels.
 
 Mode handling: 16-bit grey/RGB is scaled to 8 bit (not clipped); images with transparency
 (RGBA, LA, PA, palette or grey with a transparent colour) are composited onto white, so that
@@ -18,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import io
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
@@ -26,7 +31,11 @@ from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from fer_app.config import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
 
-__all__ = ["ImageError", "encode_png", "load_image"]
+__all__ = ["MAX_DECODE_PIXELS", "ImageError", "encode_png", "load_image", "load_image_with_size"]
+
+#: Formats that cannot be decoded at a reduced scale are decoded whole up to this many pixels (at most
+#: 4 bytes each in Pillow: 400 MB), then reduced; larger ones are refused before decoding.
+MAX_DECODE_PIXELS = 100_000_000
 
 #: Errors Pillow raises for corrupt or truncated data while decoding.
 _DECODE_ERRORS = (OSError, SyntaxError, EOFError, ValueError, struct.error, zlib.error)
@@ -47,6 +56,10 @@ _MAGIC_NUMBERS = (
 )
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
+#: Modes `Image.reduce` averages correctly (not palette indices); others are converted first.
+_REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "I", "F"})
+#: EXIF orientations that swap width and height.
+_TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})
 
 
 class ImageError(ValueError):
@@ -60,21 +73,36 @@ def load_image(source: str | Path | bytes, *, max_side: int = MAX_IMAGE_SIDE, na
     Raises `ImageError` with a one-line message naming the source (or `name`, e.g. the name of
     an uploaded file given as bytes) for every unusable input.
     """
+    return load_image_with_size(source, max_side=max_side, name=name)[0]
+
+
+def load_image_with_size(source: str | Path | bytes, *, max_side: int = MAX_IMAGE_SIDE,
+                         name: str | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """`load_image`, and the image's own upright size (width, height) in the file, before any downscaling.
+
+    Boxes found on the returned array map to the file's pixels by the ratio of the two sizes.
+    """
     if max_side < 1:
         raise ValueError(f"max_side must be positive, got {max_side}")
     name, stream = _open_source(source, name)
     try:
-        with _open_image(stream, name) as im:
-            width, height = im.size
-            if width < 1 or height < 1:
-                raise ImageError(f"{name}: empty image ({width}x{height} pixels)")
-            _limit_decoded_size(im, name, max_side)
-            try:
-                im.load()
-            except _DECODE_ERRORS as exc:
-                raise ImageError(f"{name}: truncated or corrupt image data ({_reason(exc)})") from exc
-            _make_upright(im)
-            rgb = _to_rgb(im)
+        with warnings.catch_warnings():
+            # Pillow warns from 89 Mpx up (and refuses from 179 Mpx); the limits here are ours.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with _open_image(stream, name) as im:
+                width, height = im.size
+                if width < 1 or height < 1:
+                    raise ImageError(f"{name}: empty image ({width}x{height} pixels)")
+                own_size = (height, width) if _orientation(im) in _TRANSPOSED_ORIENTATIONS else (width, height)
+                _limit_decoded_size(im, name, max_side)
+                try:
+                    im.load()
+                except _DECODE_ERRORS as exc:
+                    what = "truncated image file" if _truncated(stream, exc) else "corrupt image data"
+                    raise ImageError(f"{name}: {what} ({_reason(exc)})") from exc
+                rgb = _reduce(im)
+                _make_upright(rgb)
+                rgb = _to_rgb(rgb)
     finally:
         stream.close()
     if max(rgb.size) > max_side:
@@ -82,7 +110,7 @@ def load_image(source: str | Path | bytes, *, max_side: int = MAX_IMAGE_SIDE, na
         size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
         rgb = rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
     # One copy: RGB -> BGR, C-contiguous and writable.
-    return np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1])
+    return np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1]), own_size
 
 
 def encode_png(bgr: np.ndarray) -> bytes:
@@ -126,34 +154,103 @@ def _open_image(stream: io.BufferedIOBase, name: str) -> Image.Image:
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{name}: image too large to load safely ({_reason(exc)})") from exc
     except _DECODE_ERRORS as exc:
-        raise ImageError(f"{name}: corrupt image header ({_reason(exc)})") from exc
+        what = "truncated image file" if _truncated(stream, exc) else "corrupt image header"
+        raise ImageError(f"{name}: {what} ({_reason(exc)})") from exc
 
 
 def _unidentified_reason(stream: io.BufferedIOBase) -> str:
     """Why Pillow could not open a file: no pixels, a damaged header of a known format, or not an image."""
     stream.seek(0)
     head = stream.read(24)
-    if head.startswith(_PNG_SIGNATURE) and head[12:16] == b"IHDR":
+    if head.startswith(_PNG_SIGNATURE) and head[12:16] == b"IHDR" and len(head) == 24:
         width, height = struct.unpack(">II", head[16:24])
         if width == 0 or height == 0:
             return f"empty image ({width}x{height} pixels)"
     for magic, kind in _MAGIC_NUMBERS:
         if head.startswith(magic):
+            if _truncated(stream):
+                return f"truncated {kind} file ({_size(stream):,} bytes), cannot be read"
             return f"damaged {kind} header, cannot be read"
     return "not a recognised image file"
 
 
+def _size(stream: io.BufferedIOBase) -> int:
+    stream.seek(0, io.SEEK_END)
+    return stream.tell()
+
+
+def _truncated(stream: io.BufferedIOBase, exc: BaseException | None = None) -> bool:
+    """Whether the file ends before its format says it does (PNG without IEND, JPEG without its end
+    marker, a RIFF/WebP or BMP shorter than its header's size, GIF without its trailer); for other
+    formats, whether Pillow said so."""
+    try:
+        size = _size(stream)
+        stream.seek(0)
+        head = stream.read(16)
+        stream.seek(max(0, size - 16))
+        tail = stream.read(16)
+    except (OSError, ValueError):
+        return False
+    if head.startswith(_PNG_SIGNATURE):
+        return _png_cut_short(stream, size)
+    if head.startswith(b"\xff\xd8\xff"):
+        return _jpeg_cut_short(stream, size, tail)
+    if head.startswith(b"RIFF") and len(head) >= 8:
+        return struct.unpack("<I", head[4:8])[0] + 8 > size
+    if head.startswith(b"BM") and len(head) >= 6:
+        return struct.unpack("<I", head[2:6])[0] > size
+    if head.startswith(b"GIF8"):
+        return not tail.rstrip(b"\x00").endswith(b";")
+    return exc is not None and "truncated" in str(exc).lower()
+
+
+def _png_cut_short(stream: io.BufferedIOBase, size: int) -> bool:
+    """Well-formed PNG chunks (4-letter types) that run past the end of the file, or no IEND: cut short."""
+    offset = len(_PNG_SIGNATURE)
+    while offset + 8 <= size:
+        stream.seek(offset)
+        length, kind = struct.unpack(">I4s", stream.read(8))
+        if not kind.isalpha():
+            return False  # damaged, not cut
+        if kind == b"IEND":
+            return False
+        offset += 12 + length
+    return True
+
+
+def _jpeg_cut_short(stream: io.BufferedIOBase, size: int, tail: bytes) -> bool:
+    """JPEG segments that run past the end of the file before the scan, or a scan without its end marker."""
+    offset = 2
+    while offset + 4 <= size:
+        stream.seek(offset)
+        marker, kind, length = struct.unpack(">BBH", stream.read(4))
+        if marker != 0xFF:
+            return False  # damaged, not cut
+        if kind == 0xDA:  # start of scan: entropy-coded data up to the end marker
+            return b"\xff\xd9" not in tail
+        offset += 2 + length
+    return True
+
+
+def _orientation(im: Image.Image) -> int:
+    with contextlib.suppress(*_DECODE_ERRORS, KeyError, TypeError):
+        return int(im.getexif().get(0x0112, 1))
+    return 1
+
+
 def _limit_decoded_size(im: Image.Image, name: str, max_side: int) -> None:
-    """Make sure decoding `im` produces at most MAX_IMAGE_PIXELS pixels, or refuse it.
+    """Make sure decoding `im` is safe (memory), or refuse it.
 
     JPEGs are set to decode at the largest libjpeg reduction (1/2, 1/4, 1/8) that still keeps
-    the longest side at least `max_side`, or more if needed to respect the pixel limit.
+    the longest side at least `max_side`, or more if needed to respect MAX_IMAGE_PIXELS. Other
+    formats decode whole: up to MAX_DECODE_PIXELS (then `_reduce` brings them to MAX_IMAGE_PIXELS).
     """
     width, height = im.size
     # JpegImageFile covers MPO (multi-picture JPEG from phones) too.
     if not isinstance(im, JpegImagePlugin.JpegImageFile):
-        if width * height > MAX_IMAGE_PIXELS:
-            raise ImageError(f"{name}: image too large ({width}x{height} pixels, limit {MAX_IMAGE_PIXELS:,})")
+        if width * height > MAX_DECODE_PIXELS:
+            raise ImageError(f"{name}: image too large ({width}x{height} pixels; {im.format or 'this format'} "
+                             f"cannot be decoded reduced, limit {MAX_DECODE_PIXELS:,})")
         return
     target = max(width, height) / max_side
     quality_scale = max((s for s in _JPEG_SCALES if s <= target), default=1)
@@ -164,6 +261,27 @@ def _limit_decoded_size(im: Image.Image, name: str, max_side: int) -> None:
     if scale > 1:
         # draft() picks the largest reduction whose result is at least the requested size.
         im.draft(im.mode, (max(1, width // scale), max(1, height // scale)))
+
+
+def _reduce(im: Image.Image) -> Image.Image:
+    """A decoded image above MAX_IMAGE_PIXELS reduced by the smallest whole factor that brings it within
+    (as libjpeg's scaled decoding does for a JPEG), before any mode conversion copies it; else `im`."""
+    width, height = im.size
+    factor = 1
+    while -(-width // factor) * -(-height // factor) > MAX_IMAGE_PIXELS:
+        factor += 1
+    if factor == 1:
+        return im
+    if im.mode not in _REDUCIBLE_MODES:  # palette indices, 1-bit and 16-bit can't be averaged as they are
+        orientation = _orientation(im)
+        im = _to_rgb(im) if im.mode not in _SIXTEEN_BIT_MODES else im.convert("I")
+        if orientation != 1:  # conversions keep no EXIF: the orientation is all `_make_upright` needs
+            exif = Image.Exif()
+            exif[0x0112] = orientation
+            im.info["exif"] = exif.tobytes()
+    reduced = im.reduce(factor)
+    reduced.info = dict(im.info)
+    return reduced
 
 
 def _make_upright(im: Image.Image) -> None:

@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import warnings
 import zlib
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 from PIL import Image
 
 from fer_app.config import MAX_IMAGE_PIXELS
-from fer_app.imageio import ImageError, encode_png, load_image
+from fer_app.imageio import MAX_DECODE_PIXELS, ImageError, encode_png, load_image, load_image_with_size
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,8 +105,19 @@ def test_truncated_file(tmp_path: Path, fmt: str) -> None:
     data = _encode(Image.fromarray(noise), fmt)
     path = tmp_path / f"cut.{fmt.lower()}"
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ImageError, match=r"cut\.\w+: truncated or corrupt"):
+    with pytest.raises(ImageError, match=r"cut\.\w+: truncated image file"):
         load_image(path)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP"])
+@pytest.mark.parametrize("keep", [0.02, 0.5, 0.95])
+def test_truncated_file_is_called_truncated_never_corrupt_header(fmt: str, keep: float) -> None:
+    """Issue 13, point 10: a file cut short, even inside its header, says "truncated"."""
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    data = _encode(Image.fromarray(noise), fmt)
+    with pytest.raises(ImageError, match=r"cut\.img: truncated") as info:
+        load_image(data[: max(12, int(len(data) * keep))], name="cut.img")
+    assert "header" not in str(info.value) or "truncated" in str(info.value)
 
 
 def test_damaged_header_is_not_called_a_non_image(tmp_path: Path) -> None:
@@ -148,10 +160,14 @@ def test_20000x20000_is_refused_from_the_header(tmp_path: Path, data: bytes) -> 
         load_image(path)
 
 
-def test_non_jpeg_above_pixel_limit_is_refused_before_decoding() -> None:
-    side = int(MAX_IMAGE_PIXELS**0.5) + 100  # above our limit, below Pillow's bomb guard
-    with pytest.raises(ImageError, match="image too large"):
-        load_image(_png(side, side))
+def test_non_jpeg_above_decode_limit_is_refused_before_decoding() -> None:
+    side = int(MAX_DECODE_PIXELS**0.5) + 100  # above what may be decoded whole, below Pillow's bomb guard
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ImageError, match="image too large"):
+            load_image(_png(side, side))
+    # Issue 14, point 8: Pillow's DecompressionBombWarning (from 89 Mpx) is not printed.
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
 
 
 _MEASURE = textwrap.dedent(
@@ -180,6 +196,34 @@ def test_large_jpeg_is_decoded_reduced_with_bounded_memory(tmp_path: Path) -> No
     report = json.loads(result.stdout)
     assert report["shape"] == [3000, 4000, 3]  # libjpeg 1/2 scale, long side <= MAX_IMAGE_SIDE
     assert report["peak_mib"] < 150
+
+
+def test_50_megapixel_png_is_decoded_and_reduced_like_a_jpeg(tmp_path: Path) -> None:
+    """Issue 13, point 10: an 8160x6120 PNG (a phone photo; above MAX_IMAGE_PIXELS, which a PNG cannot be
+    decoded below) is decoded and halved, as the JPEG of the same size is by libjpeg."""
+    png = tmp_path / "phone.png"
+    Image.new("L", (8160, 6120), 90).save(png, compress_level=1)
+    jpeg = tmp_path / "phone.jpg"
+    Image.new("L", (8160, 6120), 90).save(jpeg, quality=50)
+    assert 8160 * 6120 > MAX_IMAGE_PIXELS
+    for path in (png, jpeg):
+        image, size = load_image_with_size(path)
+        _assert_bgr(image, (3060, 4080))
+        assert size == (8160, 6120)
+        assert abs(int(image[100, 100, 0]) - 90) <= 2
+
+
+def test_reduced_palette_png_keeps_colours_and_orientation() -> None:
+    """Palette indices are never averaged: a big palette image is converted, then reduced; EXIF rotation kept."""
+    side = int(MAX_IMAGE_PIXELS**0.5) + 200
+    im = Image.new("P", (side, side // 2), 1)
+    im.putpalette([0, 0, 0, 200, 10, 10] + [0, 0, 0] * 254)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees: the upright image is portrait
+    image, size = load_image_with_size(_encode(im, "PNG", exif=exif, compress_level=1))
+    assert size == (side // 2, side)
+    assert image.shape[0] > image.shape[1]
+    assert tuple(image[10, 10]) == (10, 10, 200)  # BGR of (200, 10, 10)
 
 
 def test_downscaled_to_max_side() -> None:
