@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import time
 import zipfile
 from pathlib import Path
@@ -312,3 +313,76 @@ def test_calibration_review_delete_and_calibrate(tiny_model):
     assert "saved as **tiny-calibrated-ivy**" in at.success[0].value
     assert at.metric[0].label.startswith("Accuracy on your held-out captures")
     assert "tiny-calibrated-ivy" in [m.name for m in list_models()]
+
+
+# ---------------------------------------------------------------- what a person reads: reasons, placeholders, numbers
+
+
+def test_start_button_says_why_it_is_disabled(models_dir, tmp_path):
+    at = page()
+    path = at.text_input(key="data-path")
+    assert path.value == "" and path.proto.placeholder.startswith("Type a path")  # not a filled-in look
+    assert at.button(key="start").disabled
+    reason = "To start training, choose the data under 1. Data"
+    assert reason in texts(at) and at.button(key="start").proto.help.startswith(reason)
+    at = with_data(at, tmp_path / "missing.csv")
+    assert "the data under 1. Data cannot be used" in texts(at)
+    at.text_input(key="set-widths").set_value("eight")
+    at.text_input(key="run-name").set_value("")
+    run(at)
+    assert "cannot be used (see its message); fix the settings under 2. Model; give the run a valid name." in texts(at)
+
+
+class FakeJob:
+    """Stands in for the server's job: the page only reads `status()`."""
+
+    def __init__(self, status):
+        self._status = status
+
+    def status(self):
+        return self._status
+
+    def stop(self):
+        pass
+
+
+def fake_status(**fields):
+    from fer_app.jobs import RUNNING, JobStatus
+
+    defaults = dict(kind="train", title="training ui-run", run_name="ui-run", state=RUNNING, phase="start", epoch=0,
+                    epochs=2, step=0, steps=1, fraction=0.0, eta=math.inf, elapsed=1.0, loss=math.nan, lr=0.0,
+                    history=(), stop_requested=False, error=None, result=None, baseline_name=None, baseline=None,
+                    baseline_error=None, saved_to=None)
+    return JobStatus(**{**defaults, **fields})
+
+
+def test_job_numbers_are_for_people(models_dir, monkeypatch):
+    """Starting: no "0.00e+00" learning rate; training: "0.0003"; results: a change of +0.0% has no arrow nor
+    colour; support counts are whole numbers; precision, recall and F1 are percentages."""
+    from types import SimpleNamespace
+
+    from fer_app import jobs
+
+    status = fake_status()
+    monkeypatch.setattr(jobs, "current_job", lambda: FakeJob(status))
+    metrics = {m.label: m.value for m in page().metric}
+    assert metrics["Learning rate"] == "–" and metrics["Batch loss"] == "–"
+    status = fake_status(phase="train", step=1, steps=10, epoch=1, lr=3e-4, loss=1.5, fraction=0.05, eta=30.0)
+    metrics = {m.label: m.value for m in page().metric}
+    assert metrics["Learning rate"] == "0.0003" and metrics["Batch loss"] == "1.500"
+
+    per_class = {c: {"precision": 0.5, "recall": 0.25, "f1": 1 / 3, "support": 2.0} for c in CLASSES}
+    report = {"accuracy": 0.5, "macro_f1": 0.4, "per_class": per_class, "confusion": np.eye(7, dtype=int).tolist()}
+    result = SimpleNamespace(report=report, history=[], stopped_early=False, seconds=5.0, device="cpu")
+    status = fake_status(state=jobs.FINISHED, phase="done", result=result, baseline_name="tiny",
+                         baseline={**report, "macro_f1": 0.3})
+    at = page()
+    same, better = at.metric[0], at.metric[1]
+    assert same.label == "Val accuracy" and same.delta == "±0.0% vs tiny"
+    assert same.proto.color == same.proto.MetricColor.GRAY and same.proto.direction == same.proto.MetricDirection.NONE
+    assert better.delta == "+10.0% vs tiny" and better.proto.color == better.proto.MetricColor.GREEN
+    table = table_with(at, "support")
+    assert table["support"].dtype.kind == "i" and list(table["support"]) == [2] * 7
+    formats = {name: c.get("type_config", {}).get("format") for name, c in json.loads(
+        next(df for df in at.dataframe if "support" in df.value.columns).proto.columns).items()}
+    assert formats["precision"] == formats["recall"] == formats["f1"] == "percent"

@@ -32,6 +32,18 @@ PHASES = {"start": "Starting", "embed": "Computing embeddings (cached for the ne
           "compare": "Evaluating the model in use on the same val split", "done": "Finishing"}
 
 
+def rate(lr: float) -> str:
+    """A learning rate for people: "0.001", "3e-05"; "–" before the first batch has set one."""
+    return f"{lr:.3g}" if math.isfinite(lr) and lr > 0 else "–"
+
+
+def change(value: float, versus: str) -> dict:
+    """st.metric's delta arguments for a change in a share: no arrow nor colour where it rounds to 0.0%."""
+    if round(value * 1000) == 0:
+        return {"delta": f"±0.0% vs {versus}", "delta_color": "off", "delta_arrow": "off"}
+    return {"delta": f"{value:+.1%} vs {versus}"}
+
+
 def duration(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
@@ -78,7 +90,7 @@ def running_panel(job: jobs.Job) -> None:
     st.progress(min(max(status.fraction, 0.0), 1.0), text=what + eta)
     cols = st.columns(4)
     cols[0].metric("Batch loss", f"{status.loss:.3f}" if math.isfinite(status.loss) else "–")
-    cols[1].metric("Learning rate", f"{status.lr:.2e}")
+    cols[1].metric("Learning rate", rate(status.lr) if status.phase == "train" else "–")
     cols[2].metric("Elapsed", duration(status.elapsed))
     best = max((h.val_accuracy for h in status.history), default=None)
     cols[3].metric("Best val accuracy", f"{best:.1%}" if best is not None else "–")
@@ -119,8 +131,7 @@ def training_results(job: jobs.Job, status: jobs.JobStatus) -> None:
     base = status.baseline
     cols = st.columns(2)
     for col, key, label in ((cols[0], "accuracy", "Val accuracy"), (cols[1], "macro_f1", "Val macro-F1")):
-        delta = f"{rep[key] - base[key]:+.1%} vs {status.baseline_name}" if base else None
-        col.metric(label, f"{rep[key]:.1%}", delta=delta)
+        col.metric(label, f"{rep[key]:.1%}", **(change(rep[key] - base[key], status.baseline_name) if base else {}))
     if base:
         st.caption(f"The model in use, {status.baseline_name}, on the same val split: accuracy {base['accuracy']:.1%}, "
                    f"macro-F1 {base['macro_f1']:.1%}.")
@@ -128,8 +139,12 @@ def training_results(job: jobs.Job, status: jobs.JobStatus) -> None:
         st.warning(f"The model in use could not be evaluated for comparison: {status.baseline_error}")
     history_charts(result.history)
     left, right = st.columns(2)
-    left.dataframe(pd.DataFrame(rep["per_class"]).T.style.format({"precision": "{:.3f}", "recall": "{:.3f}",
-                                                                   "f1": "{:.3f}"}))
+    per_class = pd.DataFrame(rep["per_class"]).T
+    if "support" in per_class:
+        per_class["support"] = per_class["support"].round().astype(int)  # faces: whole numbers
+    left.dataframe(per_class, column_config={
+        **{c: st.column_config.NumberColumn(c, format="percent") for c in ("precision", "recall", "f1")},
+        "support": st.column_config.NumberColumn("support", format="localized", help="Val faces of the class")})
     right.image(confusion_image(rep["confusion"]), channels="BGR", caption="Confusion matrix on val (rows: true)")
     save_form(job, status)
 
@@ -186,7 +201,8 @@ def data_sources() -> list[mixing.Source]:
     for kind in kinds:
         with st.container(border=True):
             if kind == SERVER:
-                path = st.text_input("Data on the server", key="data-path", placeholder="/data/fer2013.csv",
+                path = st.text_input("Data on the server", key="data-path",
+                                     placeholder="Type a path on the server, e.g. …/fer2013.csv",
                                      help="fer2013.csv, a folder (train/<class>/*.png + test/<class>/*.png, or "
                                           "<class>/*.png), the dev .npz, or a .zip of the folder layout.")
                 ferplus = st.text_input("FER+ votes (fer2013new.csv), optional", key="data-ferplus",
@@ -238,7 +254,7 @@ def data_section() -> tuple[Splits | None, list[mixing.Source], dict]:
         st.error(f"The data cannot be used: {jobs.error_message(exc)}")
         return None, sources, options
     info = mixing.preview(splits)
-    counts = pd.DataFrame(info["counts"]).reindex(list(CLASSES))
+    counts = pd.DataFrame(info["counts"]).reindex(list(CLASSES)).fillna(0).astype(int)
     left, right = st.columns(2)
     left.dataframe(counts)
     right.bar_chart(counts, stack=False)
@@ -365,8 +381,17 @@ def start_section(cfg: TrainConfig | None, splits: Splits | None, sources: list[
             st.code(train_command(cfg, sources, workdir=jobs.run_dir(run_name) if run_name else None,
                                   val_fraction=options["val_fraction"], on_error=options["on_error"]),
                     language="bash")
-    ready = cfg is not None and splits is not None and bool(run_name)
-    if st.button("Start training", key="start", type="primary", disabled=not ready):
+    blocked = []  # why "Start training" is disabled, in the page's order
+    if not sources:
+        blocked.append("choose the data under 1. Data (a path on the server, a zip or your captures)")
+    elif splits is None:
+        blocked.append("the data under 1. Data cannot be used (see its message)")
+    if cfg is None:
+        blocked.append("fix the settings under 2. Model")
+    if not run_name:
+        blocked.append("give the run a valid name")
+    reason = "To start training, " + "; ".join(blocked) + "." if blocked else None
+    if st.button("Start training", key="start", type="primary", disabled=bool(blocked), help=reason):
         assert cfg is not None and splits is not None
         command = train_command(cfg, sources, workdir=jobs.run_dir(run_name), val_fraction=options["val_fraction"],
                                 on_error=options["on_error"])
@@ -377,6 +402,8 @@ def start_section(cfg: TrainConfig | None, splits: Splits | None, sources: list[
             st.error(jobs.error_message(exc))
         else:
             st.rerun()
+    if reason:
+        st.caption(reason)
 
 
 # ---------------------------------------------------------------- calibration
