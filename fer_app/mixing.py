@@ -7,7 +7,9 @@
   test faces are never repeated (only subsampled when the weight is < 1), so metrics count each
   face once.
 - `extract_zip` / `extract_upload`: unpack an uploaded zip of the folder layout, refusing paths
-  that leave the folder, absolute paths, links, and archives with too many or too large files.
+  that leave the folder, absolute paths, links, paths too deep or names too long, a name that is both
+  a file and a folder, and archives with too many entries or too large files; every problem is a
+  `DataError` naming the zip.
 - `preview` / `sample_grid`: counts per class and split, warnings, and a grid of sample faces.
 """
 
@@ -47,8 +49,13 @@ from fer_app.data import (
 #: preview() warns about classes with fewer faces than this in a split.
 MIN_FACES_PER_CLASS = 20
 #: Limits on an uploaded zip (FER-2013 as images is about 36k files, 60 MB).
-MAX_ZIP_FILES = 100_000
+MAX_ZIP_FILES = 100_000  # entries of any kind: files, folders, links
 MAX_ZIP_BYTES = 2 * 1024 ** 3
+#: Deepest path (folders) and longest names accepted in a zip (the layout needs 3 levels; file systems
+#: allow 255 bytes per name).
+MAX_ZIP_DEPTH = 32
+MAX_ZIP_NAME_BYTES = 255
+MAX_ZIP_PATH_BYTES = 1024
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 
 
@@ -97,7 +104,7 @@ def load_source(source: Source, *, val_fraction: float = 0.1, seed: int = 0, on_
     """One source's splits, with a val split (see `with_val`); a .zip is unpacked first (`extract_upload`)."""
     path = Path(source.path)
     if path.suffix.lower() == ".zip" and path.is_file():
-        path = extract_upload(path.read_bytes())
+        path = extract_upload(path.read_bytes(), name=str(path))
     return with_val(load_dataset(path, ferplus=source.ferplus, on_error=on_error), val_fraction, seed)
 
 
@@ -174,38 +181,41 @@ def data_stamp(path: str | Path) -> float:
 # ---------------------------------------------------------------- zip uploads
 
 
-def extract_upload(data: bytes, root: Path | None = None) -> Path:
-    """An uploaded zip unpacked (once per content) under APP_HOME/uploads/<hash>; the layout folder in it."""
+def extract_upload(data: bytes, root: Path | None = None, *, name: str = "the upload") -> Path:
+    """An uploaded zip unpacked (once per content) under APP_HOME/uploads/<hash>; the layout folder in it.
+
+    name: how messages call the zip (its file name)."""
     dest = (root or config.APP_HOME / "uploads") / hashlib.sha256(data).hexdigest()[:16]
     if dest.is_dir():  # unpacked before: folders appear there complete and checked (see extract_zip)
-        return _layout_root(dest)
-    return extract_zip(data, dest)
+        return _layout_root(dest, name)
+    return extract_zip(data, dest, name=name)
 
 
 def extract_zip(data: bytes, dest: str | Path, *, max_files: int = MAX_ZIP_FILES,
-                max_bytes: int = MAX_ZIP_BYTES) -> Path:
+                max_bytes: int = MAX_ZIP_BYTES, name: str = "the upload") -> Path:
     """Unpack a zip of the folder layout into `dest` (new or empty); the folder `load_folders` reads.
 
     The layout (train/<class>/*.png and test/<class>/*.png, or <class>/*.png) may sit at the top of
-    the zip or under one top folder. Raises DataError, leaving nothing behind, for: not a zip, a path
-    leaving the folder or absolute, a link, an encrypted file, more than `max_files` files or
-    `max_bytes` unpacked, a damaged archive, or a zip that is not the layout.
+    the zip or under one top folder. Raises DataError naming the zip (`name`), leaving nothing behind,
+    for: not a zip, a path leaving the folder or absolute, a link, an encrypted file, a path deeper than
+    MAX_ZIP_DEPTH or a name too long, a name that is a file and a folder, more than `max_files` entries
+    (files and folders) or `max_bytes` unpacked, a damaged archive, or a zip that is not the layout.
     """
     dest = Path(dest)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise ValueError(f"{dest}: exists and is not an empty folder")
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile:
-        raise DataError("the upload is not a zip archive") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError) as exc:
+        raise DataError(f"{name} is not a zip archive ({exc})") from None
     with archive:
-        members = _safe_members(archive, max_files, max_bytes)
+        members = _safe_members(archive, max_files, max_bytes, name)
         tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
-            _unpack(archive, members, tmp, max_bytes)
-            root = _layout_root(tmp)
+            _unpack(archive, members, tmp, max_bytes, name)
+            root = _layout_root(tmp, name)
             os.replace(tmp, dest)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -213,35 +223,51 @@ def extract_zip(data: bytes, dest: str | Path, *, max_files: int = MAX_ZIP_FILES
     return dest / root.relative_to(tmp)
 
 
-def _safe_members(archive: zipfile.ZipFile, max_files: int, max_bytes: int
+def _safe_members(archive: zipfile.ZipFile, max_files: int, max_bytes: int, name: str = "the upload"
                   ) -> list[tuple[zipfile.ZipInfo, tuple[str, ...]]]:
     """(entry, path parts) of the files to unpack; DataError for any unsafe entry or a too large archive."""
-    members = []
-    for info in archive.infolist():
-        name = info.filename.replace("\\", "/")
-        if name.startswith("/") or _WINDOWS_DRIVE.match(name):
-            raise DataError(f"the zip holds an absolute path ({info.filename!r}); refused")
-        parts = PurePosixPath(name).parts
+    entries = archive.infolist()
+    if len(entries) > max_files:  # every entry counts: folders are as costly to list and create as files
+        raise DataError(f"{name} holds {len(entries)} entries (files and folders); at most {max_files} are accepted")
+    members, folders = [], set()
+    for info in entries:
+        path = info.filename.replace("\\", "/")
+        if path.startswith("/") or _WINDOWS_DRIVE.match(path):
+            raise DataError(f"{name} holds an absolute path ({info.filename!r}); refused")
+        parts = PurePosixPath(path).parts
         if ".." in parts:
-            raise DataError(f"the zip holds a path that leaves its folder ({info.filename!r}); refused")
+            raise DataError(f"{name} holds a path that leaves its folder ({info.filename!r}); refused")
         if stat.S_ISLNK(info.external_attr >> 16):
-            raise DataError(f"the zip holds a link ({info.filename!r}); refused")
+            raise DataError(f"{name} holds a link ({info.filename!r}); refused")
         if info.flag_bits & 0x1:
-            raise DataError(f"the zip holds an encrypted file ({info.filename!r}); refused")
+            raise DataError(f"{name} holds an encrypted file ({info.filename!r}); refused")
+        if len(parts) > MAX_ZIP_DEPTH:
+            raise DataError(f"{name} holds a path {len(parts)} levels deep ({_shorten(info.filename)}); "
+                            f"at most {MAX_ZIP_DEPTH} are accepted")
+        if len(path.encode()) > MAX_ZIP_PATH_BYTES or any(len(p.encode()) > MAX_ZIP_NAME_BYTES for p in parts):
+            raise DataError(f"{name} holds a name too long for a file system ({_shorten(info.filename)}); names "
+                            f"up to {MAX_ZIP_NAME_BYTES} bytes, paths up to {MAX_ZIP_PATH_BYTES}, are accepted")
+        folders.update(parts[:i] for i in range(1, len(parts) + (1 if info.is_dir() else 0)))
         if info.is_dir() or not parts or parts[0] == "__MACOSX" or parts[-1].startswith("."):
             continue
         members.append((info, parts))
-    if len(members) > max_files:
-        raise DataError(f"the zip holds {len(members)} files; at most {max_files} are accepted")
+    clash = next((parts for _, parts in members if parts in folders), None)
+    if clash is not None:
+        raise DataError(f"{name} holds {'/'.join(clash)!r} both as a file and as a folder; refused")
     if sum(info.file_size for info, _ in members) > max_bytes:
-        raise DataError(f"the zip unpacks to more than {max_bytes / 1024 ** 2:.0f} MB; refused")
+        raise DataError(f"{name} unpacks to more than {max_bytes / 1024 ** 2:.0f} MB; refused")
     return members
 
 
+def _shorten(text: str, limit: int = 80) -> str:
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
+
+
 def _unpack(archive: zipfile.ZipFile, members: list[tuple[zipfile.ZipInfo, tuple[str, ...]]], folder: Path,
-            max_bytes: int) -> None:
+            max_bytes: int, name: str = "the upload") -> None:
     """Write the members under `folder`, counting the bytes really unpacked (headers may lie)."""
     written = 0
+    info = None
     try:
         for info, parts in members:
             target = folder.joinpath(*parts)
@@ -250,13 +276,17 @@ def _unpack(archive: zipfile.ZipFile, members: list[tuple[zipfile.ZipInfo, tuple
                 while chunk := src.read(1 << 20):
                     written += len(chunk)
                     if written > max_bytes:
-                        raise DataError(f"the zip unpacks to more than {max_bytes / 1024 ** 2:.0f} MB; refused")
+                        raise DataError(f"{name} unpacks to more than {max_bytes / 1024 ** 2:.0f} MB; refused")
                     out.write(chunk)
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
-        raise DataError(f"the zip is damaged or uses an unsupported compression ({exc})") from None
+        raise DataError(f"{name} is damaged or uses an unsupported compression ({exc})") from None
+    except (OSError, RecursionError) as exc:  # what the checks above did not foresee: still about the zip
+        what = f" {_shorten(info.filename)}" if info is not None else ""
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise DataError(f"{name}: cannot unpack{what} ({reason})") from None
 
 
-def _layout_root(folder: Path) -> Path:
+def _layout_root(folder: Path, name: str = "the upload") -> Path:
     """The folder layout's root: `folder`, or its one top folder; DataError saying what the zip holds otherwise."""
     def is_layout(root: Path) -> bool:
         names = {p.name.lower() for p in root.iterdir() if p.is_dir()}
@@ -269,7 +299,7 @@ def _layout_root(folder: Path) -> Path:
     if len(subfolders) == 1 and is_layout(subfolders[0]):
         return subfolders[0]
     holds = ", ".join(p.name + ("/" if p.is_dir() else "") for p in entries[:8]) or "nothing"
-    raise DataError(f"the zip is not the folder layout: expected train/<class>/*.png and test/<class>/*.png "
+    raise DataError(f"{name} is not the folder layout: expected train/<class>/*.png and test/<class>/*.png "
                     f"(or <class>/*.png), classes {', '.join(CLASSES)}, at its top or under one folder; "
                     f"it holds: {holds}{' ...' if len(entries) > 8 else ''}")
 

@@ -20,6 +20,7 @@ from fer_app.cli import _train_config, build_parser, main, train_command
 from fer_app.config import CLASSES
 from fer_app.data import DataError, FaceSet, load_folders
 from fer_app.mixing import (
+    MAX_ZIP_FILES,
     Source,
     data_stamp,
     extract_upload,
@@ -281,3 +282,57 @@ def test_train_command_round_trips_through_the_parser(tmp_path):
     assert _train_config(args) == cfg
     assert args.mix == [sources[1]] and Source.parse(args.data) == Source(tmp_path / "fer 2013.csv")
     assert args.ferplus == str(tmp_path / "fer2013new.csv") and args.val_fraction == 0.2 and args.on_error == "skip"
+
+
+# ---------------------------------------------------------------- hostile zips (issue 14, point 7)
+
+
+def _layout_plus(*extra: str, data: bytes = b"x") -> bytes:
+    return zip_bytes({**layout_files(make_faces(1), "train/"), **{name: data for name in extra}})
+
+
+@pytest.mark.parametrize(("member", "message"), [
+    ("train/" + "d/" * 2000 + "deep.png", r"2002 levels deep.*at most 32"),   # was a RecursionError
+    ("train/happy/" + "n" * 300 + ".png", r"name too long"),                  # was a raw OSError
+    ("train/" + ("b" * 250 + "/") * 20 + "x.png", r"name too long"),          # each name fits, the path does not
+])
+def test_zip_with_too_deep_or_too_long_paths_is_a_data_error_naming_it(tmp_path, member, message):
+    with pytest.raises(DataError, match=r"^faces\.zip holds .*" + message):
+        extract_zip(_layout_plus(member), tmp_path / "out", name="faces.zip")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.iterdir())
+
+
+def test_zip_with_a_name_both_file_and_folder_is_a_data_error(tmp_path):
+    for files in (("train/happy/x", "train/happy/x/1.png"), ("train/happy/x/1.png", "train/happy/x")):
+        with pytest.raises(DataError, match=r"faces\.zip holds 'train/happy/x' both as a file and as a folder"):
+            extract_zip(_layout_plus(*files), tmp_path / "out", name="faces.zip")  # was IsADirectoryError
+    info = zipfile.ZipInfo("train/happy/y/")  # a folder entry, then a file of the same name
+    with pytest.raises(DataError, match="both as a file and as a folder"):
+        extract_zip(zip_bytes({**layout_files(make_faces(1), "train/"), "train/happy/y": b"x"}, [(info, b"")]),
+                    tmp_path / "out2")
+    assert not list(tmp_path.iterdir())
+
+
+def test_zip_folder_entries_count_toward_the_entry_limit(tmp_path):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in layout_files(make_faces(1), "train/").items():
+            z.writestr(name, data)
+        for i in range(MAX_ZIP_FILES + 1):  # folders only: accepted before while 100,007 files were refused
+            z.writestr(zipfile.ZipInfo(f"d{i}/"), b"")
+    with pytest.raises(DataError, match=rf"faces\.zip holds {MAX_ZIP_FILES + 8} entries \(files and folders\); "
+                                        rf"at most {MAX_ZIP_FILES}"):
+        extract_zip(buf.getvalue(), tmp_path / "out", name="faces.zip")
+
+
+def test_hostile_zip_through_load_sources_names_the_file(tmp_path, monkeypatch):
+    import fer_app.config as config
+
+    monkeypatch.setattr(config, "APP_HOME", tmp_path / "home")
+    path = tmp_path / "upload.zip"
+    path.write_bytes(_layout_plus("train/" + "d/" * 2000 + "deep.png"))
+    with pytest.raises(DataError, match=r"upload\.zip holds a path 2002 levels deep"):
+        load_sources([Source(path)])
+    path.write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(DataError, match=r"upload\.zip is not a zip archive"):
+        load_sources([Source(path)])
