@@ -65,8 +65,12 @@ def setup(device: torch.device) -> Context:
         raise RuntimeError(f"several processes (torchrun) train on CUDA GPUs or CPUs, not on {device.type}")
     owns = False
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://",
-                                **({"device_id": device} if device.type == "cuda" else {}))
+        # torch's env:// rendezvous, its keys under one prefix per torchrun attempt: after a worker died
+        # and torchrun restarted them all, a rank could otherwise read the dead attempt's addresses.
+        store, rank, world_size = next(dist.rendezvous("env://"))
+        store = dist.PrefixStore(f"fer_app/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=rank,
+                                world_size=world_size, **({"device_id": device} if device.type == "cuda" else {}))
         owns = True
     return Context(dist.get_rank(), dist.get_world_size(), local_rank, device, owns)
 

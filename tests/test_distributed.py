@@ -1,0 +1,108 @@
+"""Several processes through torchrun on the CPU (gloo): the same results as one process with the
+same global batch, the same saved model format, a killed rank resumed by torchrun's restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from conftest import make_faces
+from fer_app import distributed
+from fer_app.training import TrainConfig, _shard_order, train
+
+ROOT = Path(__file__).resolve().parent.parent
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+#: 8 epochs of the tiny compact net, fp32 (bf16 rounding would add noise to the comparison).
+SETTINGS = dict(widths=(8, 16), convs_per_stage=(1, 1), epochs=8, batch_size=16, lr=0.05, seed=0, augment=False,
+                label_smoothing=0.0, balance="none", precision="fp32", threads=1)
+ARGS = ["--widths", "8", "16", "--convs", "1", "1", "--epochs", "8", "--batch-size", "16", "--lr", "0.05",
+        "--no-augment", "--label-smoothing", "0", "--balance", "none", "--precision", "fp32", "--threads", "1"]
+#: Final val accuracy of 2 processes vs 1 with the same global batch: within 0.1 (6 of 56 val faces).
+#: The batches are the same (see test_ranks_share_the_global_batch); what differs is BatchNorm, whose
+#: batch statistics each rank takes over its 8 faces instead of 16, and the order of float sums.
+TOLERANCE = 0.1
+
+pytestmark = pytest.mark.skipif(not TORCHRUN.is_file() or not torch.distributed.is_gloo_available(),
+                                reason="needs torchrun and gloo")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ddp")
+    splits = {"train": make_faces(24, seed=1), "val": make_faces(8, seed=2)}
+    np.savez(folder / "tiny.npz", train_x=splits["train"].images, train_y=splits["train"].labels,
+             val_x=splits["val"].images, val_y=splits["val"].labels)
+    return folder, splits
+
+
+def torchrun(folder: Path, name: str, *extra: str, script: list[str] | None = None, env: dict | None = None,
+             restarts: int = 0) -> subprocess.CompletedProcess:
+    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "--max-restarts", str(restarts),
+           *(script or ["-m", "fer_app"]), "train", str(folder / "tiny.npz"), *ARGS, "--name", name,
+           "--workdir", str(folder / f"run-{name}"), *extra]
+    env = {**os.environ, "FER_APP_MODELS": str(folder / "models"), "FER_APP_HOME": str(folder / "home"),
+           "OMP_NUM_THREADS": "1", **(env or {})}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def saved(folder: Path, name: str) -> tuple[dict, dict[str, tuple]]:
+    model = folder / "models" / name
+    with safe_open(str(model / "model.safetensors"), "pt") as f:
+        shapes = {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
+    return json.loads((model / "config.json").read_text()), shapes
+
+
+@pytest.fixture(scope="module")
+def two_processes(data):
+    folder, _ = data
+    proc = torchrun(folder, "ddp")
+    assert proc.stderr.count("epoch 8/8") == 1  # rank 0 alone reports
+    return saved(folder, "ddp")
+
+
+def test_ranks_share_the_global_batch():
+    """Rank r's k-th batch of B/N faces, over all ranks, is one process's k-th batch of B faces."""
+    one = _shard_order(100, distributed.Context(), seed=3, epoch=5).split(16)
+    ranks = [_shard_order(100, distributed.Context(rank=r, world_size=2), seed=3, epoch=5).split(8) for r in (0, 1)]
+    assert len(one) == len(ranks[0]) == len(ranks[1])
+    for k, batch in enumerate(one):
+        assert sorted(batch.tolist()) == sorted(ranks[0][k].tolist() + ranks[1][k].tolist())
+
+
+def test_two_processes_match_one_with_the_same_global_batch(data, two_processes, models_dir):
+    folder, splits = data
+    config, shapes = two_processes
+    one = train(TrainConfig(**SETTINGS), splits, name="one", workdir=folder / "run-one")
+    assert config["training"]["processes"] == 2 and one.model.meta["training"]["processes"] == 1
+    acc2, acc1 = config["metrics"]["val"]["accuracy"], one.report["accuracy"]
+    assert acc1 > 0.8 and abs(acc2 - acc1) <= TOLERANCE, (acc1, acc2)
+    # the same format as one process's model: the same tensors, the same config keys
+    config1, shapes1 = saved(models_dir.parent, "one")
+    assert shapes == shapes1
+    assert sorted(config) == sorted(config1) and sorted(config["training"]) == sorted(config1["training"])
+
+
+def test_a_killed_rank_is_restarted_and_resumes(data, two_processes):
+    """Rank 1 dies (SIGKILL) in epoch 3; torchrun restarts both ranks, which resume from the epoch-2
+    checkpoint (--resume) and end as the uninterrupted run did."""
+    folder, _ = data
+    steps = 11  # 84 faces per rank in batches of 8
+    torchrun(folder, "killed", "--resume", script=[str(ROOT / "tests" / "ddp_worker.py")], restarts=1,
+             env={"FER_TEST_KILL_RANK": "1", "FER_TEST_KILL_STEP": str(2 * steps + 3)})
+    config, shapes = saved(folder, "killed")
+    uninterrupted, _ = two_processes
+    assert config["training"]["resumed_after_epochs"] == [2]
+    assert [h["epoch"] for h in config["training"]["history"]] == list(range(1, 9))
+    assert config["training"]["history"][-1]["train_loss"] == pytest.approx(
+        uninterrupted["training"]["history"][-1]["train_loss"], rel=1e-4)
+    assert config["metrics"]["val"]["accuracy"] == pytest.approx(uninterrupted["metrics"]["val"]["accuracy"])
