@@ -456,8 +456,10 @@ class _Streamed:
 
         from fer_app.streaming import worker_init
 
+        # its own generator: starting the workers must not draw from the global RNG (dropout's, seeded per epoch)
         return DataLoader(self.dataset, batch_size=batch_size, sampler=sampler, num_workers=self.workers,
                           pin_memory=self.pin, worker_init_fn=worker_init if self.workers else None,
+                          generator=torch.Generator().manual_seed(0),
                           persistent_workers=persistent and self.workers > 0,
                           prefetch_factor=2 if self.workers else None)
 
