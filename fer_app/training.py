@@ -586,6 +586,9 @@ def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, 
     model = build_model(cfg, splits)
     workdir = Path(workdir or APP_HOME / "runs" / (name or "unnamed"))
     workdir.mkdir(parents=True, exist_ok=True)
+    if ctx.is_main:  # files half written when an earlier run was killed
+        for stale_tmp in workdir.glob(".*.safetensors.*.tmp"):
+            stale_tmp.unlink(missing_ok=True)
     started = time.perf_counter()
     history: list[EpochStats] = []
     batch_size = math.ceil(cfg.batch_size / ctx.world_size)

@@ -200,3 +200,84 @@ def test_clip_full_fine_tune_from_the_command_line(models_dir, tiny_clip_dir, sm
     assert cfg["encoder"]["fine_tuned"] and cfg["training"]["config"]["lr"] == 1e-4  # CLIP's default lr
     assert "--mode full" in (models_dir / "clip-cli" / "README.md").read_text()
     assert load_model("clip-cli", runtime="torch").predict_proba([small_splits["val"].images[0]]).shape == (1, 7)
+
+
+# ---------------------------------------------------------------- checkpoints: one atomic unit
+
+
+class Killed(BaseException):
+    """Stands for a SIGKILL: nothing in the engine catches it."""
+
+
+def test_kill_while_writing_a_checkpoint_resumes_from_the_last_whole_one(models_dir, tiny_splits, tmp_path,
+                                                                         monkeypatch):
+    """The checkpoint is one file (tensors, and the JSON state with the tensors' digest in its header),
+    renamed into place: a kill while epoch 2's is written leaves epoch 1's whole, never epoch 2's
+    weights with epoch 1's state, and the resumed run ends as an uninterrupted one."""
+    import fer_app.training as training
+
+    real, calls = training.save_file, []
+
+    def dying_save(tensors, filename, metadata=None):
+        calls.append(filename)
+        real(tensors, filename, metadata=metadata)
+        if metadata and json.loads(metadata[training.CHECKPOINT_META_KEY])["epoch"] == 2:
+            with open(filename, "r+b") as f:  # half written when the process dies
+                f.truncate(f.seek(0, 2) // 2)
+            raise Killed
+
+    cfg = TrainConfig(**TINY_COMPACT)
+    monkeypatch.setattr(training, "save_file", dying_save)
+    with pytest.raises(Killed):
+        train(cfg, tiny_splits, workdir=tmp_path / "run")
+    monkeypatch.setattr(training, "save_file", real)
+    ckpt = tmp_path / "run" / "checkpoint.safetensors"
+    assert read_checkpoint_meta(ckpt)["epoch"] == 1
+    resumed = train(cfg, tiny_splits, workdir=tmp_path / "run", resume=True)
+    full = train(cfg, tiny_splits, workdir=tmp_path / "fresh")
+    assert [h.epoch for h in resumed.history] == [1, 2, 3]
+    assert resumed.history[-1].train_loss == pytest.approx(full.history[-1].train_loss, rel=1e-4)
+    assert resumed.model.meta["training"]["resumed_after_epochs"] == [1]
+    assert not list((tmp_path / "run").glob(".*.tmp"))  # the half-written file was cleared
+    assert [p.name for p in (tmp_path / "run").glob("best-*")] == [f"best-{resumed.model.meta['training']['best_epoch']:04d}.safetensors"]
+
+
+def test_damaged_or_old_checkpoint_refused_on_resume(models_dir, tiny_splits, tmp_path):
+    cfg = TrainConfig(**{**TINY_COMPACT, "epochs": 1})
+    train(cfg, tiny_splits, workdir=tmp_path / "run")
+    ckpt = tmp_path / "run" / "checkpoint.safetensors"
+    data = bytearray(ckpt.read_bytes())
+    data[-100] ^= 0xFF  # a flipped byte in the tensor data: safetensors itself does not notice
+    ckpt.write_bytes(bytes(data))
+    with pytest.raises(TrainingError, match="digest"):
+        train(cfg, tiny_splits, workdir=tmp_path / "run", resume=True)
+    from safetensors.torch import save_file
+
+    save_file({"model.x": torch.zeros(1)}, str(ckpt))  # the earlier two-file format: state in checkpoint.json
+    with pytest.raises(TrainingError, match="not a checkpoint of this version"):
+        train(cfg, tiny_splits, workdir=tmp_path / "run", resume=True)
+
+
+# ---------------------------------------------------------------- AMP: fp16 with a gradient scaler
+
+
+def test_fp16_with_gradient_scaler_learns_and_resumes(models_dir, tiny_splits, tmp_path):
+    """The CUDA fp16 path (autocast + GradScaler, its state in the checkpoint), run on the CPU."""
+    cfg = TrainConfig(**{**TINY_COMPACT, "precision": "fp16", "epochs": 2})  # fp16 is slow on a CPU
+    resumed = interrupted_and_resumed(cfg, tiny_splits, tmp_path)
+    assert resumed.history[1].train_loss < resumed.history[0].train_loss
+    assert resumed.model.meta["training"]["precision"] == "fp16 autocast"
+    scaler = read_checkpoint_meta(tmp_path / "run" / "checkpoint.safetensors")["scaler"]
+    assert scaler["scale"] > 0
+
+
+def test_amp_dtype_per_device(monkeypatch):
+    from fer_app.training import amp_dtype
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert amp_dtype("fp32", cpu) is None and amp_dtype("fp16", cpu) is torch.float16
+    assert amp_dtype("bf16", cpu) is torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert amp_dtype("auto", cuda) is torch.float16  # e.g. a V100 or T4
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert amp_dtype("auto", cuda) is torch.bfloat16  # Ampere and later
