@@ -32,7 +32,7 @@ def _progress_bar(total: int | None, desc: str, unit: str = "img"):
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from fer_app.detection import FaceDetector
-    from fer_app.imageio import load_image
+    from fer_app.imageio import load_image_with_size
     from fer_app.model import load_model
     from fer_app.pipeline import analyze_image
 
@@ -41,17 +41,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     results, status = [], EXIT_OK
     for path in args.images:
         try:
-            image = load_image(path)
+            image, (width, height) = load_image_with_size(path)
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             results.append({"image": path, "error": str(exc)})
             status = EXIT_ERROR
             continue
         preds = analyze_image(image, model, detector)
-        results.append({"image": path, "width": image.shape[1], "height": image.shape[0],
-                        "faces": [p.to_dict() for p in preds]})
+        # A huge image is analysed downscaled: boxes are given in the file's own pixels, "scale" says by how much.
+        sx, sy = width / image.shape[1], height / image.shape[0]
+        faces = [p.to_dict() for p in preds]
+        for face in faces:
+            x, y, w, h = face["box"]
+            face["box"] = [round(x * sx), round(y * sy), round(w * sx), round(h * sy)]
+        results.append({"image": path, "width": width, "height": height,
+                        "scale": round(image.shape[1] / width, 6), "faces": faces})
     if args.json:
-        print(json.dumps({"model": model.name, "results": results}, indent=2))
+        print(json.dumps({"model": model.name, "results": results}, indent=2, allow_nan=False))
         return status
     for r in results:
         if "error" in r:
@@ -102,6 +108,8 @@ def cmd_video(args: argparse.Namespace) -> int:
         result = process_video(args.video, model, settings, out_path=args.out, every=args.every, progress=progress)
     finally:
         bar.close()
+    if result.summary.warning:  # a cut file: processed to where it ends, and said so
+        print(f"warning: {result.summary.warning}", file=sys.stderr)
     if args.csv:
         write_csv(result.rows, args.csv)
     report = dict(result.summary.to_dict(), csv=args.csv)
@@ -144,6 +152,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     report = evaluate(model, faces, report=lambda done, total: bar.update(done - bar.n))
     bar.close()
     report["model"], report["split"], report["skipped_rows"] = model.name, split, faces.skipped
+    elsewhere = {s: f.skipped for s, f in splits.items() if s != split and f.skipped}
+    if elsewhere:  # --on-error skip: bad rows of the splits not evaluated are counted too, never silent
+        report["skipped_rows_other_splits"] = elsewhere
+        print(f"note: {args.data}: bad rows skipped in splits not evaluated: "
+              + ", ".join(f"{s} {n}" for s, n in elsewhere.items()), file=sys.stderr)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -396,6 +409,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     from fer_app.model import list_models
 
     for m in list_models():
+        if m.problem:  # a damaged or malformed folder: listed, with why it cannot be used
+            print(f"{m.name:<32} unusable: {m.problem}")
+            continue
         acc = f"val acc {m.val_accuracy:.3f}" if m.val_accuracy is not None else ""
         print(f"{m.name:<32} {m.encoder:<14} {acc}")
     return EXIT_OK
@@ -449,6 +465,21 @@ def cmd_check_runtime(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- parser
 
 
+def _number(kind: type, low: float, *, above: bool = False, below: float | None = None):
+    """An argparse type: a `kind` number >= low (> low with `above`; < below when given); else a usage error."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a{'n integer' if kind is int else ' number'}: {text!r}") from None
+        if value != value or (value <= low if above else value < low) or (below is not None and value >= below):
+            bound = f"> {low:g}" if above else f">= {low:g}"
+            raise argparse.ArgumentTypeError(f"must be {bound}{f' and < {below:g}' if below is not None else ''}, "
+                                             f"got {text}")
+        return value
+    return parse
+
+
 def _source(spec: str):
     from fer_app.mixing import Source
 
@@ -478,10 +509,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "else the physical cores, less one from 4 cores up)")
 
     def detector_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--detection-width", type=int, help="downscale frames to this width before detection")
-        p.add_argument("--scale-factor", type=float, help="Haar cascade scale factor (e.g. 1.1)")
-        p.add_argument("--min-neighbors", type=int, help="Haar cascade min neighbours (higher: fewer false faces)")
-        p.add_argument("--min-face", type=int, help="smallest face side in pixels")
+        p.add_argument("--detection-width", type=_number(int, 1), help="downscale frames to this width before "
+                       "detection")
+        p.add_argument("--scale-factor", type=_number(float, 1.0, above=True, below=10.0),
+                       help="Haar cascade scale factor, > 1 (e.g. 1.1)")
+        p.add_argument("--min-neighbors", type=_number(int, 0), help="Haar cascade min neighbours, >= 0 (higher: "
+                       "fewer false faces)")
+        p.add_argument("--min-face", type=_number(int, 1), help="smallest face side in pixels")
         p.add_argument("--equalize", choices=EQUALIZE_MODES,
                        help="contrast step before detection (default clahe: adaptive histogram equalisation)")
 
@@ -501,8 +535,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="OUT.mp4", help="write the annotated video (H.264 .mp4, .mov or .mkv)")
     p.add_argument("--csv", metavar="OUT.csv", help="write per-face rows: frame, time, track, x, y, w, h, label, "
                    "the 7 probabilities")
-    p.add_argument("--every", type=int, default=1, metavar="N", help="process every N-th frame (default 1)")
-    p.add_argument("--smoothing", type=float, default=0.6, help="weight of the past in each face's running "
+    p.add_argument("--every", type=_number(int, 1), default=1, metavar="N", help="process every N-th frame "
+                   "(default 1)")
+    p.add_argument("--smoothing", type=_number(float, 0.0, below=1.0), default=0.6, help="weight of the past in "
+                   "each face's running "
                    "average of probabilities, 0 to <1 (default 0.6; 0: off)")
     model_args(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")

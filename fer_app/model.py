@@ -259,9 +259,10 @@ _DIGESTS_LOCK = threading.Lock()
 
 
 def file_sha256(path: Path) -> str:
-    """The sha256 of a file, hashed once per process and version of the file (size, mtime, ctime, inode)."""
+    """The sha256 of a file, hashed once per process and version of the file (device and inode, size, mtime and
+    ctime: a rename of its folder keeps it, any write or touch changes it)."""
     st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     with _DIGESTS_LOCK:
         if key in _DIGESTS:
             return _DIGESTS[key]
@@ -447,13 +448,18 @@ def save_model(model: Classifier, name: str, *, models_dir: Path | None = None, 
     new, old = _swap_paths(target)
     os.mkdir(tmp, 0o777)  # the umask applies, as for any new folder (tempfile.mkdtemp would give 0700)
     try:
+        file_mode = tmp.stat().st_mode & 0o666  # the umask's, as the folder's (safetensors writes 0600)
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / WEIGHTS_FILE))
+        os.chmod(tmp / WEIGHTS_FILE, file_mode)
         cfg[DIGEST_KEY] = file_sha256(tmp / WEIGHTS_FILE)
         (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
         if card is not None:
             (tmp / CARD_FILE).write_text(card)
         for fname, data in (extra_files or {}).items():
             (tmp / fname).write_bytes(data)
+        for path in tmp.iterdir():
+            if path.name != WEIGHTS_FILE:  # (a chmod would change its ctime, the digest cache's key)
+                os.chmod(path, file_mode)
         _fsync_folder(tmp)
         with _models_lock(root):
             if target.exists() and not overwrite:

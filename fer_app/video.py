@@ -38,6 +38,9 @@ CSV_COLUMNS: tuple[str, ...] = ("frame", "time", "track", "x", "y", "w", "h", "l
 _OUT_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
 #: Frame rate assumed when a file does not say.
 _DEFAULT_FPS = 30.0
+#: A file whose decoded frames fall short of its header's count by more than this share (and more than
+#: 2 frames) is reported as truncated: processed to its end, with a warning.
+TRUNCATED_SHORTFALL = 0.05
 
 #: progress(done, total): after each decoded frame; returning False (not None) cancels the run (`Cancelled`).
 Progress = Callable[[int, int | None], bool | None]
@@ -66,6 +69,15 @@ class VideoSummary:
     classify_ms: float  # per frame with faces (one batch)
     draw_ms: float
     out_path: str | None = None
+    frames_expected: int | None = None  # the header's frame count (an estimate; None when unknown)
+    truncated: bool = False  # decoded frames fell well short of frames_expected: a cut or damaged file
+
+    @property
+    def warning(self) -> str | None:
+        """The line to show when the file looks truncated, else None."""
+        if not self.truncated:
+            return None
+        return f"{self.path}: decoded {self.frames_decoded} of {self.frames_expected} frames (truncated?)"
 
     def to_dict(self) -> dict:
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
@@ -101,6 +113,15 @@ class VideoReader:
         duration = self._container.duration / av.time_base if self._container.duration else 0.0
         #: Frames in the file as its header says (an estimate; None when unknown).
         self.frame_count: int | None = self._stream.frames or round(duration * self.fps) or None
+        #: Frames decoded by a complete iteration (None until one has ended).
+        self.frames_decoded: int | None = None
+
+    @property
+    def truncated(self) -> bool:
+        """Whether a complete iteration decoded well short of the header's frame count (`TRUNCATED_SHORTFALL`)."""
+        if self.frame_count is None or self.frames_decoded is None:
+            return False
+        return self.frame_count - self.frames_decoded > max(2, TRUNCATED_SHORTFALL * self.frame_count)
 
     def __iter__(self) -> Iterator[tuple[float, np.ndarray]]:
         first: float | None = None
@@ -118,6 +139,7 @@ class VideoReader:
             raise ValueError(f"{self.path}: decoding failed at frame {index} ({_reason(exc)})") from None
         if index == 0:
             raise ValueError(f"{self.path}: no video frame could be decoded")
+        self.frames_decoded = index
 
     def close(self) -> None:
         self._container.close()
@@ -214,7 +236,7 @@ def process_video(path: str | Path, model: Classifier, settings: LiveSettings | 
         detect_ms=_median([t.detect_ms for t in timings]),
         classify_ms=_median([t.classify_ms for t in timings if t.classify_ms is not None]),
         draw_ms=_median([t.draw_ms for t in timings]) if out else 0.0,
-        out_path=str(out) if out else None)
+        out_path=str(out) if out else None, frames_expected=reader.frame_count, truncated=reader.truncated)
     return VideoResult(rows, summary)
 
 

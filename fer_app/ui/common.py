@@ -31,6 +31,9 @@ def require_model(info: ModelInfo | None) -> Classifier:
     """The picked model, or the page stops (with an error in the page when it cannot be loaded)."""
     if info is None:
         st.stop()
+    if info.problem:  # a damaged or malformed folder (listed so that the user sees why)
+        st.error(f"Cannot load model {info.name!r}: {info.problem}")
+        st.stop()
     try:
         return get_model(info)
     except (ModelError, OSError) as exc:
@@ -47,14 +50,18 @@ def model_picker(key: str = "model") -> ModelInfo | None:
                          "`python -m fer_app train`.")
         return None
     names = [m.name for m in models]
-    default = names.index(DEFAULT_MODEL) if DEFAULT_MODEL in names else 0
-    labels = {m.name: m.name + (f" (val acc {m.val_accuracy:.1%})" if m.val_accuracy is not None else "")
-              for m in models}
+    usable = [m.name for m in models if m.usable]
+    default = names.index(DEFAULT_MODEL if DEFAULT_MODEL in usable else usable[0]) if usable else 0
+    labels = {m.name: m.name + (" (unusable)" if m.problem else f" (val acc {m.val_accuracy:.1%})"
+                                if m.val_accuracy is not None else "") for m in models}
     name = st.sidebar.selectbox("Model", names, index=default, key=key, format_func=labels.__getitem__)
+    picked = next(m for m in models if m.name == name)
+    if picked.problem:
+        st.sidebar.error(f"This model cannot be used: {picked.problem}")
     if not any(m.encoder == "clip-vit-b32" for m in models):
         st.sidebar.caption("CLIP ViT-B/32 is not available: put its weights in `models/clip-vit-base-patch32/` "
                            "(`python -m fer_app fetch-clip` when online).")
-    return next(m for m in models if m.name == name)
+    return picked
 
 
 def detector_settings(key: str = "det", defaults: DetectorConfig | None = None) -> DetectorConfig:

@@ -152,6 +152,9 @@ cols[3].metric("Processing FPS", f"{summary.processing_fps:.1f}",
                help=f"median ms per frame: detect {summary.detect_ms:.1f}, classify {summary.classify_ms:.1f}, "
                     f"draw {summary.draw_ms:.1f}")
 
+if summary.truncated:  # a cut file: processed to where it ends, and said so
+    st.warning(f"{upload.name}: decoded {summary.frames_decoded} of {summary.frames_expected} frames "
+               "(truncated?). The file ends early: the results cover the part that could be read.")
 st.video(video_bytes, format="video/mp4")
 stem = Path(upload.name).stem or "video"
 left, right = st.columns(2)
