@@ -308,23 +308,24 @@ def stats_box(frame_width: int, lines: Sequence[str]) -> Rect | None:
 def draw_predictions(frame: np.ndarray, predictions: Sequence[Prediction], *, pending: Sequence[Face] = (),
                      options: DrawOptions = DrawOptions(),
                      avoid: Sequence[tuple[int, int, int, int]] = (),
-                     tags: Sequence[str] | None = None) -> list[Placement]:
+                     tags: Sequence[str] | None = None, scale: float | None = None) -> list[Placement]:
     """Draw, in place, each prediction's box, label and bar chart, and a plain box per pending face.
 
     avoid: (x, y, w, h) rectangles the labels and bar charts keep off (e.g. `stats_box` of the
     overlay drawn next). tags: per prediction, a short text ("1", "#3"; "" for none) drawn as a
     white badge at the start of its label, beside the box, and kept however much the label is
-    shortened (with `options.badges`, the track ids by default). Returns where each prediction's
-    label and bars went.
+    shortened (with `options.badges`, the track ids by default). scale: the font scale (default
+    `text_scale` of the frame's width, for frames shown at their own size; a photo shown smaller than
+    it is wants more). Returns where each prediction's label and bars went.
     """
     height, width = frame.shape[:2]
-    scale = text_scale(width)
+    scale = text_scale(width) if scale is None else scale
     boxes = [p.face for p in predictions]
     fixed = [_as_rect(a) for a in avoid] + [_as_rect(f) for f in pending]
 
     texts: list[list[tuple[str, tuple[int, int]]]] = []  # per prediction: (label text, its size), longest first
     labels: list[Rect | None] = [None] * len(predictions)
-    thickness = 1 if scale < 0.8 else 2
+    thickness = 1 if scale < 0.8 else 2 if scale < 1.6 else 3
     pad = 3
     if tags is None:
         tags = [f"#{p.track_id}" if options.badges and p.track_id is not None else "" for p in predictions]
@@ -406,19 +407,19 @@ def _tag_size(tag: str, scale: float, thickness: int, pad: int) -> tuple[int, in
     """(width, height) of a label's badge; (0, 0) for no badge."""
     if not tag:
         return 0, 0
-    (tw, th), base = cv2.getTextSize(tag, _FONT, scale, thickness + 1)
+    (tw, th), base = cv2.getTextSize(tag, _FONT, scale, thickness)
     return tw + 2 * pad, th + base + 2 * pad
 
 
 def _label(frame: np.ndarray, rect: Rect, text: str, colour: BGR, scale: float, thickness: int, pad: int,
            tag: str = "") -> None:
-    """Text on a filled box of the class colour, after the tag (bold black on white) where there is one."""
+    """Text on a filled box of the class colour, after the tag (black on white) where there is one."""
     x, y, w, h = rect
     tag_w = _tag_size(tag, scale, thickness, pad)[0]
     if tag:
         cv2.rectangle(frame, (x, y), (x + tag_w - 1, y + h - 1), _WHITE, cv2.FILLED)
-        th = cv2.getTextSize(tag, _FONT, scale, thickness + 1)[0][1]
-        cv2.putText(frame, tag, (x + pad, y + (h + th) // 2), _FONT, scale, _BLACK, thickness + 1, cv2.LINE_AA)
+        th = cv2.getTextSize(tag, _FONT, scale, thickness)[0][1]
+        cv2.putText(frame, tag, (x + pad, y + (h + th) // 2), _FONT, scale, _BLACK, thickness, cv2.LINE_AA)
     if not text:
         return
     cv2.rectangle(frame, (x + tag_w, y), (x + w - 1, y + h - 1), colour, cv2.FILLED)

@@ -368,3 +368,13 @@ def test_badges_survive_crowding_and_show_track_ids() -> None:
     assert off[0].tag == "#10" and off[0].text == ""  # labels off: the badge alone
     plain = draw_predictions(frame(), predictions[:1])
     assert plain[0].tag == "" and plain[0].text == "surprise 55%"  # the default is unchanged
+
+
+def test_a_larger_scale_draws_larger_labels_and_badges() -> None:
+    """A photo shown smaller than it is gets text sized for its display (the Photo page's `scale`)."""
+    big = np.full((1200, 1800, 3), 120, np.uint8)
+    pred = prediction(Face(600, 400, 400, 400), track_id=None)
+    default = draw_predictions(big.copy(), [pred], tags=["1"])[0]
+    larger = draw_predictions(big.copy(), [pred], tags=["1"], scale=2.0)[0]
+    assert larger.label.h > 1.6 * default.label.h and larger.label.w > 1.6 * default.label.w
+    assert larger.panel.w > 1.6 * default.panel.w

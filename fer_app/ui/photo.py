@@ -9,7 +9,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from fer_app.draw import class_colour, draw_predictions
+from fer_app.draw import class_colour, draw_predictions, text_scale
 from fer_app.imageio import ImageError, encode_png, load_image
 from fer_app.pipeline import analyze_image
 from fer_app.ui import common
@@ -17,15 +17,22 @@ from fer_app.ui import common
 IMAGE_TYPES = ["jpg", "jpeg", "png", "webp"]
 
 
+def hex_colour(name: str) -> str:
+    """A class's colour (`fer_app.draw.class_colour`, BGR) as #rrggbb."""
+    return "#{2:02x}{1:02x}{0:02x}".format(*class_colour(name))
+
+
 def probability_chart(classes: tuple[str, ...], probabilities) -> alt.Chart:
     """Horizontal bars, one per class in the model's own order (not sorted), in the class colours."""
     data = pd.DataFrame({"emotion": list(classes), "probability": [float(p) for p in probabilities]})
-    colours = ["#{2:02x}{1:02x}{0:02x}".format(*class_colour(c)) for c in classes]  # BGR -> #rrggbb
-    return alt.Chart(data, height=26 * len(classes)).mark_bar().encode(
+    return alt.Chart(data, height=alt.Step(24)).mark_bar().encode(
         x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%", title=None)),
-        y=alt.Y("emotion:N", sort=list(classes), axis=alt.Axis(title=None, labelAngle=0, labelLimit=120)),
-        color=alt.Color("emotion:N", scale=alt.Scale(domain=list(classes), range=colours), legend=None),
+        y=alt.Y("emotion:N", sort=list(classes),
+                axis=alt.Axis(title=None, labelAngle=0, labelLimit=120, labelOverlap=False, labelFontSize=13)),
+        color=alt.Color("emotion:N", scale=alt.Scale(domain=list(classes), range=[hex_colour(c) for c in classes]),
+                        legend=None),
         tooltip=["emotion", alt.Tooltip("probability:Q", format=".1%")])
+
 
 st.title("Photo")
 st.caption("Upload a photo or take one with your camera: every face is detected and its expression classified.")
@@ -53,7 +60,9 @@ except ImageError as exc:
 # Faces numbered left to right; the numbers on the image, the table and the charts are the same.
 predictions = sorted(analyze_image(image, model, detector), key=lambda p: (p.face.x, p.face.y))
 annotated = image.copy()
-draw_predictions(annotated, predictions, tags=[str(i) for i in range(1, len(predictions) + 1)])
+# The page shows the photo 550-1000 px wide: text sized for that, not for the photo's own width.
+draw_predictions(annotated, predictions, tags=[str(i) for i in range(1, len(predictions) + 1)],
+                 scale=max(text_scale(image.shape[1]), image.shape[1] / 900))
 stem = Path(source.name).stem or "photo"
 result = {"model": model.name, "image": source.name, "width": image.shape[1], "height": image.shape[0],
           "faces": [{"face": i, **p.to_dict()} for i, p in enumerate(predictions, 1)]}
@@ -70,18 +79,24 @@ if not predictions:
             "*Face detection* in the sidebar.")
     st.stop()
 
-# Compact columns so that all the classes fit beside the face number and its label (no sideways scrolling);
-# the boxes are in the JSON download.
+# Narrow columns so that all the classes fit beside the face number without sideways scrolling, even at
+# 1024 px with the sidebar open: percentages as whole numbers, each face's top class highlighted in its
+# colour (the label column that was here said the same). The boxes are in the JSON download.
 table = pd.DataFrame(
-    [{"face": i, "label": f"{p.label} {p.confidence:.0%}", **{c: float(v) for c, v in zip(p.classes, p.probabilities)}}
+    [{"face": i, **{c: round(100 * float(v)) for c, v in zip(p.classes, p.probabilities)}}
      for i, p in enumerate(predictions, 1)]
 ).set_index("face")
+
+
+def top_class(row: pd.Series) -> list[str]:
+    top = row.idxmax()
+    return [f"background-color: {hex_colour(top)}66; font-weight: bold" if c == top else "" for c in row.index]
+
+
 st.subheader("Faces")
-st.dataframe(table, column_config={
-    "face": st.column_config.NumberColumn("face", width=48, help="The number drawn beside the face on the image"),
-    "label": st.column_config.TextColumn("label", width=96),
-    **{c: st.column_config.ProgressColumn(c, min_value=0.0, max_value=1.0, format="percent", width=72)
-       for c in model.classes}})
+st.dataframe(table.style.apply(top_class, axis=1), column_config={
+    "face": st.column_config.NumberColumn("face", width=44, help="The number drawn beside the face on the image"),
+    **{c: st.column_config.NumberColumn(c, format="%d%%", width=66) for c in model.classes}})
 
 st.subheader("Probabilities per face")
 columns = st.columns(min(len(predictions), 3))

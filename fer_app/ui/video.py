@@ -168,7 +168,7 @@ if not result.rows:
     st.stop()
 
 st.subheader("Emotions over time, per face")
-notes = ["The number on each face in the video (#3) is the one of its chart."]
+notes = ["Each face's number in the video (#1, #2, …) is the one in its chart's title."]
 if hidden:
     notes.append(f"{hidden} face(s) seen in fewer than {MIN_TRACK_FRAMES} frames are hidden (the CSV has them).")
 if len(shown) > MAX_CHARTS:
