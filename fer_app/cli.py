@@ -263,10 +263,9 @@ def _command(args: argparse.Namespace) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from fer_app import distributed
     from fer_app.modelcard import render_card
     from fer_app.training import device_name, pick_device, train
-
-    from fer_app import distributed
 
     cfg = _train_config(args)
     main_rank = distributed.env_rank() == 0  # under torchrun: rank 0 prints, every rank trains
@@ -276,9 +275,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"device: {device_name(pick_device(args.device))}" + (f"; {world} processes (torchrun)"
                                                                     if world > 1 else ""), file=sys.stderr)
     command = _command(args)
-    result = train(cfg, splits, name=args.name, workdir=args.workdir, resume=args.resume, callback=_training_bar(),
+    callback = _training_bar()
+    if args.progress_file or args.stop_file:  # a Training page job running this command under torchrun
+        from fer_app.jobs import ProgressFile
+
+        callback = ProgressFile(args.progress_file, args.stop_file, callback)
+    result = train(cfg, splits, name=args.name, workdir=args.workdir, resume=args.resume, callback=callback,
                    overwrite=args.overwrite, card=lambda r: render_card(args.name, r.model.config(), command),
-                   workers=args.workers)
+                   workers=args.workers, models_dir=args.models_dir)
     if not main_rank:
         return EXIT_OK
     rep = result.report
@@ -603,6 +607,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "CSV with columns path,label[,split]) is read batch by batch by --workers processes")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes decoding streamed images "
                    "(0: in the training process)")
+    p.add_argument("--models-dir", type=Path, help="save --name in this folder instead of models/")
+    p.add_argument("--progress-file", type=Path, help="append progress and epochs as JSON lines (for the Training page)")
+    p.add_argument("--stop-file", type=Path, help="stop at the next batch, keeping the best epoch, once this file exists")
     p.set_defaults(func=cmd_train, argv=None)
 
     p = sub.add_parser("calibrate", help="fine-tune a model's head on your own captured faces",

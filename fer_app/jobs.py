@@ -10,6 +10,11 @@ Global state: `_MANAGER` below, a singleton guarded by its lock, is (with the ca
 page, a new Streamlit session, find the running job, and what refuses a second job in the same
 process (two runs would fight over the CPU cores and the page shows one).
 
+With several GPUs (`processes` > 1) the job runs the equivalent CLI command under torch's launcher
+(`python -m torch.distributed.run --nproc_per_node N -m fer_app train ...`, one process per GPU,
+`fer_app.distributed`); the command reports through a JSON-lines progress file and stops when a
+stop file appears, and its model is read back from the run folder when it ends.
+
 Each run keeps its checkpoints in APP_HOME/runs/<run name> (the engine writes one per epoch): when
 the server is killed, a new job with the same run name and `resume=True` carries on from the last
 finished epoch. The job itself never saves a model over another: `Job.save` needs `overwrite=True`.
@@ -17,13 +22,17 @@ finished epoch. The job itself never saves a model over another: `Job.save` need
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 import shlex
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -384,8 +393,11 @@ def start_job(kind: str, title: str, run_name: str, work: Callable[[Job], Any], 
 
 
 def start_training(cfg: TrainConfig, splits: Splits, *, run_name: str, resume: bool = False,
-                   baseline: str | None = None, command: str = "") -> Job:
+                   baseline: str | None = None, command: str = "", processes: int = 1) -> Job:
     """Train per `cfg` in the background, checkpointing to APP_HOME/runs/<run_name> (resumable).
+
+    `processes` > 1 (one per GPU): `command` runs under torchrun instead of the engine in this process
+    (see `torchrun_command`); it must then be given, and name data on this machine's disk.
 
     When `baseline` names the model in use, it is evaluated on the same val split at the end, for
     comparison. The trained model is not saved: the page calls `Job.save` with the name the user picks.
@@ -393,8 +405,18 @@ def start_training(cfg: TrainConfig, splits: Splits, *, run_name: str, resume: b
     """
     workdir = run_dir(run_name)
 
+    if processes > 1:
+        if not command:
+            raise ValueError("several processes run the CLI command: give `command`")
+        argv = shlex.split(command)[3:]  # after "python -m fer_app"
+        drop = {"--name": 1, "--workdir": 1, "--overwrite": 0}
+        argv = [a for i, a in enumerate(argv) if a not in drop and not (i and drop.get(argv[i - 1]) == 1)]
+
     def work(job: Job) -> TrainResult:
-        result = train(cfg, splits, workdir=workdir, resume=resume, callback=job)
+        if processes > 1:
+            result = _run_launched(job, argv, processes, workdir, resume)
+        else:
+            result = train(cfg, splits, workdir=workdir, resume=resume, callback=job)
         if baseline:
             job.note(phase="compare")
             try:
@@ -404,6 +426,98 @@ def start_training(cfg: TrainConfig, splits: Splits, *, run_name: str, resume: b
         return result
 
     return start_job("train", f"training {run_name}", run_name, work, baseline_name=baseline, command=command)
+
+
+# ---------------------------------------------------------------- several processes (torchrun)
+
+
+class ProgressFile(Callback):
+    """The CLI's side of a job run under torchrun: progress (at most every `every` s) and epochs appended
+    to `path` as JSON lines; `should_stop` once `stop_file` exists. Wraps the CLI's own callback."""
+
+    def __init__(self, path: Path | None, stop_file: Path | None, inner: Callback | None = None,
+                 every: float = 0.5) -> None:
+        self.path, self.stop_file, self.inner, self.every = path, stop_file, inner or Callback(), every
+        self._last = 0.0
+
+    def _write(self, record: dict) -> None:
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def on_progress(self, progress: Progress) -> None:
+        self.inner.on_progress(progress)
+        now = time.monotonic()
+        if now - self._last >= self.every:
+            self._last = now
+            self._write({"progress": {k: getattr(progress, k) for k in
+                                      ("phase", "epoch", "epochs", "step", "steps", "loss", "lr", "elapsed")}})
+
+    def on_epoch(self, stats: EpochStats, progress: Progress) -> None:
+        self.inner.on_epoch(stats, progress)
+        self._write({"epoch": asdict(stats)})
+
+    def should_stop(self) -> bool:
+        return (self.stop_file is not None and self.stop_file.exists()) or self.inner.should_stop()
+
+
+def torchrun_command(argv: list[str], processes: int, workdir: Path, *, resume: bool = False) -> list[str]:
+    """The launcher command a job runs for `processes` processes on this machine: `argv` is the CLI's
+    (`train DATA ...`, as `fer_app.cli.train_command` writes it, without --name/--workdir); the model
+    goes to workdir/out/result, progress to workdir/progress.jsonl."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+            "-m", "fer_app", *argv, "--workdir", str(workdir), "--name", "result", "--overwrite",
+            "--models-dir", str(workdir / "out"), "--progress-file", str(workdir / "progress.jsonl"),
+            "--stop-file", str(workdir / "STOP"), *(["--resume"] if resume else [])]
+
+
+def _run_launched(job: Job, argv: list[str], processes: int, workdir: Path, resume: bool) -> TrainResult:
+    """Run the training command under torchrun, relaying its progress file to `job`; its result read back."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name in ("progress.jsonl", "STOP"):
+        (workdir / name).unlink(missing_ok=True)
+    log_file = workdir / "torchrun.log"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(config.PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])}
+    with open(log_file, "w") as log_out:
+        proc = subprocess.Popen(torchrun_command(argv, processes, workdir, resume=resume), cwd=config.PROJECT_ROOT,
+                                env=env, stdout=log_out, stderr=subprocess.STDOUT)
+        history: list[EpochStats] = []
+        offset = 0
+        while True:
+            done = proc.poll() is not None
+            if job.should_stop():
+                (workdir / "STOP").touch()
+            if (workdir / "progress.jsonl").is_file():
+                with open(workdir / "progress.jsonl") as f:
+                    f.seek(offset)
+                    lines = f.readlines()
+                    if lines and not lines[-1].endswith("\n"):  # a line still being written
+                        lines.pop()
+                    offset += sum(len(line) for line in lines)
+                for line in lines:
+                    record = json.loads(line)
+                    if "epoch" in record:
+                        history.append(EpochStats(**record["epoch"]))
+                    p = record.get("progress") or {}
+                    if p or history:
+                        base = job.status()
+                        job.on_progress(Progress(p.get("phase", "train"), p.get("epoch", base.epoch),
+                                                 p.get("epochs", base.epochs), p.get("step", base.step),
+                                                 p.get("steps", base.steps), p.get("loss", base.loss),
+                                                 p.get("lr", base.lr), p.get("elapsed", base.elapsed),
+                                                 history=list(history)))
+            if done:
+                break
+            time.sleep(0.5)
+    if proc.returncode != 0:
+        errors = [line for line in log_file.read_text(errors="replace").splitlines() if line.startswith("error: ")]
+        raise TrainingError((errors[0][7:] if errors else f"the training processes failed (exit {proc.returncode})")
+                            + f"; see {log_file}")
+    model = load_model(workdir / "out" / "result", runtime="torch")
+    meta = model.meta["training"]
+    return TrainResult(model, [EpochStats(**h) for h in meta["history"]], model.meta["metrics"]["val"], None,
+                       job.should_stop() or meta["epochs_run"] < meta["config"]["epochs"], meta["seconds"],
+                       f"{meta['device']} x {meta.get('processes', processes)} processes")
 
 
 def save_trained(result: TrainResult, name: str, *, overwrite: bool = False, command: str = "") -> Path:

@@ -64,9 +64,27 @@ def saved(folder: Path, name: str) -> tuple[dict, dict[str, tuple]]:
 
 @pytest.fixture(scope="module")
 def two_processes(data):
+    """The run as the Training page starts it with 2 GPUs: a job running the CLI command under torchrun
+    (here on the CPU, gloo), its progress relayed from the command's progress file, saved by the page."""
+    from fer_app import config, jobs
+    from fer_app import model as model_module
+    from fer_app.cli import train_command
+    from fer_app.mixing import Source
+
     folder, _ = data
-    proc = torchrun(folder, "ddp")
-    assert proc.stderr.count("epoch 8/8") == 1  # rank 0 alone reports
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(config, "APP_HOME", folder / "home")
+        mp.setattr(model_module, "MODELS_DIR", folder / "models")
+        cfg = TrainConfig(**SETTINGS)
+        job = jobs.start_training(cfg, {}, run_name="ddp", processes=2,
+                                  command=train_command(cfg, [Source(folder / "tiny.npz")], name="x"))
+        status = job.wait(240)
+        log = (folder / "home" / "runs" / "ddp" / "torchrun.log").read_text()
+        assert status.state == jobs.FINISHED, (status.error, log[-3000:])
+        assert [h.epoch for h in status.history] == list(range(1, 9))  # relayed while it ran
+        assert log.count("epoch 8/8") == 1  # rank 0 alone reports
+        job.save("ddp")
+        jobs.clear_job(job)
     return saved(folder, "ddp")
 
 
@@ -100,7 +118,8 @@ def test_a_killed_rank_is_restarted_and_resumes(data, two_processes):
     torchrun(folder, "killed", "--resume", script=[str(ROOT / "tests" / "ddp_worker.py")], restarts=1,
              env={"FER_TEST_KILL_RANK": "1", "FER_TEST_KILL_STEP": str(2 * steps + 3)})
     config, shapes = saved(folder, "killed")
-    uninterrupted, _ = two_processes
+    uninterrupted, uninterrupted_shapes = two_processes
+    assert shapes == uninterrupted_shapes  # saved by the CLI's rank 0 as by the page
     assert config["training"]["resumed_after_epochs"] == [2]
     assert [h["epoch"] for h in config["training"]["history"]] == list(range(1, 9))
     assert config["training"]["history"][-1]["train_loss"] == pytest.approx(

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from fer_app import calibration, jobs, mixing
+from fer_app import calibration, distributed, jobs, mixing
 from fer_app.cli import train_command
 from fer_app.config import CLASSES
 from fer_app.data import DataError, Splits
@@ -286,6 +286,12 @@ def model_section(current: ModelInfo | None, seed: int) -> TrainConfig | None:
     st.subheader("2. Model")
     device = pick_device()
     st.caption(f"Device in use: {device_name(device)}")
+    gpu_list = distributed.gpus()
+    st.caption(distributed.gpu_summary(gpu_list))
+    if len(gpu_list) > 1:  # one training process per GPU, through torchrun (DistributedDataParallel)
+        st.number_input("GPUs to use", 1, len(gpu_list), len(gpu_list), key="model-gpus",
+                        help="More than one: the run's command runs under torchrun, one process per GPU, the "
+                             "batch size split between them (the data must be a path on this server).")
     starts = ["scratch"] + (["current"] if current else [])
     start_choice = st.radio("Starting point", starts, key="model-start", horizontal=True,
                             format_func={"scratch": "From scratch",
@@ -397,7 +403,8 @@ def start_section(cfg: TrainConfig | None, splits: Splits | None, sources: list[
                                 on_error=options["on_error"])
         try:
             jobs.start_training(cfg, splits, run_name=run_name, resume=resume,
-                                baseline=current.name if current else None, command=command)
+                                baseline=current.name if current else None, command=command,
+                                processes=int(st.session_state.get("model-gpus", 1)))
         except (jobs.JobRunning, ValueError) as exc:
             st.error(jobs.error_message(exc))
         else:
