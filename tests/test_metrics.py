@@ -52,6 +52,28 @@ def test_report_is_plain_json_types(report: dict) -> None:
     assert type(report["accuracy"]) is float and type(report["per_class"]["a"]["support"]) is int
 
 
+def test_classes_never_predicted_or_never_true_score_zero_not_nan() -> None:
+    """A class absent from both (e) and one never predicted (b): every figure 0.0, computed afresh each time
+    (the divisions' masked entries come from a zeroed array, never from leftover memory)."""
+    for _ in range(20):
+        np.divide(np.ones(5), np.full(5, 3.0))  # leave non-zero floats in recently freed memory
+        report = classification_report(np.array([0, 0, 1, 2]), np.array([0, 0, 0, 2]), ("a", "b", "c", "d", "e"))
+        for name in ("b", "d", "e"):
+            assert report["per_class"][name] == {"precision": 0.0, "recall": 0.0, "f1": 0.0,
+                                                 "support": report["per_class"][name]["support"]}, name
+        assert report["per_class"]["b"]["support"] == 1 and report["per_class"]["e"]["support"] == 0
+        assert report["per_class"]["a"]["precision"] == pytest.approx(2 / 3)
+        assert report["macro_f1"] == pytest.approx((0.8 + 0.0 + 1.0) / 3)
+
+
+def test_labels_of_any_numeric_dtype() -> None:
+    """Labels read from files or tensors (uint8, float) give the same report as int64 ones."""
+    expected = classification_report(np.array(Y_TRUE), np.array(Y_PRED), ABC)
+    for dtype in (np.uint8, np.int32, np.float32, np.float64):
+        assert classification_report(np.array(Y_TRUE, dtype), np.array(Y_PRED, dtype), ABC) == expected, dtype
+    assert classification_report(Y_TRUE, Y_PRED, ABC) == expected  # plain lists
+
+
 def test_perfect_and_empty_reports() -> None:
     perfect = classification_report(np.arange(7), np.arange(7))
     assert perfect["accuracy"] == 1.0 and perfect["macro_f1"] == 1.0
@@ -60,6 +82,24 @@ def test_perfect_and_empty_reports() -> None:
     empty = classification_report(np.array([], int), np.array([], int), ABC)
     assert empty["n"] == 0 and empty["accuracy"] == 0.0 and empty["macro_f1"] == 0.0
     assert empty["confusion"] == [[0] * 4 for _ in range(4)]
+
+
+def test_format_report_layout() -> None:
+    report = classification_report(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 2]), ("a", "surprise", "e"))
+    assert format_report(report) == "\n".join([
+        "n = 4   accuracy = 0.7500   macro-F1 = 0.7778",
+        "",
+        "class      precision    recall        f1   support",
+        "a              1.000     0.500     0.667         2",
+        "surprise       0.500     1.000     0.667         1",
+        "e              1.000     1.000     1.000         1",
+        "",
+        "confusion (rows: true, columns: predicted)",
+        "                 a surpris       e",  # column names cut to 7 characters
+        "a                1       1       0",
+        "surprise         0       1       0",
+        "e                0       0       1",
+    ])
 
 
 def test_format_report_prints_rows_as_true_classes(report: dict) -> None:
@@ -82,17 +122,60 @@ def _cell_colour(image: np.ndarray, row: int, col: int, cell: int = 64) -> tuple
     return tuple(int(v) for v in image[y, x])
 
 
+def _shade(fraction: float) -> tuple[int, int, int]:
+    return (255, int(255 * (1 - fraction)), int(255 * (1 - fraction)))
+
+
 def test_confusion_image_shades_each_row_normalised() -> None:
-    confusion = [[3, 1, 0], [0, 0, 4], [0, 0, 0]]
+    confusion = [[3, 1, 0], [0, 0, 1], [0, 0, 0]]  # row sums 4, 1 and 0
     image = confusion_image(confusion, ("a", "b", "c"))
     assert image.shape == (110 + 3 * 64 + 40, 100 + 3 * 64 + 20, 3) and image.dtype == np.uint8
-    shade = lambda fraction: (255, int(255 * (1 - fraction)), int(255 * (1 - fraction)))  # noqa: E731
-    assert _cell_colour(image, 0, 0) == shade(0.75)  # 3 of the 4 true a's
-    assert _cell_colour(image, 0, 1) == shade(0.25)
-    assert _cell_colour(image, 1, 2) == shade(1.0)  # row b: all 4 predicted c (not column-normalised)
-    assert _cell_colour(image, 1, 1) == shade(0.0)
-    assert _cell_colour(image, 2, 2) == shade(0.0)  # an empty row stays white, no division by zero
+    assert _cell_colour(image, 0, 0) == _shade(0.75)  # 3 of the 4 true a's
+    assert _cell_colour(image, 0, 1) == _shade(0.25)
+    assert _cell_colour(image, 1, 2) == _shade(1.0)  # row b: its one face predicted c (not column-normalised)
+    assert _cell_colour(image, 1, 1) == _shade(0.0)
+    assert _cell_colour(image, 2, 2) == _shade(0.0)  # an empty row stays white, no division by zero
     assert image[0, 0].tolist() == [255, 255, 255]
+
+
+def _cell(image: np.ndarray, row: int, col: int, cell: int = 64) -> np.ndarray:
+    y, x = 110 + row * cell, 100 + col * cell
+    return image[y:y + cell, x:x + cell]
+
+
+def test_confusion_image_writes_readable_numbers_in_every_cell() -> None:
+    confusion = [[9, 1], [2, 2]]
+    image = confusion_image(confusion, ("a", "b"))
+    dark, light = _cell(image, 0, 0), _cell(image, 0, 1)  # 90% and 10%
+    # white text on the dark cell (fill green 25), black text on the light one (fill green 229)
+    assert (dark[..., 1] > 200).sum() > 20 and (light[..., 1] < 60).sum() > 20
+    assert (dark[..., 0] < 100).sum() == 0 and (light[..., 1] > 240).sum() == 0  # and not the other way round
+    # each cell's text is its own: the same numbers draw the same pixels, other numbers other pixels
+    same = confusion_image([[9, 1], [9, 1]], ("a", "b"))
+    assert np.array_equal(_cell(same, 1, 0), dark) and np.array_equal(_cell(same, 1, 1), light)
+    half = _cell(image, 1, 0)  # 50%, 2: fill of a 0.5 cell, black text
+    assert _cell_colour(image, 1, 0) == _shade(0.5) and (half[..., 1] < 60).sum() > 20
+    assert np.array_equal(half, _cell(image, 1, 1))  # 2 and 2: the same
+    other = confusion_image([[9, 1], [3, 3]], ("a", "b"))
+    assert not np.array_equal(_cell(other, 1, 0), half)  # same 50% fill, another count
+    quarter = confusion_image([[1, 1], [1, 3]], ("a", "b"))  # 50% and 25%, both with a count of 1
+    assert not np.array_equal(_cell(quarter, 0, 0), _cell(quarter, 1, 0))  # the percentages are written
+    # the captions: "predicted" above the grid, "rows: true class" below it
+    assert (quarter[:20, 100:] < 100).all(axis=2).sum() > 20
+    assert (quarter[110 + 2 * 64:, 100:] < 100).all(axis=2).sum() > 20
+    # the class names are written beside the rows and above the columns
+    blank = confusion_image([[0, 0], [0, 0]], ("", ""))
+    named = confusion_image([[0, 0], [0, 0]], ("a", "b"))
+    assert not np.array_equal(named[110:, :100], blank[110:, :100])  # row names, left of the grid
+    assert not np.array_equal(named[:110, 100:], blank[:110, 100:])  # column names, above it
+
+
+def test_confusion_png_reports_an_encoding_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fer_app import metrics
+
+    monkeypatch.setattr(metrics.cv2, "imencode", lambda ext, image: (False, None))
+    with pytest.raises(ValueError, match="^could not encode the confusion matrix as PNG$"):
+        confusion_png([[1]], ("a",))
 
 
 def test_confusion_png_decodes_to_the_image() -> None:
