@@ -143,6 +143,12 @@ def _cell(image: np.ndarray, row: int, col: int, cell: int = 64) -> np.ndarray:
     return image[y:y + cell, x:x + cell]
 
 
+def _percent_text(image: np.ndarray, row: int, col: int) -> np.ndarray:
+    """Where the cell's first line of text (the percentage) differs from its fill."""
+    cell = _cell(image, row, col)
+    return (cell[:34] != cell[2, 2]).any(axis=2)
+
+
 def test_confusion_image_writes_readable_numbers_in_every_cell() -> None:
     confusion = [[9, 1], [2, 2]]
     image = confusion_image(confusion, ("a", "b"))
@@ -158,8 +164,11 @@ def test_confusion_image_writes_readable_numbers_in_every_cell() -> None:
     assert np.array_equal(half, _cell(image, 1, 1))  # 2 and 2: the same
     other = confusion_image([[9, 1], [3, 3]], ("a", "b"))
     assert not np.array_equal(_cell(other, 1, 0), half)  # same 50% fill, another count
-    quarter = confusion_image([[1, 1], [1, 3]], ("a", "b"))  # 50% and 25%, both with a count of 1
-    assert not np.array_equal(_cell(quarter, 0, 0), _cell(quarter, 1, 0))  # the percentages are written
+    # the percentage's line (above the count's) shows the row fraction, rounded
+    quarter = confusion_image([[1, 1], [1, 3]], ("a", "b"))
+    assert not np.array_equal(_percent_text(quarter, 0, 0), _percent_text(quarter, 1, 0))  # 50% and 25%
+    thirds = confusion_image([[1, 2], [33, 67]], ("a", "b"))
+    assert np.array_equal(_percent_text(thirds, 0, 0), _percent_text(thirds, 1, 0))  # 1/3 and 33/100: both 33%
     # the captions: "predicted" above the grid, "rows: true class" below it
     assert (quarter[:20, 100:] < 100).all(axis=2).sum() > 20
     assert (quarter[110 + 2 * 64:, 100:] < 100).all(axis=2).sum() > 20
