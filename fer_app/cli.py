@@ -608,8 +608,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes decoding streamed images "
                    "(0: in the training process)")
     p.add_argument("--models-dir", type=Path, help="save --name in this folder instead of models/")
-    p.add_argument("--progress-file", type=Path, help="append progress and epochs as JSON lines (for the Training page)")
-    p.add_argument("--stop-file", type=Path, help="stop at the next batch, keeping the best epoch, once this file exists")
+    p.add_argument("--progress-file", type=Path,
+                   help="append progress and epochs as JSON lines (for the Training page)")
+    p.add_argument("--stop-file", type=Path,
+                   help="stop at the next batch, keeping the best epoch, once this file exists")
     p.set_defaults(func=cmd_train, argv=None)
 
     p = sub.add_parser("calibrate", help="fine-tune a model's head on your own captured faces",

@@ -633,7 +633,10 @@ def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, 
     if ctx.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
-        wrapped = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+        # static graph: the same parameters take part every step (and any never used, e.g. in a pretrained
+        # tower, need no find_unused_parameters search)
+        wrapped = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
+                                          static_graph=True)
 
     def forward_with(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         def forward(x: torch.Tensor) -> torch.Tensor:
@@ -668,7 +671,8 @@ def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, 
         if meta.get("world_size", 1) != ctx.world_size:
             raise TrainingError(f"{ckpt}: the checkpoint was made by {meta.get('world_size', 1)} process(es), "
                                 f"not {ctx.world_size}; resume with the same number (the batches depend on it)")
-        start_epoch, best_acc, best_epoch, stale = meta["epoch"] + 1, meta["best_acc"], meta["best_epoch"], meta["stale"]
+        start_epoch, best_acc = meta["epoch"] + 1, meta["best_acc"]
+        best_epoch, stale = meta["best_epoch"], meta["stale"]
         resumes = [*meta.get("resumes", []), meta["epoch"]]
         history = [EpochStats(**h) for h in meta["history"]]
         started -= meta.get("seconds", 0.0)

@@ -16,8 +16,9 @@ _real_lr_at = training.lr_at
 
 
 def _lr_at(cfg, step, total):  # called at every step of every rank
-    if (os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0" and
-            os.environ.get("RANK") == os.environ["FER_TEST_KILL_RANK"] and step == int(os.environ["FER_TEST_KILL_STEP"])):
+    first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+    if first_attempt and os.environ.get("RANK") == os.environ["FER_TEST_KILL_RANK"] and \
+            step == int(os.environ["FER_TEST_KILL_STEP"]):
         os.kill(os.getpid(), signal.SIGKILL)
     return _real_lr_at(cfg, step, total)
 

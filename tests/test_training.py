@@ -239,7 +239,8 @@ def test_kill_while_writing_a_checkpoint_resumes_from_the_last_whole_one(models_
     assert resumed.history[-1].train_loss == pytest.approx(full.history[-1].train_loss, rel=1e-4)
     assert resumed.model.meta["training"]["resumed_after_epochs"] == [1]
     assert not list((tmp_path / "run").glob(".*.tmp"))  # the half-written file was cleared
-    assert [p.name for p in (tmp_path / "run").glob("best-*")] == [f"best-{resumed.model.meta['training']['best_epoch']:04d}.safetensors"]
+    best = resumed.model.meta["training"]["best_epoch"]
+    assert [p.name for p in (tmp_path / "run").glob("best-*")] == [f"best-{best:04d}.safetensors"]
 
 
 def test_damaged_or_old_checkpoint_refused_on_resume(models_dir, tiny_splits, tmp_path):
