@@ -125,3 +125,15 @@ def test_a_killed_rank_is_restarted_and_resumes(data, two_processes):
     assert config["training"]["history"][-1]["train_loss"] == pytest.approx(
         uninterrupted["training"]["history"][-1]["train_loss"], rel=1e-4)
     assert config["metrics"]["val"]["accuracy"] == pytest.approx(uninterrupted["metrics"]["val"]["accuracy"])
+
+
+def test_gpu_summary_and_the_page_s_torchrun_command(tmp_path):
+    from fer_app.jobs import torchrun_command
+
+    assert "none" in distributed.gpu_summary([]) and "CPU" in distributed.gpu_summary([])
+    two = [distributed.Gpu(0, "NVIDIA H100 80GB HBM3", 79.6), distributed.Gpu(1, "NVIDIA H100 80GB HBM3", 79.6)]
+    assert distributed.gpu_summary(two) == "GPUs: 0: NVIDIA H100 80GB HBM3, 79.6 GB; 1: NVIDIA H100 80GB HBM3, 79.6 GB"
+    cmd = torchrun_command(["train", "data.csv", "--epochs", "3"], 2, tmp_path, resume=True)
+    assert cmd[1:7] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
+    assert cmd[7:11] == ["fer_app", "train", "data.csv", "--epochs"] and cmd[-1] == "--resume"
+    assert not distributed.launched() and distributed.setup(torch.device("cpu")).world_size == 1
