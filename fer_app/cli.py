@@ -565,7 +565,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train the compact model or fine-tune CLIP, or a head on frozen embeddings",
                        description="Checkpoints every epoch into --workdir; --resume continues an interrupted run. "
-                       "The best epoch on val is saved atomically as models/NAME.")
+                       "The best epoch on val is saved atomically as models/NAME. Several processes (GPUs, or CPUs "
+                       "over gloo): torchrun --nproc_per_node N -m fer_app train ... (--batch-size is the global "
+                       "batch); data larger than memory: --stream.")
     data_args(p)
     p.add_argument("--mix", action="append", default=[], type=_source, metavar="SOURCE:WEIGHT",
                    help="another data set (any DATA format, a .zip of the folder layout, or calibration captures "
