@@ -6,10 +6,14 @@ the astronaut's face (assets/astronaut.png), and FER-2013 validation faces with 
 for processed frames, then checks that
 - the server found a face at each known place and labelled it (the page's stats file, below),
 - the video that came back has the server's annotation colours around each of those faces, and
-  none on the empty background,
+  none on the empty background; each face's box is drawn in the colour of the class the server
+  gave it (classified, not only pending),
+- with the bundled model, the labels make sense and are not constant: the astronaut is happy, and
+  the FER-2013 faces (picked among those the model gets right offline) mostly get their own labels,
 - the page shows the live stats (metrics such as "Processed FPS"),
-and prints the server's FPS; and that two tabs streaming at once both get annotated video and
-their own stats (one pipeline per session, one shared model). The page writes its stats and predictions to the file named by
+and prints the server's FPS; and that two tabs streaming at once both get annotated video with every
+face classified (and, with the bundled model, not all alike) and their own stats (one pipeline per
+session, one shared model). The page writes its stats and predictions to the file named by
 FER_APP_STATS_FILE (its test hook).
 
 Network: the test must keep its traffic on loopback, so it runs inside a private network namespace
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import json
 import os
 import re
@@ -217,7 +222,8 @@ def astronaut_scene() -> Scene:
 
 def fer_scene() -> Scene:
     """Four FER-2013 validation faces (48 -> 130 px) with different labels: the first ones in the split's order
-    that the detector finds in their place, and only there, also after lossy coding (as in the video)."""
+    that the detector finds in their place, and only there, also after lossy coding (as in the video), and
+    (when models/ has the bundled model) that the model labels right, offline, on the coded frame."""
     data = np.load(FER_NPZ)
     images, labels, names = data["val_x"], data["val_y"], [str(c) for c in data["classes"]]
     # Boxes up to 1.6x the face (see _near) stay clear of the bottom strip, the control of _drawn_around.
@@ -234,12 +240,48 @@ def fer_scene() -> Scene:
             trial[y : y + side, x : x + side] = cv2.cvtColor(face, cv2.COLOR_GRAY2BGR)
             placed = [*faces, Placed(Face(x, y, side, side), names[labels[index]])]
             boxes = [p.box for p in placed]
-            if all(_matches(detector.detect(version), boxes) for version in (trial, _degraded(trial))):
+            degraded = _degraded(trial)
+            if (all(_matches(detector.detect(version), boxes) for version in (trial, degraded))
+                    and _model_gets_right(detector, degraded, placed[-1])):
                 frame, faces = trial, placed
                 used.add(names[labels[index]])
                 break
     assert len(faces) == len(slots), "not enough FER-2013 faces the detector finds"
     return Scene(frame, faces)
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped_model():
+    """The bundled default model in torch when models/ has it (then the server runs it too), else None."""
+    if not (MODELS_DIR / DEFAULT_MODEL / "config.json").exists():
+        return None
+    from fer_app.model import load_model
+
+    return load_model(DEFAULT_MODEL, models_dir=MODELS_DIR, runtime="torch")
+
+
+def _model_gets_right(detector: FaceDetector, frame: np.ndarray, placed: Placed) -> bool:
+    """The bundled model gives the placed face its FER-2013 label with at least 65% (True without the model)."""
+    model = _shipped_model()
+    if model is None:
+        return True
+    found = [f for f in detector.detect(frame) if _near(f, placed.box)]
+    probs = model.predict_proba(detector.crop(frame, found[:1]))[0]
+    return CLASSES[int(probs.argmax())] == placed.label and float(probs.max()) >= 0.65
+
+
+def _assert_sensible(scene: Scene, labels: list[str]) -> int:
+    """With the bundled model: the labels are right and not all alike. Returns how many agree with FER-2013's."""
+    agree = sum(label == placed.label for placed, label in zip(scene.faces, labels))
+    if _shipped_model() is None:
+        return agree
+    if any(placed.label for placed in scene.faces):
+        assert agree >= len(scene.faces) - 1 and len(set(labels)) >= len(scene.faces) - 1, (
+            f"live labels {labels} for FER-2013 faces {[p.label for p in scene.faces]} (which the model gets right "
+            f"offline): constant or wrong")
+    else:
+        assert labels == ["happy"] * len(scene.faces), f"the smiling astronaut is not happy: {labels}"
+    return agree
 
 
 def _degraded(frame: np.ndarray) -> np.ndarray:
@@ -422,12 +464,19 @@ def test_live_page_in_browser(scene_name: str, request: pytest.FixtureRequest) -
             assert found[0][1]["label"] in CLASSES and 0 < found[0][1]["confidence"] <= 1, found[0][1]
             matched.append(found[0])
         assert len(predicted) == len(scene.faces), f"faces where there are none: {stats['predictions']}"
-        drawn = _drawn_around(returned, scene, [face for face, _ in matched], 4, tmp)
+        boxes = [face for face, _ in matched]
+        drawn = _drawn_around(returned, scene, boxes, 4, tmp)
+        labels = [p["label"] for _, p in matched]
+        shown = _box_colours(returned, scene, boxes, 4)
+        assert shown == labels, f"the video shows {shown} for the server's labels {labels} ({tmp})"
+        if len(matched) > 1 and any(placed.label for placed in scene.faces):  # different faces, different outputs
+            assert len({json.dumps(p["probabilities"]) for _, p in matched}) == len(matched), matched
+        agree = _assert_sensible(scene, labels)
         lines = [f"  face at {placed.box.box}: server box {face.box}, {p['label']} ({p['confidence']:.0%})"
                  + (f", FER-2013 says {placed.label}" if placed.label else "")
                  + f"; {around} px in the server's colours around it"
                  for placed, (face, p), around in zip(scene.faces, matched, drawn)]
-        return lines, sum(p["label"] == placed.label for placed, (_, p) in zip(scene.faces, matched))
+        return lines, agree
 
     seen = _stream_in_browser(server, clip, tmp / "profile", len(scene.faces), lambda r, s: _passes(check, r, s))
     cv2.imwrite(str(tmp / "camera.png"), scene.frame)
@@ -449,13 +498,14 @@ def test_live_page_in_browser(scene_name: str, request: pytest.FixtureRequest) -
 
 
 def test_two_tabs_stream_at_once(request: pytest.FixtureRequest) -> None:
-    """Two tabs (two sessions, one pipeline each, one shared model) both get annotated video and stats."""
+    """Two tabs (two sessions, one pipeline each, one shared model) both get annotated video, every face
+    classified (in the colour of a class, not only pending; sensible labels with the bundled model), and stats."""
     if not INSIDE:
         _relay(request)
         return
     _check_isolated()
     started = time.monotonic()
-    scene = astronaut_scene()
+    scene = fer_scene() if FER_NPZ.exists() else astronaut_scene()  # different faces: labels that differ
     tmp: Path = request.getfixturevalue("tmp_path")
     clip = write_y4m(tmp / "camera.y4m", scene.frame, CLIP_FPS * CLIP_SECONDS)
     server: Server = request.getfixturevalue("server")
@@ -470,10 +520,13 @@ def test_two_tabs_stream_at_once(request: pytest.FixtureRequest) -> None:
         returned = [_settled_frame(component, scene, tmp) for component in components]
         for component in components:
             component.get_by_role("button", name=STOP).click(timeout=PAGE_TIMEOUT * 1000)
+    labels = []
     for i, frame in enumerate(returned):
         cv2.imwrite(str(tmp / f"returned-{i}.png"), frame)
-        _drawn_around_known(frame, scene, tmp)
-    print(f"[two tabs] Processed FPS {' and '.join(fps)} at once; {time.monotonic() - started:.0f} s")
+        labels.append(_labelled_known(frame, scene, tmp))
+    print(f"[two tabs] Processed FPS {' and '.join(fps)} at once; labels shown {labels[0]} and {labels[1]}"
+          + (f" (FER-2013: {[p.label for p in scene.faces]})" if scene.faces[0].label else "")
+          + f"; {time.monotonic() - started:.0f} s")
 
 
 # ---------------------------------------------------------------- checks and browser helpers
@@ -487,12 +540,59 @@ def _drawn_around_known(returned: np.ndarray, scene: Scene, tmp: Path) -> list[i
     return _drawn_around(returned, scene, boxes, round(0.1 * min(b.w for b in boxes)), tmp)
 
 
+def _labelled_known(returned: np.ndarray, scene: Scene, tmp: Path) -> list[str]:
+    """`_drawn_around_known`, and each face's box in a class colour (`_box_colours`), the labels sensible
+    (`_assert_sensible`); the labels the video shows."""
+    _drawn_around_known(returned, scene, tmp)
+    scale = returned.shape[1] / WIDTH
+    boxes = [_scaled(p.box, scale) for p in scene.faces]
+    labels = _box_colours(returned, scene, boxes, round(0.1 * min(b.w for b in boxes)))
+    _assert_sensible(scene, labels)
+    return labels
+
+
+def _box_colours(returned: np.ndarray, scene: Scene, boxes: list[Face], slack: int) -> list[str]:
+    """The class whose colour the server drew most around each box (the box and its label: the class it
+    shows), away from the other boxes and their labels, asserting that there is enough of it: a face only
+    awaiting classification is drawn in white."""
+    height, width = returned.shape[:2]
+    source = cv2.resize(scene.frame, (width, height), interpolation=cv2.INTER_AREA).astype(np.int16)
+    frame = returned.astype(np.int16)
+    masks = {c: (np.abs(frame - np.array(colour, np.int16)).max(axis=2) <= COLOUR_TOLERANCE)
+             & (np.abs(source - np.array(colour, np.int16)).max(axis=2) > 2 * COLOUR_TOLERANCE)
+             for c, colour in CLASS_COLOURS.items()}
+    panel_w, panel_h = _stats_panel(frame, source)  # its white text is no class colour; labels keep off it
+    shown = []
+    for i, box in enumerate(boxes):
+        band = _outline(frame.shape[:2], box, slack, slack)
+        band[: panel_h + 3, : panel_w + 3] = False
+        for other in boxes[:i] + boxes[i + 1:]:  # not a neighbour's box or label (a label may sit inside the box)
+            band &= ~_outline(frame.shape[:2], other, other.w, slack)
+        counts = {c: int(mask[band].sum()) for c, mask in masks.items()}
+        best = max(counts, key=counts.__getitem__)
+        assert counts[best] >= 2 * box.w, f"the face at {box} is not drawn in a class colour: {counts}"
+        shown.append(best)
+    return shown
+
+
+def _stats_panel(frame: np.ndarray, source: np.ndarray) -> tuple[int, int]:
+    """Width and height of the stats overlay's panel in the top-left corner, which the server darkens to a
+    quarter (0, 0 without one): the length of the dark run along the second row and the second column."""
+    dark = frame.max(axis=2) < 0.5 * source.max(axis=2)
+
+    def run(line: np.ndarray) -> int:
+        lit = np.flatnonzero(~line)
+        return int(lit[0]) if len(lit) else len(line)
+
+    return run(dark[1]), run(dark[:, 1])
+
+
 def _settled_frame(component, scene: Scene, tmp: Path) -> np.ndarray:
-    """A returned frame with the server's drawing around every known face (the last one after SETTLE_TIMEOUT)."""
+    """A returned frame with every known face drawn and classified (the last one after SETTLE_TIMEOUT)."""
     video, deadline = component.locator("video").first, time.monotonic() + SETTLE_TIMEOUT
     while True:
         frame = _grab_video(video)
-        if _passes(_drawn_around_known, frame, scene, tmp) or time.monotonic() > deadline:
+        if _passes(_labelled_known, frame, scene, tmp) or time.monotonic() > deadline:
             return frame
         time.sleep(0.5)
 
