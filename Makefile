@@ -1,6 +1,7 @@
 # The two commands of the README's Quick start.
 #   make app   - install what the app needs (in .venv) and start it: streamlit run app.py
-#   make test  - install what the tests need (venv, pip, Debian's chromium) and run them
+#   make test  - install what the tests need (venv, pip, Debian's chromium) and run them, with a
+#                coverage report of fer_app (pytest-cov; a report, not a gate)
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
@@ -27,4 +28,4 @@ app: install
 	$(PY) -m streamlit run app.py
 
 test: install-dev browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --cov=fer_app --cov-report=term-missing:skip-covered
