@@ -37,8 +37,7 @@ import torch
 from fer_app import runtimes
 from fer_app.config import DEFAULT_MODEL, VIDEO_DETECTOR, DetectorConfig
 from fer_app.encoders.base import Encoder
-from fer_app.quantize import ONNX_INT8_STATIC, QuantizeError
-from fer_app.runtimes import TORCH, AccuracyCheck, CheckCrops, CheckResult, Progress
+from fer_app.runtimes import ONNX_INT8_STATIC, TORCH, AccuracyCheck, CheckCrops, CheckResult, Progress
 
 DEFAULT_BATCHES = (1, 4, 8)
 DEFAULT_REPEATS = 20
@@ -457,7 +456,7 @@ def bench_compact(model_name: str | Path, batches: Sequence[int], repeats: int) 
         return {"model": str(model_name), "missing": str(exc)}
     out = {"model": model.name, "encoder": model.encoder.encoder_id, "tta_flip": model.tta_flip,
            **_time_compact(model, batches, repeats), "int8": None}
-    with contextlib.suppress(ModelError, QuantizeError):  # timed only where the model ships one
+    with contextlib.suppress(ModelError):  # timed only where the model ships one
         out["int8"] = {"runtime": ONNX_INT8_STATIC, **_time_compact(load_model(model_name, runtime=ONNX_INT8_STATIC),
                                                                       batches, repeats)}
     return out

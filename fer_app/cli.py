@@ -442,27 +442,36 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_check_runtime(args: argparse.Namespace) -> int:
     from fer_app.bench import clip_encoder
-    from fer_app.model import load_model
-    from fer_app.runtimes import RUNTIMES, TORCH, check_crops, check_runtimes
+    from fer_app.model import load_model, model_dir, read_config, runtime_files
+    from fer_app.runtimes import TORCH, candidates_for, check_crops, check_runtimes, runtime_choice
 
-    head = None
+    head, shipped, reference, auto = None, {}, None, None
     if args.model:
         model = load_model(args.model, clip_source=args.clip, runtime=TORCH)
         encoder, head, weights = model.encoder, model.head, f"model {model.name}"
+        folder = model_dir(args.model)
+        if folder.is_dir():
+            shipped, reference = runtime_files(folder, read_config(folder))
     else:
         encoder, weights = clip_encoder(args.clip, random_when_missing=False)
-    crops = check_crops(fer_count=args.fer_count)
-    names = args.runtimes or [r for r in RUNTIMES if r != TORCH]
-    results = check_runtimes(encoder, names, crops=crops, head=head, threads=args.threads)
+    crops = reference.crops if reference is not None else check_crops(fer_count=args.fer_count)
+    names = args.runtimes or [r for r in candidates_for(encoder, shipped) if r != TORCH]
+    results = check_runtimes(encoder, names, crops=crops, head=head, threads=args.threads, shipped=shipped)
     failed = any(not r.passed and r.error is None for r in results)
+    if args.model:  # what `auto` runs this model in on this machine, and why
+        auto = runtime_choice(load_model(args.model, clip_source=args.clip, threads=args.threads).encoder)
     if args.json:
-        print(json.dumps({"weights": weights, "results": [r.to_dict() for r in results]}, indent=2))
+        print(json.dumps({"weights": weights, "results": [r.to_dict() for r in results],
+                          "auto": None if auto is None else {"runtime": auto.runtime, "reason": auto.reason}},
+                         indent=2))
         return EXIT_ERROR if failed else EXIT_OK
     first = results[0] if results else None
     print(f"{weights}: each runtime against torch fp32 on {len(crops.crops)} face crops ({crops.source}); "
           f"top-1 of {first.head if first else 'the head'}")
     for result in results:
         print(f"  {result.summary()}")
+    if auto is not None:
+        print(f"auto on this machine: {auto.summary()}")
     return EXIT_ERROR if failed else EXIT_OK
 
 
@@ -637,14 +646,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_calibrate, argv=None)
 
     p = sub.add_parser("quantize", help="ship a static-int8 copy of a compact model's encoder (ONNX Runtime)",
-                       description="Calibrates on training faces of DATA, checks the int8 model against fp32 on its "
-                       "val split (kept only with enough top-1 agreement), and writes encoder.int8.onnx into the "
-                       "model folder; `--runtime auto` then runs the model with it.")
+                       description="Calibrates on training faces of DATA (7-bit weights: exact on CPUs with and "
+                       "without VNNI), checks the int8 model against fp32 on the reference batch and on DATA's val "
+                       "split (kept only with enough top-1 agreement), and writes encoder.int8.onnx and "
+                       "reference.safetensors into the model folder; `--runtime auto` then checks it on each machine "
+                       "and uses it where it passes and is faster than torch.")
     p.add_argument("model", metavar="MODEL", help="model name under models/ or a model folder")
     data_args(p)
     p.add_argument("--calibration", type=int, default=512, help="calibration faces, equal per class (default 512)")
-    p.add_argument("--min-agreement", type=float, default=0.98,
-                   help="keep the int8 file only if its val top-1 agrees with fp32 on this share (default 0.98)")
+    p.add_argument("--min-agreement", type=float, default=0.99,
+                   help="keep the int8 file only if its val top-1 agrees with fp32 on this share (default 0.99)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads for the check")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_quantize)
@@ -688,16 +699,18 @@ def build_parser() -> argparse.ArgumentParser:
     runtime_args(p, runtime=False)
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("check-runtime", help="check each CPU runtime's CLIP embeddings against torch fp32",
+    p = sub.add_parser("check-runtime", help="check each CPU runtime of a model's encoder against torch fp32",
                        description="Cosine similarity of the embeddings and agreement of the head's top-1 label on "
-                       "real face crops (the bundled astronaut picture and FER-2013 val faces when present). "
-                       "Exits with 1 when a runtime fails (mean cosine < 0.99 or top-1 agreement < 98%%).")
+                       "real face crops: the model's shipped reference batch when it has one, else the bundled "
+                       "astronaut picture and FER-2013 val faces when present. With --model, also says which "
+                       "runtime `auto` runs the model in on this machine and why. Exits with 1 when a runtime "
+                       "fails (mean cosine < 0.99 or top-1 agreement < 98%%).")
     p.add_argument("--clip", default=None, metavar="PATH", help="CLIP weights folder or hub id (default "
                    "models/clip-vit-base-patch32, then the HF cache), or 'random' for random weights")
-    p.add_argument("--model", default=None, help="a CLIP model (name or folder): its encoder and its head are "
-                   "checked (default: CLIP alone, with a fixed random head)")
+    p.add_argument("--model", default=None, help="a model (name or folder, compact or CLIP): its encoder, its "
+                   "shipped int8 file and its head are checked (default: CLIP alone, with a fixed random head)")
     p.add_argument("--runtimes", "--runtime", nargs="+", metavar="RUNTIME",
-                   help="runtimes to check (default all but torch)")
+                   help="runtimes to check (default: the encoder's candidates for auto, but torch)")
     p.add_argument("--fer-count", type=int, default=240, help="FER-2013 val faces to add to the crops (default 240)")
     p.add_argument("--json", action="store_true", help="print JSON")
     runtime_args(p, runtime=False)

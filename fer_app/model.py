@@ -348,10 +348,64 @@ def build_encoder(cfg: dict, *, clip_source: str | Path | None = None, allow_dow
     return encoder if runtime == "torch" else _in_runtime(encoder, runtime, threads)
 
 
-def _in_runtime(encoder: Encoder, runtime: str, threads: int | None, head: nn.Module | None = None) -> Encoder:
-    from fer_app.runtimes import select_runtime
+def _in_runtime(encoder: Encoder, runtime: str, threads: int | None, head: nn.Module | None = None,
+                folder: Path | None = None, cfg: dict | None = None) -> Encoder:
+    """`encoder` in `runtime` through `fer_app.runtimes.select_runtime`, with the model folder's shipped
+    files (an int8 encoder made from these weights, the reference batch) when there is a folder."""
+    from fer_app import runtimes
 
-    return select_runtime(encoder, runtime, threads=threads, head=head)
+    shipped, reference = runtime_files(folder, cfg)
+    if runtime in runtimes.SHIPPED_RUNTIMES and runtime not in shipped:
+        raise ModelError(f"{folder}: {shipped_problem(folder, cfg or {}) or 'no file for ' + runtime}")
+    try:
+        return runtimes.select_runtime(encoder, runtime, threads=threads, head=head, shipped=shipped,
+                                       reference=reference)
+    except runtimes.RuntimeUnavailable as exc:
+        raise ModelError(str(exc)) from None
+
+
+def runtime_files(folder: Path | None, cfg: dict | None):
+    """What a model folder gives the runtime selection: its shipped runtime files (`shipped_runtimes`)
+    and its reference batch (`fer_app.runtimes.read_reference`; None when it has none or it is damaged,
+    said in one log line)."""
+    from fer_app import runtimes
+
+    if folder is None or cfg is None:
+        return {}, None
+    try:
+        reference = runtimes.read_reference(folder)
+    except runtimes.RuntimeUnavailable as exc:
+        runtimes.log(f"{exc}; checking runtimes on the default crops")
+        reference = None
+    return shipped_runtimes(folder, cfg), reference
+
+
+#: The static-int8 encoder a compact model may ship (`fer_app.quantize` writes it; its config entry
+#: `quantized` records the sha256 of the weights it was made from).
+QUANTIZED_FILE, QUANTIZED_KEY = "encoder.int8.onnx", "quantized"
+
+
+def shipped_problem(folder: Path | None, cfg: dict) -> str | None:
+    """Why a model folder's int8 encoder can't be offered (None: it can)."""
+    entry = cfg.get(QUANTIZED_KEY)
+    if folder is None or not isinstance(entry, dict) or not (folder / QUANTIZED_FILE).is_file():
+        return f"no {QUANTIZED_FILE} (make one with: python -m fer_app quantize {folder.name if folder else 'MODEL'} DATA)"
+    if entry.get("weights_sha256") != file_sha256(folder / WEIGHTS_FILE):
+        return f"{QUANTIZED_FILE} was made from other weights; quantize again"
+    return None
+
+
+def shipped_runtimes(folder: Path, cfg: dict) -> dict[str, Path]:
+    """The runtime files of a model folder that `auto` may use ({"onnx-int8-static": path}); a stale
+    int8 file (made from other weights) is left out with one log line."""
+    from fer_app.runtimes import ONNX_INT8_STATIC, log
+
+    problem = shipped_problem(folder, cfg)
+    if problem is None:
+        return {ONNX_INT8_STATIC: folder / QUANTIZED_FILE}
+    if QUANTIZED_KEY in cfg:
+        log(f"{folder}: {problem}; not offering it")
+    return {}
 
 
 def load_model(name_or_path: str | Path = DEFAULT_MODEL, *, models_dir: Path | None = None,
@@ -360,8 +414,10 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL, *, models_dir: Path | N
     """Load a saved model by name or folder; `clip-vit-b32-zero-shot` builds CLIP's zero-shot classifier.
 
     runtime: where the encoder runs (`fer_app.runtimes`). "auto", the default, picks the fastest CPU
-    runtime that passes the accuracy check with this model's head for CLIP, and torch for the compact
-    encoder; "torch" gives the plain (trainable) torch encoder. threads: None for the default count.
+    runtime of the encoder's candidates (for a compact model: torch or its shipped int8 file) that passes
+    the accuracy check with this model's head on this machine, on the model's shipped reference batch
+    (decided once per machine, then cached); "torch" gives the plain (trainable) torch encoder.
+    threads: None for the default count.
     """
     if str(name_or_path) == CLIP_ZERO_SHOT:
         model = clip_zero_shot(clip_source, allow_download=allow_download)
@@ -385,31 +441,14 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL, *, models_dir: Path | N
         load_state(model, tensors, weights_path)
     else:
         load_state(model.head, {k.removeprefix("head."): v for k, v in tensors.items()}, weights_path)
-    return _shipped_int8(model.eval(), folder, cfg, runtime, threads) or _with_runtime(model, runtime, threads)
+    return _with_runtime(model.eval(), runtime, threads, folder, cfg)
 
 
-def _shipped_int8(model: Classifier, folder: Path, cfg: dict, runtime: str, threads: int | None) -> Classifier | None:
-    """The model with the static-int8 encoder shipped in its folder (`fer_app.quantize`) when `runtime`
-    is "onnx-int8-static", or "auto" and the file is there, matches the weights and can run here."""
-    from fer_app import quantize, runtimes
-
-    if runtime == "auto" and os.environ.get(runtimes.ENV_RUNTIME, "auto").strip() not in ("", "auto"):
-        return None  # a runtime pinned for this machine
-    if runtime not in ("auto", quantize.ONNX_INT8_STATIC) or (runtime == "auto" and quantize.CONFIG_KEY not in cfg):
-        return None
-    try:
-        return quantize.load_quantized(model, folder, cfg, threads)
-    except quantize.QuantizeError as exc:
-        if runtime == quantize.ONNX_INT8_STATIC:
-            raise ModelError(str(exc)) from None
-        runtimes.log(f"{exc}; running the model in torch")
-        return None
-
-
-def _with_runtime(model: Classifier, runtime: str, threads: int | None) -> Classifier:
+def _with_runtime(model: Classifier, runtime: str, threads: int | None, folder: Path | None = None,
+                  cfg: dict | None = None) -> Classifier:
     """`model` with its encoder in `runtime` (checked against the model's own head under "auto")."""
     if runtime != "torch":
-        model.encoder = _in_runtime(model.encoder, runtime, threads, head=model.head)
+        model.encoder = _in_runtime(model.encoder, runtime, threads, model.head, folder, cfg)
     return model
 
 

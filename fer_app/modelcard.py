@@ -95,6 +95,14 @@ def quantized_section(entry: dict) -> str:
              f"faces of `{entry.get('calibration', {}).get('source')}` (the same number per class)",
              f"- made from the weights with sha256 `{entry.get('weights_sha256', '')[:16]}…`; used under "
              "`--runtime auto` while they match (`--runtime torch` runs the fp32 network)"]
+    if entry.get("weight_range"):
+        low, high = entry["weight_range"]
+        lines.append(f"- int8 weights within [{low}, {high}] (7-bit): no int16 saturation on CPUs without VNNI")
+    check = entry.get("reference_check")
+    if check:
+        lines.append(f"- reference batch (`reference.safetensors`, {check.get('n')} crops): mean cosine "
+                     f"{check.get('cosine_mean'):.4f}, top-1 agreement {check.get('top1_agreement'):.1%} with fp32; "
+                     "every machine repeats this check on first load before `auto` uses the file")
     val = entry.get("val")
     if val:
         lines.append(f"- val ({val['n']} faces): accuracy fp32 {val['accuracy_fp32']:.2%}, int8 "

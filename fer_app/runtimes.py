@@ -10,6 +10,9 @@ works unchanged. The runtimes (`RUNTIMES`):
 - `onnx-int8`: ONNX Runtime on that export with dynamic int8 quantization of its MatMuls.
 - `openvino-fp32`, `openvino-bf16`: OpenVINO's CPU plugin on the same ONNX export, in fp32 or in
   bfloat16 (only offered on CPUs with native bf16, e.g. AVX512_BF16 or AMX).
+- `onnx-int8-static`: ONNX Runtime on a static-int8 file shipped in the model's folder
+  (`fer_app.quantize` makes it for compact models); offered only when the model ships one that was
+  made from its weights (`shipped`).
 
 Export cache: ONNX files are written once per weights under `models/.onnx-cache/` (see
 `default_cache_dir`), one folder per artifact named by a key: the sha256 of the encoder's weights
@@ -19,20 +22,27 @@ manifest is missing, unreadable, for another key, or whose file does not hash to
 and rebuilt, never loaded. Folders are written to a temporary name and renamed into place.
 
 Accuracy check (`AccuracyCheck`): each runtime's embeddings are compared with torch fp32's on real
-face crops (`check_crops`: the astronaut of assets/ cut with several margins, shifts, flips and
-brightness changes, plus FER-2013 validation faces when the dev data set is present): the cosine
-similarity of the embeddings and the agreement of the head's top-1 label (the model's head, or a
-random linear head over the main directions in which the crops' embeddings differ, `random_head`,
-when there is none). A runtime passes with a mean cosine of at
-least `COSINE_MIN` and a top-1 agreement of at least `TOP1_MIN`.
+face crops: the model's shipped reference batch when it has one (`reference.safetensors`, see
+`read_reference`), else `check_crops` (the astronaut of assets/ cut with several margins, shifts,
+flips and brightness changes, plus FER-2013 validation faces when the dev data set is present): the
+cosine similarity of the embeddings and the agreement of the head's top-1 label (the model's head,
+or a random linear head over the main directions in which the crops' embeddings differ,
+`random_head`, when there is none). A runtime passes with a mean cosine of at least `COSINE_MIN`
+AND a top-1 agreement of at least `TOP1_MIN`. The check matters most for int8: on x86 CPUs without
+VNNI, u8s8 int8 kernels multiply with VPMADDUBSW, whose 16-bit pair sums saturate, so the same int8
+file can be exact on one CPU and wrong on another; only a check on the machine that runs it tells.
 
-`auto` (`select_runtime`): for the CLIP encoder, every runtime available here is built, checked and
-timed (median ms per face at batch 1 and 8, averaged); the fastest that passes wins. The decision is
-stored in the cache folder, keyed by the weights, the head, the crops, the thread count, the CPU
-and the library versions, so later loads go straight to the chosen runtime. Runtimes that cannot be
-built (onnxruntime or openvino missing, a failed export) are skipped, so `auto` falls back to torch.
-Setting FER_APP_RUNTIME to a runtime's name pins what `auto` means on a machine (e.g. "torch" in tests).
-The compact encoder (about a millisecond per face) stays in torch under `auto`, as it is.
+`auto` (`select_runtime`): the same for every encoder: each candidate runtime of the encoder
+(`CANDIDATES`: all of them for CLIP; torch and a shipped int8 file for the compact CNN, whose ONNX
+export costs more than a first load may take) that is available here is built, checked and timed
+(median ms per face at batch 1 and 8, averaged); the fastest that passes wins, and a runtime later
+in the list (less exact) must be at least `AUTO_MIN_GAIN` faster than the best before it to be
+taken. The decision is stored in the cache folder, keyed by the weights, the head, the crops, the
+shipped files' hashes, the thread count, the CPU (model and ISA flags) and the library versions,
+so later loads go straight to the chosen runtime; the chosen encoder carries a `RuntimeChoice`
+(`runtime_choice`) saying what was chosen and why. Runtimes that cannot be built are skipped with
+one log line, so `auto` falls back to torch. Setting FER_APP_RUNTIME to a runtime's name pins what
+`auto` means on a machine (e.g. "torch" in tests).
 
 Threads: `default_threads` uses the physical cores, less one when there are four or more so that
 the video thread keeps a core; `FER_APP_THREADS` or an explicit `threads` overrides it. torch's
@@ -58,8 +68,8 @@ import threading
 import time
 import warnings
 from abc import abstractmethod
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -75,11 +85,25 @@ from fer_app.encoders.base import Encoder
 TORCH, TORCH_INT8 = "torch", "torch-int8"
 ONNX_FP32, ONNX_INT8 = "onnx-fp32", "onnx-int8"
 OPENVINO_FP32, OPENVINO_BF16 = "openvino-fp32", "openvino-bf16"
+#: A static-int8 ONNX file shipped in the model's folder (`fer_app.quantize`).
+ONNX_INT8_STATIC = "onnx-int8-static"
 AUTO = "auto"
-#: Every runtime, the reference first.
+#: The runtimes this module builds for any encoder, the reference first.
 RUNTIMES: tuple[str, ...] = (TORCH, TORCH_INT8, ONNX_FP32, ONNX_INT8, OPENVINO_FP32, OPENVINO_BF16)
-#: Encoders for which `auto` looks beyond torch (the compact CNN is already about 1 ms per face).
-AUTO_ENCODERS: frozenset[str] = frozenset({"clip-vit-b32"})
+#: Runtimes that run a file the model ships (not one this module exports).
+SHIPPED_RUNTIMES: tuple[str, ...] = (ONNX_INT8_STATIC,)
+#: Every runtime name a user may ask for.
+KNOWN_RUNTIMES: tuple[str, ...] = RUNTIMES + SHIPPED_RUNTIMES
+#: What `auto` considers per encoder, in order of preference at equal speed (the most exact first).
+#: The compact CNN: torch and its shipped int8 file. Its ONNX fp32 export takes 5-45 s on 2 cores (over
+#: the first load's budget) and ran slower than torch on it (1.5 vs 1.0 ms per view on AVX-512).
+CANDIDATES: dict[str, tuple[str, ...]] = {
+    "compact": (TORCH, ONNX_INT8_STATIC),
+    "clip-vit-b32": (TORCH, ONNX_FP32, OPENVINO_FP32, OPENVINO_BF16, TORCH_INT8, ONNX_INT8),
+}
+#: A less exact runtime must be at least this much faster (share of ms per face) than the best more
+#: exact one that passed, or `auto` keeps the more exact one: within timing noise int8 is not worth it.
+AUTO_MIN_GAIN = 0.05
 
 #: A runtime passes the accuracy check with at least this mean cosine to torch fp32's embeddings...
 COSINE_MIN = 0.99
@@ -173,15 +197,15 @@ def _openvino_has_bf16() -> bool:
 
 def require_known(names: Sequence[str]) -> None:
     """Raise ValueError for a name that is not a runtime."""
-    unknown = [n for n in names if n not in RUNTIMES]
+    unknown = [n for n in names if n not in KNOWN_RUNTIMES]
     if unknown:
-        raise ValueError(f"unknown runtime {unknown[0]!r} (choose from {', '.join((AUTO, *RUNTIMES))})")
+        raise ValueError(f"unknown runtime {unknown[0]!r} (choose from {', '.join((AUTO, *KNOWN_RUNTIMES))})")
 
 
 def unavailable_reason(runtime: str) -> str | None:
     """Why `runtime` cannot run here (a package is missing, the CPU lacks bf16), or None when it can."""
     require_known([runtime])
-    if runtime in (ONNX_FP32, ONNX_INT8) and not _importable("onnxruntime"):
+    if runtime in (ONNX_FP32, ONNX_INT8, ONNX_INT8_STATIC) and not _importable("onnxruntime"):
         return "onnxruntime is not installed"
     if runtime in (OPENVINO_FP32, OPENVINO_BF16) and not _importable("openvino"):
         return "openvino is not installed"
@@ -577,9 +601,15 @@ def quantize_onnx_dynamic(source: Path, target: Path) -> None:
 # ------------------------------------------------------------------------------------ building
 
 def load_runtime(encoder: Encoder, runtime: str, *, threads: int | None = None, cache_dir: Path | None = None,
-                 progress: Progress | None = log, cache: ExportCache | None = None) -> Encoder:
-    """`encoder` in `runtime` (no accuracy check). Raises RuntimeUnavailable when it cannot run here."""
+                 progress: Progress | None = log, cache: ExportCache | None = None,
+                 shipped: Mapping[str, Path] | None = None) -> Encoder:
+    """`encoder` in `runtime` (no accuracy check). Raises RuntimeUnavailable when it cannot run here.
+
+    shipped: the files a model ships for the `SHIPPED_RUNTIMES` ({"onnx-int8-static": path}); those
+    runtimes are unavailable without one."""
     reason = unavailable_reason(runtime)
+    if reason is None and runtime in SHIPPED_RUNTIMES and runtime not in (shipped or {}):
+        reason = "the model ships no file for it"
     if reason is not None:
         raise RuntimeUnavailable(f"{runtime}: {reason}")
     threads = resolve_threads(threads)
@@ -587,6 +617,13 @@ def load_runtime(encoder: Encoder, runtime: str, *, threads: int | None = None, 
     if runtime in (TORCH, TORCH_INT8):
         torch.set_num_threads(threads)
         return encoder if runtime == TORCH else _torch_int8(encoder)
+    if runtime in SHIPPED_RUNTIMES:
+        path = Path(shipped[runtime])  # type: ignore[index]
+        try:
+            return _session_encoder(encoder, runtime, path, threads, file_digest(path))
+        except Exception as exc:  # noqa: BLE001 - a damaged file: say which
+            raise RuntimeUnavailable(f"{runtime}: cannot load {path} ({type(exc).__name__}: "
+                                     f"{str(exc).strip()[:160]})") from exc
     cache = cache or ExportCache(encoder, cache_dir, progress)
     kind = artifact_kind(runtime)
     for attempt in (1, 2):
@@ -603,14 +640,15 @@ def load_runtime(encoder: Encoder, runtime: str, *, threads: int | None = None, 
 
 def artifact_kind(runtime: str) -> str | None:
     """The cached file a runtime loads: "onnx-int8" for onnx-int8, "onnx-fp32" for the ONNX Runtime fp32
-    and OpenVINO runtimes (OpenVINO compiles the ONNX export), None for the torch runtimes."""
-    if runtime in (TORCH, TORCH_INT8):
+    and OpenVINO runtimes (OpenVINO compiles the ONNX export), None for the torch runtimes and the
+    shipped ones (their file is the model's)."""
+    if runtime in (TORCH, TORCH_INT8) or runtime in SHIPPED_RUNTIMES:
         return None
     return ONNX_INT8 if runtime == ONNX_INT8 else ONNX_FP32
 
 
 def _session_encoder(base: Encoder, runtime: str, path: Path, threads: int, weights_sha256: str) -> RuntimeEncoder:
-    if runtime in (ONNX_FP32, ONNX_INT8):
+    if runtime in (ONNX_FP32, ONNX_INT8, ONNX_INT8_STATIC):
         return OnnxEncoder(base, runtime, path, threads, weights_sha256)
     precision = "bf16" if runtime == OPENVINO_BF16 else "f32"
     return OpenVinoEncoder(base, runtime, path, threads, weights_sha256, precision)
@@ -675,6 +713,95 @@ def check_crops(fer_count: int = 240, fer_path: Path | None = None) -> CheckCrop
     if fer:
         source += f" + {len(fer)} FER-2013 val faces"
     return CheckCrops(astronaut + fer, source)
+
+
+#: The reference batch a model may ship (`write_reference`): crops and torch fp32's embeddings of them.
+REFERENCE_FILE = "reference.safetensors"
+#: Side of the (grey) crops stored in a reference batch for encoders whose config names no input size.
+REFERENCE_SIDE = 96
+REFERENCE_SOURCE = "100 crops of assets/astronaut.png (margins, shifts, +-10 degree turns, mirror, brightness)"
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A model's shipped reference batch: crops, the torch fp32 embeddings they gave when it was made,
+    and the digest of the encoder weights (`tensors_digest`) they were made with."""
+
+    crops: CheckCrops
+    embeddings: torch.Tensor
+    weights_sha256: str
+    path: Path
+
+    def stale_reason(self, encoder: Encoder, embeddings: torch.Tensor | None = None) -> str | None:
+        """Why this batch does not belong to `encoder`'s weights (None: it does). `embeddings`: torch
+        fp32's embeddings of the crops computed here, compared with the stored ones when given."""
+        if self.weights_sha256 != tensors_digest(encoder):
+            return f"{self.path}: made for other weights (write it again: python -m fer_app quantize)"
+        if embeddings is not None:
+            cosine = torch.nn.functional.cosine_similarity(embeddings, self.embeddings, dim=1)
+            if embeddings.shape != self.embeddings.shape or float(cosine.min()) < 0.9999:
+                return f"{self.path}: torch fp32 here differs from the stored embeddings (min cosine {float(cosine.min()):.5f})"
+        return None
+
+
+def reference_crops(image_path: Path | None = None) -> list[np.ndarray]:
+    """The crops of a shipped reference batch: `astronaut_crops` plus the face rotated by +-10 degrees
+    (2 margins x 5 shifts x 2 angles x mirror), 100 real face crops the project may ship."""
+    import cv2
+
+    crops = astronaut_crops(image_path)
+    for crop in crops[1::6]:  # each margin and shift at gain 1.0, unmirrored
+        h, w = crop.shape[:2]
+        for angle in (-10, 10):
+            m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
+            turned = cv2.warpAffine(crop, m, (w, h), borderMode=cv2.BORDER_REPLICATE)
+            crops += [turned, np.ascontiguousarray(turned[:, ::-1])]
+    return crops
+
+
+def write_reference(target: Path, encoder: Encoder, crops: Sequence[np.ndarray] | None = None) -> Reference:
+    """Write a reference batch to `target` (a model folder's `REFERENCE_FILE`): grey crops at the
+    encoder's input size (default `reference_crops`) and torch fp32's embeddings of them, with the
+    weights' digest; atomically."""
+    import cv2
+    from safetensors.torch import save_file
+
+    from fer_app.encoders.base import to_grey
+
+    side = int(encoder.config().get("input_size", REFERENCE_SIDE))
+    grey = np.stack([cv2.resize(to_grey(c), (side, side), interpolation=cv2.INTER_AREA)
+                     for c in (crops if crops is not None else reference_crops())])
+    embeddings = embed(encoder.eval(), list(grey))
+    target = Path(target)
+    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
+    digest = tensors_digest(encoder)
+    save_file({"crops": torch.from_numpy(grey), "embeddings": embeddings.contiguous()}, str(tmp),
+              metadata={"weights_sha256": digest, "source": REFERENCE_SOURCE})
+    os.replace(tmp, target)
+    source = f"{len(grey)} reference crops ({REFERENCE_SOURCE})"
+    return Reference(CheckCrops([np.ascontiguousarray(c) for c in grey], source), embeddings, digest, target)
+
+
+def read_reference(folder: Path) -> Reference | None:
+    """The reference batch shipped in a model folder, None when there is none; a damaged file is a
+    RuntimeUnavailable naming it."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(folder) / REFERENCE_FILE
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            crops, embeddings = f.get_tensor("crops"), f.get_tensor("embeddings")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise RuntimeUnavailable(f"{path}: not a valid reference batch ({exc})") from None
+    if crops.dtype != torch.uint8 or crops.ndim != 3 or len(crops) != len(embeddings) or "weights_sha256" not in meta:
+        raise RuntimeUnavailable(f"{path}: not a valid reference batch (crops {tuple(crops.shape)} {crops.dtype}, "
+                                 f"embeddings {tuple(embeddings.shape)})")
+    arrays = [np.ascontiguousarray(c) for c in crops.numpy()]
+    source = f"{len(arrays)} reference crops shipped in {path.parent.name}/{REFERENCE_FILE} ({meta.get('source', '?')})"
+    return Reference(CheckCrops(arrays, source), embeddings.float(), meta["weights_sha256"], path)
 
 
 def random_head(embeddings: torch.Tensor, num_classes: int = NUM_CLASSES, seed: int = 0,
@@ -775,7 +902,7 @@ class AccuracyCheck:
 
 def check_runtimes(encoder: Encoder, names: Sequence[str], *, crops: CheckCrops | None = None,
                    head: nn.Module | None = None, threads: int | None = None, cache_dir: Path | None = None,
-                   progress: Progress | None = log) -> list[CheckResult]:
+                   progress: Progress | None = log, shipped: Mapping[str, Path] | None = None) -> list[CheckResult]:
     """The accuracy check of each runtime in `names` against `encoder` in torch fp32, one runtime in memory at
     a time; a runtime that cannot be built gets a result with its `error`."""
     require_known(names)
@@ -783,7 +910,8 @@ def check_runtimes(encoder: Encoder, names: Sequence[str], *, crops: CheckCrops 
     results = []
     for name in names:
         try:
-            candidate = load_runtime(encoder, name, threads=threads, cache_dir=cache_dir, progress=progress)
+            candidate = load_runtime(encoder, name, threads=threads, cache_dir=cache_dir, progress=progress,
+                                     shipped=shipped)
         except RuntimeUnavailable as exc:
             results.append(check.failure(name, str(exc)))
             continue
@@ -822,77 +950,136 @@ def speed_score(encoder: Encoder, pixels: torch.Tensor, repeats: int = 5) -> flo
 
 # ------------------------------------------------------------------------------------ selection
 
+@dataclass(frozen=True)
+class RuntimeChoice:
+    """What runtime an encoder runs in and why; `select_runtime` puts one on the encoder it returns
+    (`runtime_choice`). how: "auto" (checked and timed now), "stored" (auto's earlier decision on this
+    machine), "pinned" ($FER_APP_RUNTIME) or "asked" (an explicit runtime, not checked)."""
+
+    runtime: str
+    how: str
+    reason: str
+    #: auto's measurements: runtime -> {"check": CheckResult dict, "ms_per_face": float} or {"skipped": why}.
+    candidates: dict[str, dict] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return f"{self.runtime} ({self.reason})"
+
+
+def runtime_choice(encoder: Encoder) -> RuntimeChoice:
+    """The `RuntimeChoice` of an encoder from `select_runtime` (a plain encoder: torch, as built)."""
+    choice = getattr(encoder, "runtime_choice", None)
+    return choice if isinstance(choice, RuntimeChoice) else RuntimeChoice(runtime_name(encoder), "asked", "as built")
+
+
+def _with_choice(encoder: Encoder, choice: RuntimeChoice) -> Encoder:
+    encoder.runtime_choice = choice
+    return encoder
+
+
+def candidates_for(encoder: Encoder, shipped: Mapping[str, Path] | None = None) -> tuple[str, ...]:
+    """The runtimes `auto` considers for an encoder (`CANDIDATES`, all runtimes for an unknown encoder),
+    torch first; a shipped runtime only when the model ships its file."""
+    names = CANDIDATES.get(encoder.encoder_id, RUNTIMES)
+    offered = [r for r in names if r not in SHIPPED_RUNTIMES or r in (shipped or {})]
+    return (TORCH, *(r for r in offered if r != TORCH))
+
+
 def select_runtime(encoder: Encoder, runtime: str = AUTO, *, threads: int | None = None,
                    cache_dir: Path | None = None, check_crops: CheckCrops | None = None,
                    head: nn.Module | None = None, candidates: Sequence[str] | None = None,
-                   progress: Progress | None = log) -> Encoder:
+                   progress: Progress | None = log, shipped: Mapping[str, Path] | None = None,
+                   reference: Reference | None = None) -> Encoder:
     """`encoder` in `runtime`; `auto` picks the fastest runtime that passes the accuracy check here.
 
     An explicit runtime is built without a check (`check-runtime` checks it) and raises
     RuntimeUnavailable when it cannot run. `auto` never fails for a runtime's sake: it falls back to
     torch. `head` is used for the check's top-1 agreement (a random head when None); `candidates`
-    limits the runtimes `auto` considers (torch is always one). $FER_APP_RUNTIME, when set, is what
-    `auto` means (a pinned runtime is loaded without the selection).
+    limits the runtimes `auto` considers (torch is always one; default `candidates_for`). `shipped`:
+    the model's own runtime files (see `load_runtime`); `reference`: its shipped reference batch, the
+    crops of the check (else `check_crops`, else the default `check_crops()`). $FER_APP_RUNTIME, when
+    set, is what `auto` means (a pinned runtime is loaded without the selection).
     """
     pinned = os.environ.get(ENV_RUNTIME, "").strip()
+    how = "asked"
     if runtime == AUTO and pinned and pinned != AUTO:
         require_known([pinned])
-        runtime = pinned
+        runtime, how = pinned, "pinned"
     if runtime != AUTO:
-        return load_runtime(encoder, runtime, threads=threads, cache_dir=cache_dir, progress=progress)
-    if encoder.encoder_id not in AUTO_ENCODERS:  # torch as it is; the process's thread count untouched
-        return encoder.eval()
-    return _AutoSelection(encoder, resolve_threads(threads), cache_dir, check_crops, head,
-                          candidates, progress or (lambda message: None)).run()
+        chosen = load_runtime(encoder, runtime, threads=threads, cache_dir=cache_dir, progress=progress,
+                              shipped=shipped)
+        reason = f"pinned by {ENV_RUNTIME}={pinned}" if how == "pinned" else "asked for; not checked"
+        return _with_choice(chosen, RuntimeChoice(runtime, how, reason))
+    crops = reference.crops if reference is not None else check_crops
+    return _AutoSelection(encoder, resolve_threads(threads), cache_dir, crops, head, candidates,
+                          progress or (lambda message: None), shipped or {}, reference).run()
 
 
 class _AutoSelection:
     """One run of `auto`: a stored decision when there is one, else build, check and time each candidate."""
 
     def __init__(self, encoder: Encoder, threads: int, cache_dir: Path | None, crops: CheckCrops | None,
-                 head: nn.Module | None, candidates: Sequence[str] | None, progress: Progress) -> None:
+                 head: nn.Module | None, candidates: Sequence[str] | None, progress: Progress,
+                 shipped: Mapping[str, Path], reference: Reference | None) -> None:
         self.encoder, self.threads, self.head, self.progress = encoder.eval(), threads, head, progress
+        self.shipped, self.reference = dict(shipped), reference
         self.cache = ExportCache(encoder, cache_dir, progress)
         self.crops = crops or check_crops()
         require_known(candidates or ())
-        self.candidates = [TORCH, *(r for r in (candidates or RUNTIMES) if r != TORCH)]
+        listed = candidates or candidates_for(encoder, shipped)
+        self.candidates = [TORCH, *(r for r in listed if r != TORCH)]
         self.decision_path = self.cache.root / f"auto-{self._decision_key()[:24]}.json"
 
     def _decision_key(self) -> str:
         return _json_digest({"format": CACHE_FORMAT, "weights": self.cache.weights_sha256,
                              "head": tensors_digest(self.head) if self.head is not None else "random-0",
                              "crops": self.crops.digest(), "candidates": self.candidates, "threads": self.threads,
-                             "cpu": cpu_info(), "thresholds": [COSINE_MIN, TOP1_MIN],
+                             "shipped": {r: file_digest(Path(f)) for r, f in sorted(self.shipped.items())
+                                         if Path(f).is_file()},
+                             "cpu": cpu_info(), "thresholds": [COSINE_MIN, TOP1_MIN, AUTO_MIN_GAIN],
                              "versions": versions("torch", "transformers", "onnxruntime", "openvino")})
 
     def run(self) -> Encoder:
+        if not any(unavailable_reason(r) is None for r in self.candidates[1:]):  # nothing to choose between
+            only = "torch fp32, the only candidate runtime for this model here"
+            return _with_choice(self._load(TORCH), RuntimeChoice(TORCH, "auto", only))
         stored = self._stored_choice()
         if stored is not None:
+            runtime, decision = stored
             try:
-                chosen = self._load(stored)
-                self.progress(f"runtime auto: {stored} (chosen earlier on this machine; {self.decision_path.name})")
-                return chosen
+                chosen = self._load(runtime)
+                self.progress(f"runtime auto: {runtime} (chosen earlier on this machine; {self.decision_path.name})")
+                return _with_choice(chosen, RuntimeChoice(runtime, "stored", decision.get("reason", "chosen earlier")
+                                                          + f"; chosen on this machine {decision.get('created', '')}",
+                                                          decision.get("candidates", {})))
             except RuntimeUnavailable as exc:
-                self.progress(f"runtime auto: the stored choice {stored} no longer loads ({exc}); choosing again")
+                self.progress(f"runtime auto: the stored choice {runtime} no longer loads ({exc}); choosing again")
         return self._choose()
 
-    def _stored_choice(self) -> str | None:
+    def _stored_choice(self) -> tuple[str, dict] | None:
         try:
             decision = json.loads(self.decision_path.read_text())
         except (OSError, ValueError):
             return None
         choice = decision.get("runtime") if isinstance(decision, dict) else None
-        return choice if choice in self.candidates and unavailable_reason(choice) is None else None
+        if choice in self.candidates and unavailable_reason(choice) is None:
+            return choice, decision
+        return None
 
     def _load(self, runtime: str) -> Encoder:
-        return load_runtime(self.encoder, runtime, threads=self.threads, progress=self.progress, cache=self.cache)
+        return load_runtime(self.encoder, runtime, threads=self.threads, progress=self.progress, cache=self.cache,
+                            shipped=self.shipped)
 
     def _choose(self) -> Encoder:
         self.progress(f"runtime auto: checking and timing {', '.join(self.candidates)} on {len(self.crops.crops)} "
                       f"face crops with {self.threads} thread(s), once for these weights on this machine...")
         check = AccuracyCheck(self.encoder, self.crops, self.head)
+        if self.reference is not None:
+            stale = self.reference.stale_reason(self.encoder, check.reference)
+            if stale:
+                self.progress(f"runtime auto: {stale}; checking against torch fp32 here all the same")
         pixels = self.encoder.preprocess(self.crops.crops[:8])
-        best: tuple[float, str, Encoder] | None = None
+        best: tuple[float, str, Encoder, CheckResult] | None = None
         report: dict[str, dict] = {}
         for runtime in self.candidates:
             reason = unavailable_reason(runtime)
@@ -912,20 +1099,30 @@ class _AutoSelection:
             if not result.passed:
                 self.progress(f"runtime auto: refusing {result.summary()}")
                 continue
-            report[runtime]["ms_per_face"] = round(ms, 2)
-            self.progress(f"runtime auto: {runtime} passes its check, {ms:.1f} ms per face")
-            if best is None or ms < best[0]:
-                best = (ms, runtime, candidate)
+            report[runtime]["ms_per_face"] = round(ms, 3)
+            self.progress(f"runtime auto: {runtime} passes its check, {ms:.2f} ms per face")
+            if best is None or ms < best[0] * (1 - AUTO_MIN_GAIN):
+                best = (ms, runtime, candidate, result)
             del candidate
         if best is None:  # torch always passes against itself; only a broken reference gets here
             raise RuntimeUnavailable("no runtime passed the accuracy check, not even torch")
-        ms, runtime, chosen = best
-        self._store(runtime, report)
-        self.progress(f"runtime auto: chose {runtime} ({ms:.1f} ms per face)")
-        return chosen
+        ms, runtime, chosen, result = best
+        reason = self._reason(runtime, ms, result, report)
+        self._store(runtime, reason, report)
+        self.progress(f"runtime auto: chose {runtime} ({reason})")
+        return _with_choice(chosen, RuntimeChoice(runtime, "auto", reason, report))
 
-    def _store(self, runtime: str, report: dict[str, Any]) -> None:
-        decision = {"runtime": runtime, "threads": self.threads, "cpu": cpu_info(), "crops": self.crops.source,
+    @staticmethod
+    def _reason(runtime: str, ms: float, result: CheckResult, report: dict[str, dict]) -> str:
+        timed = ", ".join(f"{r} {v['ms_per_face']:.2f}" for r, v in report.items() if "ms_per_face" in v)
+        refused = [r for r, v in report.items() if "check" in v and not v["check"]["passed"]]
+        text = (f"fastest passing the accuracy check here: cosine {result.cosine_mean:.4f}, top-1 "
+                f"{result.top1_agreement:.1%} vs torch fp32; ms per face {timed}")
+        return text + (f"; refused: {', '.join(refused)}" if refused else "")
+
+    def _store(self, runtime: str, reason: str, report: dict[str, Any]) -> None:
+        decision = {"runtime": runtime, "reason": reason, "threads": self.threads, "cpu": cpu_info(),
+                    "crops": self.crops.source, "shipped": {r: str(f) for r, f in self.shipped.items()},
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "candidates": report}
         with contextlib.suppress(OSError):  # a read-only models/ only costs the next load a new choice
             self.decision_path.parent.mkdir(parents=True, exist_ok=True)

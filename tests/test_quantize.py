@@ -1,4 +1,5 @@
-"""Static int8 quantization of compact models: the shipped file, its use under "auto", staleness, the CLI."""
+"""Static int8 quantization of compact models: the shipped file, its check on each machine under "auto",
+staleness, the gate, the bundled model's file, the CLI."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from fer_app.cli import main
 from fer_app.evaluate import evaluate
 from fer_app.model import ModelError, load_model, save_model
 from fer_app.modelcard import QUANTIZED_TITLE
-from fer_app.quantize import (CONFIG_KEY, ONNX_INT8_STATIC, QUANTIZED_FILE, QuantizeError, calibration_sample,
-                              quantize_model)
+from fer_app import runtimes
+from fer_app.quantize import (CONFIG_KEY, ONNX_INT8_STATIC, QUANTIZED_FILE, SAFE_WEIGHT_MAX, QuantizeError,
+                              calibration_sample, quantize_model, weight_range)
 from test_cli import write_fer2013_csv
 
 
@@ -39,8 +41,11 @@ def test_quantized_model_is_used_under_auto_and_agrees(tiny_model: Path, tiny_sp
     assert saved == json.loads(json.dumps(report.to_dict()))
     assert report.val["accuracy_fp32"] == pytest.approx(evaluate(torch_model, tiny_splits["val"])["accuracy"], abs=1e-4)
 
-    model = load_model(tiny_model)  # auto
-    assert _runtime(model) == ONNX_INT8_STATIC
+    auto = runtimes.runtime_choice(load_model(tiny_model).encoder)  # checked and timed on this machine
+    assert auto.candidates[ONNX_INT8_STATIC]["check"]["passed"]
+    timed = {r: v["ms_per_face"] for r, v in auto.candidates.items() if "ms_per_face" in v}
+    assert auto.runtime == (ONNX_INT8_STATIC if timed[ONNX_INT8_STATIC] < timed["torch"] * 0.95 else "torch")
+    model = load_model(tiny_model, runtime=ONNX_INT8_STATIC)
     assert report.val["accuracy_int8"] == pytest.approx(evaluate(model, tiny_splits["val"])["accuracy"], abs=1e-4)
     crops = list(tiny_splits["val"].images[:20])
     p_int8, p_fp32 = model.predict_proba(crops), torch_model.predict_proba(crops)
@@ -59,7 +64,8 @@ def test_quantized_model_is_used_under_auto_and_agrees(tiny_model: Path, tiny_sp
 def test_pinned_runtime_wins_over_the_shipped_file(tiny_model: Path, tiny_splits, monkeypatch):
     quantize_model(tiny_model, tiny_splits["train"], None, threads=1)
     monkeypatch.setenv("FER_APP_RUNTIME", "torch")
-    assert _runtime(load_model(tiny_model)) == "torch"
+    model = load_model(tiny_model)
+    assert _runtime(model) == "torch" and runtimes.runtime_choice(model.encoder).how == "pinned"
 
 
 def test_stale_or_missing_file_falls_back_or_says_why(tiny_model: Path, tiny_splits, capsys):
@@ -77,6 +83,7 @@ def test_stale_or_missing_file_falls_back_or_says_why(tiny_model: Path, tiny_spl
     (tiny_model / "config.json").write_text(json.dumps(config_now))
     assert _runtime(load_model(tiny_model)) == "torch"
     assert "other weights" in capsys.readouterr().err
+    assert ONNX_INT8_STATIC not in runtimes.runtime_choice(load_model(tiny_model).encoder).candidates
     with pytest.raises(ModelError, match="other weights"):
         load_model(tiny_model, runtime=ONNX_INT8_STATIC)
 
@@ -116,3 +123,148 @@ def test_bench_times_the_shipped_int8_encoder(tiny_model: Path, tiny_splits):
     assert report["int8"]["runtime"] == ONNX_INT8_STATIC
     assert [t["batch"] for t in report["int8"]["predict_proba"]] == [1, 2]
     assert all(t["median_ms"] > 0 for t in report["int8"]["forward"])
+
+
+# ------------------------------------------------------------------ the check on the machine that loads the file
+
+def _fast_int8(monkeypatch, factor: float = 0.5) -> None:
+    """Time int8 at `factor` x torch, whatever this machine measures (the choice, not the clock, is tested)."""
+    def score(encoder, pixels, repeats=5):
+        return factor if runtimes.runtime_name(encoder) == ONNX_INT8_STATIC else 1.0
+    monkeypatch.setattr(runtimes, "speed_score", score)
+
+
+def corrupt_scales(path: Path, seed: int = 0) -> None:
+    """Multiply the weight scales of the int8 file's DequantizeLinear nodes by random factors in [0.2, 3]:
+    a file that still loads and runs, but computes something else (like a kernel that saturates)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {i.name: i for i in model.graph.initializer}
+    rng = np.random.default_rng(seed)
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in inits and \
+                numpy_helper.to_array(inits[node.input[0]]).dtype == np.int8:
+            scale = inits[node.input[1]]
+            values = numpy_helper.to_array(scale)
+            scale.CopyFrom(numpy_helper.from_array((values * rng.uniform(0.2, 3, values.shape)).astype(values.dtype),
+                                                   scale.name))
+    onnx.save(model, str(path))
+
+
+def test_auto_picks_the_int8_file_where_it_passes_and_is_faster(tiny_model: Path, tiny_splits, monkeypatch):
+    quantize_model(tiny_model, tiny_splits["train"], None, threads=1)
+    _fast_int8(monkeypatch, 0.5)
+    choice = runtimes.runtime_choice(load_model(tiny_model, threads=1).encoder)
+    assert choice.runtime == ONNX_INT8_STATIC and choice.how == "auto" and "fastest passing" in choice.reason
+
+
+def test_auto_keeps_torch_where_int8_is_not_worth_it(tiny_model: Path, tiny_splits, monkeypatch):
+    quantize_model(tiny_model, tiny_splits["train"], None, threads=1)
+    _fast_int8(monkeypatch, 1 - runtimes.AUTO_MIN_GAIN / 2)  # faster, but within the noise margin
+    assert _runtime(load_model(tiny_model, threads=1)) == "torch"
+
+
+def test_a_wrong_int8_file_is_detected_and_skipped(tiny_model: Path, tiny_splits, monkeypatch, capsys):
+    quantize_model(tiny_model, tiny_splits["train"], None, threads=1)
+    corrupt_scales(tiny_model / QUANTIZED_FILE)
+    _fast_int8(monkeypatch, 0.1)  # however fast it is
+    model = load_model(tiny_model, threads=1)
+    choice = runtimes.runtime_choice(model.encoder)
+    assert choice.runtime == "torch" and "refused: onnx-int8-static" in choice.reason
+    check = choice.candidates[ONNX_INT8_STATIC]["check"]
+    assert not check["passed"] and check["n"] == 100  # the shipped reference batch
+    err = capsys.readouterr().err
+    assert "refusing onnx-int8-static: FAILS" in err and "top-1 agreement" in err
+
+
+def test_the_stored_verdict_follows_the_file_the_libraries_and_the_cpu(tiny_model: Path, tiny_splits, monkeypatch):
+    quantize_model(tiny_model, tiny_splits["train"], None, threads=1)
+    _fast_int8(monkeypatch, 0.5)
+    assert runtimes.runtime_choice(load_model(tiny_model, threads=1).encoder).how == "auto"
+    assert runtimes.runtime_choice(load_model(tiny_model, threads=1).encoder).how == "stored"  # later loads: no check
+    cache = tiny_model.parent / ".onnx-cache"
+    assert len(list(cache.glob("auto-*.json"))) == 1
+
+    corrupt_scales(tiny_model / QUANTIZED_FILE)  # another file under the same name
+    choice = runtimes.runtime_choice(load_model(tiny_model, threads=1).encoder)
+    assert choice.how == "auto" and choice.runtime == "torch"
+
+    real_versions = runtimes.versions
+    monkeypatch.setattr(runtimes, "versions", lambda *m: {**real_versions(*m), "onnxruntime": "0.0-other"})
+    assert runtimes.runtime_choice(load_model(tiny_model, threads=1).encoder).how == "auto"
+    real_cpu = runtimes.cpu_info
+    monkeypatch.setattr(runtimes, "cpu_info", lambda: {**real_cpu(), "flags": ["avx2"]})  # an AVX2-only CPU
+    assert runtimes.runtime_choice(load_model(tiny_model, threads=1).encoder).how == "auto"
+    assert len(list(cache.glob("auto-*.json"))) == 4
+
+
+def test_the_gate_measures_agreement_with_fp32_at_its_threshold(tiny_model: Path, tiny_splits):
+    val = tiny_splits["val"]
+    wrong = type(val)(images=val.images, labels=(val.labels + 1) % 7, source="wrong labels")
+    fp32 = load_model(tiny_model, runtime="torch").predict_proba(list(val.images)).argmax(1)
+    report = quantize_model(tiny_model, tiny_splits["train"], wrong, min_agreement=0.0, threads=1)
+    int8 = load_model(tiny_model, runtime=ONNX_INT8_STATIC).predict_proba(list(val.images)).argmax(1)
+    assert report.val["agreement"] == pytest.approx(float((fp32 == int8).mean()), abs=1e-4)
+    assert report.val["accuracy_fp32"] == pytest.approx(float((fp32 == wrong.labels).mean()), abs=1e-4)
+    assert report.val["agreement"] > report.val["accuracy_int8"]  # against fp32, not against the labels
+    kept = quantize_model(tiny_model, tiny_splits["train"], wrong, min_agreement=report.val["agreement"], threads=1)
+    assert kept.val["agreement"] == report.val["agreement"]  # inclusive threshold
+    with pytest.raises(QuantizeError, match="agrees with fp32"):
+        quantize_model(tiny_model, tiny_splits["train"], wrong, min_agreement=report.val["agreement"] + 1e-3,
+                       threads=1)
+
+
+def test_the_gate_without_val_checks_the_reference_batch(tiny_model: Path, tiny_splits, monkeypatch):
+    import fer_app.quantize as quantize
+
+    real = quantize.quantize_encoder
+
+    def broken(model, calibration, target):
+        method = real(model, calibration, target)
+        corrupt_scales(target)
+        return method
+
+    monkeypatch.setattr(quantize, "quantize_encoder", broken)
+    with pytest.raises(QuantizeError, match="fails the accuracy check on the reference batch"):
+        quantize_model(tiny_model, tiny_splits["train"], None, threads=1)
+    assert not (tiny_model / QUANTIZED_FILE).exists() and not (tiny_model / runtimes.REFERENCE_FILE).exists()
+
+
+# ------------------------------------------------------------------ the bundled model's files
+
+BUNDLED = Path(__file__).resolve().parent.parent / "models" / "compact-fer2013"
+
+
+def test_the_bundled_int8_file_is_fresh_portable_and_gated():
+    from fer_app.model import read_config, shipped_problem
+
+    cfg = read_config(BUNDLED)
+    assert shipped_problem(BUNDLED, cfg) is None  # made from these weights
+    low, high = weight_range(BUNDLED / QUANTIZED_FILE)
+    assert -SAFE_WEIGHT_MAX <= low and high <= SAFE_WEIGHT_MAX  # 7-bit: no VPMADDUBSW saturation without VNNI
+    assert cfg[CONFIG_KEY]["weight_range"] == [low, high]
+    assert cfg[CONFIG_KEY]["val"]["agreement"] >= 0.99 and cfg[CONFIG_KEY]["reference_check"]["passed"]
+
+
+def test_the_bundled_reference_batch_matches_the_weights():
+    model = load_model(BUNDLED, runtime="torch")
+    reference = runtimes.read_reference(BUNDLED)
+    assert reference is not None and len(reference.crops.crops) == 100
+    here = runtimes.embed(model.encoder, reference.crops.crops)
+    assert reference.stale_reason(model.encoder, here) is None
+    for p in model.encoder.parameters():  # other weights: the batch is stale, and says so
+        p.data.mul_(1.01)
+        break
+    assert "other weights" in reference.stale_reason(model.encoder)
+
+
+def test_the_bundled_int8_file_agrees_with_fp32_on_the_reference_batch():
+    from fer_app.model import runtime_files, read_config
+
+    shipped, reference = runtime_files(BUNDLED, read_config(BUNDLED))
+    model = load_model(BUNDLED, runtime="torch")
+    int8 = runtimes.load_runtime(model.encoder, ONNX_INT8_STATIC, threads=1, shipped=shipped, progress=None)
+    result = runtimes.AccuracyCheck(model.encoder, reference.crops, model.head)(int8)
+    assert result.passed and result.cosine_mean >= 0.999, result.summary()
