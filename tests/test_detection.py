@@ -235,3 +235,74 @@ def test_detector_crop_uses_its_margin(detector: FaceDetector, astronaut: np.nda
     (crop,) = detector.crop(astronaut, faces)
     side = round(max(faces[0].w, faces[0].h) * (1 + 2 * detector.config.margin))
     assert abs(crop.shape[0] - side) <= 1 and crop.shape[0] == crop.shape[1]
+
+
+# --- box mapping edges (found by mutation testing) ----------------------------------------------
+
+
+@pytest.mark.parametrize(("a", "b", "same"), [
+    ((100, 200, 50, 80), (110, 210, 50, 80), True),  # one face, boxes a little apart
+    ((0, 0, 100, 100), (45, 0, 100, 100), True),  # IoU 0.38 with neither mostly inside the other
+    ((100, 200, 100, 100), (120, 220, 30, 40), True),  # a small box inside a large one
+    ((100, 200, 50, 80), (160, 200, 50, 80), False),  # side by side, level
+    ((100, 200, 50, 80), (100, 290, 50, 80), False),  # one above the other
+    ((0, 0, 10, 10), (30, 30, 10, 10), False),  # apart diagonally (both overlaps negative)
+    ((0, 0, 100, 100), (80, 0, 40, 40), False),  # half of the small box inside: not enough
+    ((0, 0, 20, 10), (8, 0, 32, 10), False),  # IoU exactly 0.3 and 0.6 of the smaller inside: both limits exclusive
+    ((0, 0, 1.5, 10), (0.5, 0, 10, 10), True),  # a one-pixel-wide overlap, two thirds of the thin box
+    ((0, 0, 10, 1.5), (0, 0.5, 10, 10), True),
+])
+def test_same_face(a: tuple, b: tuple, same: bool) -> None:
+    from fer_app.detection import _same_face
+
+    a, b = np.array(a, np.float64), np.array(b, np.float64)
+    assert bool(_same_face(a, b)) == same and bool(_same_face(b, a)) == same
+
+
+def test_equally_strong_duplicates_keep_the_larger() -> None:
+    kept = _suppress_overlaps(np.array([[0, 0, 50, 50], [2, 2, 60, 60]], np.float64), np.array([5, 5]))
+    assert [tuple(int(v) for v in box) for box in kept] == [(2, 2, 60, 60)]
+    kept = _suppress_overlaps(np.array([[5, 0, 60, 50], [0, 0, 80, 40]], np.float64), np.array([5, 5]))
+    assert [tuple(int(v) for v in box) for box in kept] == [(0, 0, 80, 40)]  # area w * h, not h * h
+
+
+def test_boxes_are_rounded_and_clipped_to_the_frame() -> None:
+    from fer_app.detection import _to_face
+
+    assert _to_face(np.array([0.2, 0.4, 10.4, 20.6]), 100, 100) == Face(0, 0, 11, 21)
+    assert _to_face(np.array([-3.0, -2.0, 10.0, 30.0]), 100, 100) == Face(0, 0, 7, 28)
+    assert _to_face(np.array([90.0, 95.0, 20.0, 20.0]), 100, 100) == Face(90, 95, 10, 5)
+    assert _to_face(np.array([5.0, 5.0, 1.0, 1.0]), 100, 100) == Face(5, 5, 1, 1)
+
+
+@pytest.mark.parametrize(("face", "box"), [
+    (Face(0, 100, 50, 50), Face(0, 100, 50, 50)),  # at each border: the border alone limits the side
+    (Face(350, 100, 50, 50), Face(350, 100, 50, 50)),
+    (Face(100, 0, 50, 50), Face(100, 0, 50, 50)),
+    (Face(100, 250, 50, 50), Face(100, 250, 50, 50)),
+    (Face(10, 100, 50, 50), Face(0, 90, 70, 70)),  # 10 px from the left border: side 2 * 35
+    (Face(100, 10, 50, 50), Face(90, 0, 70, 70)),
+    (Face(0, 0, 1, 1), Face(0, 0, 1, 1)),  # a one-pixel face in the corner
+    (Face(399, 299, 1, 1), Face(399, 299, 1, 1)),
+])
+def test_square_box_at_the_borders(face: Face, box: Face) -> None:
+    assert square_box(face, (300, 400), margin=0.5) == box
+
+
+def test_detector_passes_its_settings_to_the_cascade(astronaut: np.ndarray) -> None:
+    config = DetectorConfig(scale_factor=1.3, min_neighbors=7, min_face=60, detection_width=256)
+    detector = FaceDetector(config)
+    calls = []
+    real = detector._classifier
+
+    class Spy:
+        def detectMultiScale2(self, image, **kwargs):  # noqa: N802 - OpenCV's name
+            calls.append((image.shape, kwargs))
+            return real.detectMultiScale2(image, **kwargs)
+
+    detector._classifier = Spy()
+    faces = detector.detect(astronaut)
+    assert calls == [((256, 256), {"scaleFactor": 1.3, "minNeighbors": 7, "minSize": (30, 30)})]  # 60 px at 0.5x
+    assert len(faces) == 1
+    assert [c.shape[:2] for c in FaceDetector(DetectorConfig(margin=0.0)).crop(astronaut, faces)] == \
+        [(faces[0].h, faces[0].w)]  # the detector's own margin (0 here), not the default
