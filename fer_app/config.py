@@ -56,3 +56,33 @@ EQUALIZE_MODES = ("clahe", "global", "none")
 #: 48 px (24 px, the cascade's window, at 320 px for a 640 px frame). Photos use the more thorough
 #: `DetectorConfig()` defaults.
 VIDEO_DETECTOR = DetectorConfig(detection_width=320, scale_factor=1.1, min_neighbors=5, min_face=48)
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """Detect-and-track on video (`fer_app.scan`): where the Haar cascade looks in each frame.
+
+    full_every: a full-frame scan at least every this many frames (1: every frame, no tracking
+    scans), and on the frame after a track is new or lost. In between only a window around each live
+    track is scanned: the track's box grown by `window` of its side on every side, over face sizes
+    within `scale_range` (x or /) of the track's.
+    """
+
+    full_every: int = 10
+    window: float = 0.5
+    scale_range: float = 1.3
+
+    def __post_init__(self) -> None:
+        if self.full_every < 1 or self.window < 0 or self.scale_range < 1.0:
+            raise ValueError(f"invalid scan settings: {self}")
+
+
+#: Scan defaults for video (the live page and `python -m fer_app video`); `ScanConfig(full_every=1)`
+#: scans every frame whole, as photos always are.
+VIDEO_SCAN = ScanConfig()
+
+#: Label hysteresis of each tracked face (live and video, `fer_app.tracking`): the label shown changes
+#: only when another class leads it by this much in the smoothed probabilities...
+LABEL_MARGIN = 0.1
+#: ...and the label shown has been held for at least this many seconds.
+LABEL_DWELL_S = 1.0

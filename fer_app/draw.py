@@ -42,7 +42,7 @@ import numpy as np
 from fer_app.types import Face, Prediction
 
 __all__ = ["CLASS_COLOURS", "DrawOptions", "Placement", "Rect", "bars_box", "class_colour", "draw_predictions",
-           "draw_stats", "layout_labels", "layout_panels", "stats_box", "text_scale"]
+           "draw_stats", "face_clearance", "layout_labels", "layout_panels", "stats_box", "text_scale"]
 
 BGR = tuple[int, int, int]
 
@@ -294,12 +294,34 @@ def bars_box(face: Face, frame_shape: tuple[int, ...], size: tuple[int, int]) ->
     return None if rect is None else Face(*rect)
 
 
-def stats_box(frame_width: int, lines: Sequence[str]) -> Rect | None:
-    """The rectangle `draw_stats` darkens for these lines (None: no lines, nothing drawn)."""
+def stats_box(frame_width: int, lines: Sequence[str], *, frame_height: int | None = None,
+              faces: Sequence[Face | tuple[int, int, int, int]] = (),
+              prefer: tuple[int, int] | None = None) -> Rect | None:
+    """The rectangle `draw_stats` darkens for these lines (None: no lines, or no place for it).
+
+    Without `frame_height`: the top-left corner. With it, the first frame corner (top-left, top-right,
+    bottom-left, bottom-right; `prefer`, a corner's (x, y), first) where the box meets no face of `faces`,
+    each grown by `face_clearance` (room for its label above and its outline); None where every corner
+    has a face: the overlay is then left out rather than drawn over a face.
+    """
     if not lines:
         return None
     _, _, width, height, *_ = _stats_metrics(frame_width, lines)
-    return Rect(0, 0, width, height)
+    if frame_height is None:
+        return Rect(0, 0, width, height)
+    corners = [Rect(x, y, width, height) for y in (0, max(0, frame_height - height))
+               for x in (0, max(0, frame_width - width))]
+    if prefer is not None:
+        corners.sort(key=lambda r: (r.x, r.y) != tuple(prefer))
+    grown = [face_clearance(f, frame_width) for f in faces]
+    return next((c for c in corners if not any(c.intersects(g) for g in grown)), None)
+
+
+def face_clearance(face: Face | tuple[int, int, int, int], frame_width: int) -> Rect:
+    """A face's box grown by what must stay visible with it: its outline and, above it, a label's height."""
+    x, y, w, h = _as_rect(face)
+    label = round(28 * text_scale(frame_width) / 0.5)
+    return Rect(x - 4, y - label, w + 8, h + label + 4)
 
 
 # --------------------------------------------------------------------------------------- drawing
@@ -380,14 +402,15 @@ def draw_predictions(frame: np.ndarray, predictions: Sequence[Prediction], *, pe
     return placements
 
 
-def draw_stats(frame: np.ndarray, lines: Sequence[str]) -> None:
-    """Draw, in place, text lines on a darkened panel in the frame's top-left corner (`stats_box`)."""
+def draw_stats(frame: np.ndarray, lines: Sequence[str], *, at: tuple[int, int, int, int] | None = None) -> None:
+    """Draw, in place, text lines on a darkened panel: at `at` (a `stats_box`), else the top-left corner."""
     if not lines:
         return
     scale, pad, width, height, row = _stats_metrics(frame.shape[1], lines)
-    _darken(frame, 0, 0, width, height)
+    x0, y0 = (0, 0) if at is None else (at[0], at[1])
+    _darken(frame, x0, y0, width, height)
     for i, line in enumerate(lines):
-        cv2.putText(frame, line, (pad, (i + 1) * row), _FONT, scale, _WHITE, 1, cv2.LINE_AA)
+        cv2.putText(frame, line, (x0 + pad, y0 + (i + 1) * row), _FONT, scale, _WHITE, 1, cv2.LINE_AA)
 
 
 def _stats_metrics(frame_width: int, lines: Sequence[str]) -> tuple[float, int, int, int, int]:

@@ -1,11 +1,14 @@
 """The frame pipeline for live video: detect -> batch classify (in a worker) -> track/smooth -> draw.
 
-`LivePipeline.process` runs in the video thread. Every frame it detects faces and matches them to
-tracks (`fer_app.tracking`), so boxes follow faces on every frame. All crops of a frame are
+`LivePipeline.process` runs in the video thread. Every frame it finds faces (detect-and-track,
+`fer_app.scan`: a full Haar scan now and then, windows around the tracked faces in between) and
+matches them to tracks (`fer_app.tracking`), so boxes follow faces on every frame. All crops of a frame are
 classified in one batch: in the video thread when that is fast (synchronous mode), otherwise in a
 worker thread that the video thread never waits for. It hands the worker the latest crops, with
 their track ids, only when the worker is idle, and draws each track's last smoothed result
-meanwhile. `asynchronous=None` picks the mode from the measured classification time. `update`
+meanwhile. With the model's test-time augmentation on, each face gets one of its views per
+frame, in turn (`spread`), and its track averages the latest result of each view: the full TTA
+average at the cost of one view. `asynchronous=None` picks the mode from the measured classification time. `update`
 swaps the model or the settings from another thread; the change applies from the next frame.
 `stats` gives rolling medians/p95 of the stage timings, and `timeline` the session's emotion rows.
 """
@@ -24,10 +27,11 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from fer_app.config import DetectorConfig
+from fer_app.config import LABEL_DWELL_S, LABEL_MARGIN, VIDEO_SCAN, DetectorConfig, ScanConfig
 from fer_app.detection import FaceDetector
-from fer_app.draw import DrawOptions, draw_predictions, draw_stats, stats_box
+from fer_app.draw import DrawOptions, Rect, draw_predictions, draw_stats, stats_box
 from fer_app.model import Classifier
+from fer_app.scan import Scanner
 from fer_app.tracking import FaceTracker, Track
 from fer_app.types import Prediction
 
@@ -50,6 +54,11 @@ class LiveSettings:
     mirror: test-time augmentation (the model's views of each face: mirror image, zoomed copies);
     None = the model's own setting in the video thread and off in the worker, where the model is
     slow: the smoothing over frames averages there anyway, and each face's label refreshes more often.
+    spread: with TTA on, classify one view of each face per frame, in turn, instead of all of them
+    (the track averages the latest of each view); TTA then costs nothing more than one view, so the
+    worker uses the model's views too. scan: detect-and-track settings (`fer_app.scan`).
+    label_margin, label_dwell: each track's label hysteresis (`fer_app.tracking`): the label shown
+    changes only to a class leading it by `label_margin`, after `label_dwell` seconds held.
     """
 
     detector: DetectorConfig = field(default_factory=DetectorConfig)
@@ -59,12 +68,18 @@ class LiveSettings:
     max_missed: int = 8
     async_above_ms: float = 15.0
     mirror: bool | None = None
+    spread: bool = True
+    scan: ScanConfig = VIDEO_SCAN
+    label_margin: float = LABEL_MARGIN
+    label_dwell: float = LABEL_DWELL_S
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.smoothing < 1.0:
             raise ValueError(f"smoothing must be in [0, 1), got {self.smoothing}")
         if self.max_missed < 0 or self.async_above_ms < 0:
             raise ValueError(f"max_missed and async_above_ms must be >= 0: {self}")
+        if not 0.0 <= self.label_margin < 1.0 or self.label_dwell < 0:
+            raise ValueError(f"label_margin must be in [0, 1) and label_dwell >= 0: {self}")
 
 
 @dataclass(frozen=True)
@@ -84,12 +99,11 @@ class LiveStats:
     error: str | None = None  # the worker's last error, if its last batch failed
 
     def overlay_lines(self) -> list[str]:
-        """The text of the on-frame stats overlay."""
+        """The text of the on-frame stats overlay: two short lines (the page shows the rest)."""
         mode = "async" if self.asynchronous else "sync"
         return [f"{self.fps:.1f} FPS  faces {self.faces}  labels {self.label_refresh_hz:.1f}/s",
-                (f"detect {self.detect_ms[0]:.1f}  classify {self.classify_ms[0]:.1f} ({mode})  "
-                 f"draw {self.draw_ms[0]:.1f} ms"),
-                f"model {self.model}"] + ([f"error: {self.error}"] if self.error else [])
+                f"detect {self.detect_ms[0]:.0f}  classify {self.classify_ms[0]:.0f} ms ({mode})"] + (
+                    ["classification failed"] if self.error else [])
 
 
 @dataclass(frozen=True)
@@ -100,6 +114,7 @@ class FrameTiming:
     classify_ms: float | None
     draw_ms: float
     frame_ms: float
+    full_scan: bool = True  # whether detection scanned the whole frame (else windows around the tracks)
 
 
 @dataclass(frozen=True)
@@ -109,6 +124,7 @@ class _Job:
     crops: list[np.ndarray]
     track_ids: list[int]
     mirror: bool | None = None
+    views: list[int] | None = None  # one view per crop (`Classifier.predict_views`), or all of them
 
 
 @dataclass(frozen=True)
@@ -118,6 +134,7 @@ class _Result:
     probabilities: np.ndarray | None
     seconds: float
     error: str | None = None
+    views: list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -164,10 +181,10 @@ class _Worker:
         while (job := self._jobs.get()) is not None:
             start = self._clock()
             try:
-                probs, error = job.model.predict_proba(job.crops, tta=job.mirror), None
+                probs, error = _predict(job.model, job.crops, job.mirror, job.views), None
             except Exception as exc:  # noqa: BLE001 - reported through stats(); the stream goes on
                 probs, error = None, f"{type(exc).__name__}: {exc}"
-            result = _Result(job.generation, job.track_ids, probs, self._clock() - start, error)
+            result = _Result(job.generation, job.track_ids, probs, self._clock() - start, error, job.views)
             with self._lock:
                 self._result, self._busy = result, False
 
@@ -185,7 +202,9 @@ class LivePipeline:
         self._settings = settings or LiveSettings()
         self._model = model
         self._detector = FaceDetector(self._settings.detector)
-        self._tracker = FaceTracker(smoothing=self._settings.smoothing, max_missed=self._settings.max_missed)
+        self._scanner = Scanner(self._detector, self._settings.scan)
+        self._tracker = FaceTracker(smoothing=self._settings.smoothing, max_missed=self._settings.max_missed,
+                                    label_margin=self._settings.label_margin, label_dwell=self._settings.label_dwell)
         self._clock, self._t0 = clock, clock()
         self._lock = threading.Lock()
         self._pending: _Pending | None = None
@@ -203,6 +222,8 @@ class LivePipeline:
         self._timeline_every, self._timeline_at = timeline_every, -math.inf
         self._overlay: list[str] = []
         self._overlay_at = -math.inf
+        self._overlay_stats: LiveStats | None = None  # the stats the overlay shows: the page shows the same
+        self._overlay_drawn: tuple[list[str], Rect | None] = ([], None)  # the last frame's overlay and its box
 
     # ------------------------------------------------------------ page thread
 
@@ -250,19 +271,42 @@ class LivePipeline:
                 faces=self._faces, model=self._model.name, frames=self._frames,
                 label_refresh_hz=self._refresh_hz, asynchronous=self._was_async, error=self._error)
 
+    def shown_stats(self) -> LiveStats:
+        """The stats the on-frame overlay shows now (refreshed with it, every `_OVERLAY_EVERY` s): the page shows
+        these, so the page and the video agree. `stats()` when the overlay is off or has not been drawn lately."""
+        with self._lock:
+            snapshot, at = self._overlay_stats, self._overlay_at
+        if snapshot is None or self._clock() - at > 2 * _OVERLAY_EVERY + 0.5:
+            return self.stats()
+        return snapshot
+
+    def overlay(self) -> tuple[list[str], tuple[int, int, int, int] | None]:
+        """The last frame's overlay: its lines and its (x, y, w, h) box (None: not drawn, e.g. no face-free corner)."""
+        with self._lock:
+            lines, rect = self._overlay_drawn
+        return list(lines), None if rect is None else tuple(rect)
+
     def last_timing(self) -> FrameTiming | None:
         """Stage times of the last frame (None before the first)."""
         with self._lock:
             return self._last_timing
 
     def timeline(self, track: int | None = None, *, largest: bool = False) -> list[dict]:
-        """Rows {t, track, largest, label, confidence, <class>: prob...} for the session's emotion timeline.
+        """Rows {t, track, largest, label, confidence, <class>: prob..., segment} for the session's emotion timeline.
 
         t: seconds since the pipeline started. Filter to one track, or to the largest face of each frame.
+        segment: rows of one unbroken stretch share a number; a new one starts where the face (the track)
+        changes or after `gap_s` seconds without a row (no face seen): a chart draws no line between segments.
         """
         with self._lock:
             rows = list(self._timeline)
-        return [r for r in rows if (track is None or r["track"] == track) and (not largest or r["largest"])]
+        rows = [r for r in rows if (track is None or r["track"] == track) and (not largest or r["largest"])]
+        return _segmented(rows, self.gap_s, per_track=not largest)
+
+    @property
+    def gap_s(self) -> float:
+        """Seconds without a timeline row that break its line (a stretch with no face)."""
+        return max(1.0, 3 * self._timeline_every)
 
     @property
     def classifying(self) -> bool:
@@ -300,24 +344,26 @@ class LivePipeline:
     def _step(self, frame: np.ndarray, *, annotate: bool) -> tuple[np.ndarray | None, list[Prediction]]:
         start = self._clock()
         settings = self._apply_pending()
-        tracks = self._tracker.update(self._detector.detect(frame))
+        scan = self._scanner.detect(frame, self._tracker.tracks)
+        tracks = self._tracker.update(scan.faces)
+        self._scanner.after(tracks)
         detected = self._clock()
         classify_s = self._classify(frame, tracks, settings, detected)
         classified = self._clock()
         classes = tuple(self._model.classes)
-        predictions = [Prediction(t.face, t.probabilities, classes, track_id=t.id)
+        predictions = [Prediction(t.face, t.probabilities, classes, track_id=t.id, shown=t.label)
                        for t in tracks if t.probabilities is not None]
         annotated = None
         if annotate:
             annotated = _to_bgr(frame)
-            overlay = self._overlay_lines(classified) if settings.draw.stats else []
-            stats_area = stats_box(annotated.shape[1], overlay)  # kept clear of labels and bars
+            overlay, stats_area = self._overlay_lines(classified, annotated.shape, tracks) if settings.draw.stats \
+                else ([], None)  # the box is where no face is; labels and bars keep clear of it
             draw_predictions(annotated, predictions, pending=[t.face for t in tracks if t.probabilities is None],
                              options=settings.draw, avoid=() if stats_area is None else (stats_area,))
-            draw_stats(annotated, overlay)
+            draw_stats(annotated, overlay, at=stats_area)
         end = self._clock()
         timing = FrameTiming((detected - start) * 1e3, None if classify_s is None else classify_s * 1e3,
-                             (end - classified) * 1e3 if annotate else 0.0, (end - start) * 1e3)
+                             (end - classified) * 1e3 if annotate else 0.0, (end - start) * 1e3, scan.full)
         self._record(start, timing, tracks, predictions, annotate)
         return annotated, predictions
 
@@ -336,9 +382,13 @@ class LivePipeline:
             if pending.settings is not None:
                 if pending.detector is not None:
                     self._detector = pending.detector
+                if pending.detector is not None or pending.settings.scan != self._settings.scan:
+                    self._scanner = Scanner(self._detector, pending.settings.scan)
                 self._settings = pending.settings
                 self._tracker.smoothing = self._settings.smoothing
                 self._tracker.max_missed = self._settings.max_missed
+                self._tracker.label_margin = self._settings.label_margin
+                self._tracker.label_dwell = self._settings.label_dwell
             return self._settings
 
     def _classify(self, frame: np.ndarray, tracks: list[Track], settings: LiveSettings, now: float) -> float | None:
@@ -356,16 +406,19 @@ class LivePipeline:
             return None
         crops = self._detector.crop(frame, [t.face for t in tracks])
         ids = [t.id for t in tracks]
+        count = self._model.views(settings.mirror)
+        views = [t.classified % count for t in tracks] if settings.spread and count > 1 else None
         if use_worker:
             worker = worker or self._start_worker()
             if not worker.busy:
-                mirror = False if settings.mirror is None else settings.mirror
-                worker.submit(_Job(self._generation, self._model, [np.array(c) for c in crops], ids, mirror))
+                # all views of every face at once would be slow here; one view each costs no more than none
+                mirror = settings.mirror if views is not None or settings.mirror is not None else False
+                worker.submit(_Job(self._generation, self._model, [np.array(c) for c in crops], ids, mirror, views))
             return None
         start = self._clock()
-        probs = self._model.predict_proba(crops, tta=settings.mirror)
+        probs = _predict(self._model, crops, settings.mirror, views)
         seconds = self._clock() - start
-        self._apply_result(_Result(self._generation, ids, probs, seconds), now)
+        self._apply_result(_Result(self._generation, ids, probs, seconds, views=views), now)
         return seconds
 
     def _start_worker(self) -> _Worker:
@@ -375,8 +428,9 @@ class LivePipeline:
     def _apply_result(self, result: _Result, now: float) -> None:
         """Fold a batch's probabilities into its tracks (those still alive) and note its time."""
         if result.probabilities is not None:
-            for track_id, probs in zip(result.track_ids, result.probabilities):
-                self._tracker.add_probabilities(track_id, probs, now)
+            views = result.views or [None] * len(result.track_ids)
+            for track_id, probs, view in zip(result.track_ids, result.probabilities, views):
+                self._tracker.add_probabilities(track_id, probs, now, view)
         ms = result.seconds * 1e3
         self._recent_classify.append(ms)
         if len(self._recent_classify) >= _AUTO_MIN:
@@ -415,10 +469,42 @@ class LivePipeline:
                  "confidence": round(p.confidence, 4),
                  **{c: round(float(v), 4) for c, v in zip(p.classes, p.probabilities)}} for p in predictions]
 
-    def _overlay_lines(self, now: float) -> list[str]:
+    def _overlay_lines(self, now: float, shape: tuple[int, ...], tracks: list[Track]) -> tuple[list[str], Rect | None]:
+        """The overlay's lines (refreshed every `_OVERLAY_EVERY` s) and its box: a corner where no face (with its
+        label strip) is, the current one while it stays free; ([], None) where every corner has a face."""
         if now - self._overlay_at >= _OVERLAY_EVERY:
-            self._overlay, self._overlay_at = self.stats().overlay_lines(), now
-        return self._overlay
+            snapshot = self.stats()
+            with self._lock:
+                self._overlay, self._overlay_at, self._overlay_stats = snapshot.overlay_lines(), now, snapshot
+        faces = [t.face for t in tracks] + [t.face for t in self._tracker.tracks]
+        previous = self._overlay_drawn[1]
+        rect = stats_box(shape[1], self._overlay, frame_height=shape[0], faces=faces,
+                         prefer=None if previous is None else (previous.x, previous.y))
+        lines = self._overlay if rect is not None else []
+        with self._lock:
+            self._overlay_drawn = (lines, rect)
+        return lines, rect
+
+
+def _predict(model: Classifier, crops: list[np.ndarray], mirror: bool | None, views: list[int] | None) -> np.ndarray:
+    """One view of each crop (`views`), or the `mirror` setting's views of every crop, averaged."""
+    return model.predict_proba(crops, tta=mirror) if views is None else model.predict_views(crops, views)
+
+
+def _segmented(rows: list[dict], gap_s: float, *, per_track: bool) -> list[dict]:
+    """Rows (in time order) with a "segment" number: a new one after a gap of more than `gap_s` s, and (one
+    line for the largest face) where the track changes. per_track: gaps are measured within each track."""
+    out, segment, last = [], 0, {}
+    for row in rows:
+        key = row["track"] if per_track else None
+        before = last.get(key)
+        if before is None or row["t"] - before[0] > gap_s or (not per_track and row["track"] != before[1]):
+            segment += 1
+            last[key] = (row["t"], row["track"], segment)
+        else:
+            last[key] = (row["t"], row["track"], before[2])
+        out.append({**row, "segment": last[key][2]})
+    return out
 
 
 def _median_p95(values: deque[float]) -> tuple[float, float]:

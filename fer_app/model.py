@@ -88,19 +88,56 @@ class Classifier(nn.Module):
         """Views per face under the model's own TTA (1: none)."""
         return (1 + len(self.tta_zooms)) * (2 if self.tta_flip else 1)
 
-    @torch.inference_mode()
-    def predict_pixels(self, pixels: torch.Tensor, *, tta: bool | None = None) -> torch.Tensor:
-        """Probabilities for preprocessed pixels. tta None: the model's own views (`tta_views`);
-        False: the face alone; True: the model's views, or the mirror image for a model without any.
-        All views of all faces go through the encoder in one batch."""
+    def views(self, tta: bool | None = None) -> int:
+        """Views per face for `tta` (None: the model's own; False: the face alone; True: the model's
+        views, or the face and its mirror image for a model without any)."""
         own = self.tta_views > 1
         if not (own if tta is None else tta):
-            return torch.softmax(self(pixels), dim=1)
-        views = [pixels] + [zoom(pixels, z) for z in self.tta_zooms]
-        if self.tta_flip or not own:
-            views += [v.flip(-1) for v in views]
-        probs = torch.softmax(self(torch.cat(views)), dim=1)
-        return probs.view(len(views), len(pixels), -1).mean(0)
+            return 1
+        return self.tta_views if own else 2
+
+    def view(self, pixels: torch.Tensor, index: int) -> torch.Tensor:
+        """View `index` of preprocessed pixels: 0 the face, then each of `tta_zooms`, then the mirror
+        image of each of those (the order `predict_pixels` averages them in)."""
+        per_side = 1 + len(self.tta_zooms)
+        base = index % per_side
+        out = pixels if base == 0 else zoom(pixels, self.tta_zooms[base - 1])
+        return out.flip(-1) if index >= per_side else out
+
+    @torch.inference_mode()
+    def predict_pixels(self, pixels: torch.Tensor, *, tta: bool | None = None) -> torch.Tensor:
+        """Probabilities for preprocessed pixels, averaged over the `views(tta)` views of each face.
+        All views of all faces go through the encoder in one batch."""
+        count = self.views(tta)
+        if count == 1:
+            return self._probabilities(self(pixels))
+        probs = self._probabilities(self(torch.cat([self.view(pixels, i) for i in range(count)])))
+        return probs.view(count, len(pixels), -1).mean(0)
+
+    @staticmethod
+    def _probabilities(logits: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits, dim=1)
+
+    @torch.inference_mode()
+    def predict_views(self, crops: Sequence[np.ndarray], views: Sequence[int]) -> np.ndarray:
+        """(N, num_classes) probabilities of each crop under one view (`view`; `views[i]` for crop i),
+        all in one batch: what video classifies per frame, spreading a face's views over frames."""
+        if len(crops) != len(views):
+            raise ValueError(f"{len(crops)} crops but {len(views)} views")
+        if len(crops) == 0:
+            return np.zeros((0, len(self.classes)), np.float32)
+        if self.training:
+            self.eval()
+        pixels = self.encoder.preprocess(crops)
+        order, parts = [], []
+        for index in sorted(set(views)):
+            rows = [i for i, v in enumerate(views) if v == index]
+            order += rows
+            parts.append(self.view(pixels[rows], index))
+        probs = self._probabilities(self(torch.cat(parts)))
+        out = torch.empty_like(probs)
+        out[order] = probs
+        return self._checked(out.numpy().astype(np.float32))
 
     def predict_proba(self, crops: Sequence[np.ndarray], *, tta: bool | None = None) -> np.ndarray:
         """(N, num_classes) float32 probabilities for N face crops (grey or BGR uint8).
@@ -110,7 +147,9 @@ class Classifier(nn.Module):
             return np.zeros((0, len(self.classes)), np.float32)
         if self.training:
             self.eval()
-        probs = self.predict_pixels(self.encoder.preprocess(crops), tta=tta).numpy().astype(np.float32)
+        return self._checked(self.predict_pixels(self.encoder.preprocess(crops), tta=tta).numpy().astype(np.float32))
+
+    def _checked(self, probs: np.ndarray) -> np.ndarray:
         if not np.isfinite(probs).all():  # never hand on NaN: damaged weights that escaped the digest check
             raise ModelError(f"model {self.name!r} gave non-finite probabilities (NaN or infinity): "
                              "its weights are damaged")

@@ -29,20 +29,30 @@ class Face:
 
 @dataclass(frozen=True)
 class Prediction:
-    """One face and its class probabilities (in `CLASSES` order)."""
+    """One face and its class probabilities (in `CLASSES` order).
+
+    shown: the index of the class to show, where it is not simply the top one (a tracked face's
+    label under hysteresis, `fer_app.tracking`); None: the top class. `label` and `confidence` are
+    the shown class and its probability.
+    """
 
     face: Face
     probabilities: np.ndarray
     classes: tuple[str, ...] = field(default=CLASSES)
     track_id: int | None = None
+    shown: int | None = None
 
     @property
     def label(self) -> str:
-        return self.classes[int(np.argmax(self.probabilities))]
+        return self.classes[self._index]
 
     @property
     def confidence(self) -> float:
-        return float(np.max(self.probabilities))
+        return float(self.probabilities[self._index])
+
+    @property
+    def _index(self) -> int:
+        return int(np.argmax(self.probabilities)) if self.shown is None else self.shown
 
     def to_dict(self) -> dict:
         out = {

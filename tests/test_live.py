@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from fer_app.config import CLASSES, DetectorConfig
+from fer_app.config import CLASSES, DetectorConfig, ScanConfig
 from fer_app.imageio import load_image
 from fer_app.live import DrawOptions, LivePipeline, LiveSettings, LiveStats
 from fer_app.model import load_model
@@ -80,6 +80,9 @@ class FakeModel:
         self.mirrors: list[bool | None] = []
         self.finished_at: float | None = None
 
+    def views(self, tta: bool | None = None) -> int:
+        return 1  # no test-time augmentation of its own: nothing to spread over frames
+
     def predict_proba(self, crops, *, tta: bool | None = None) -> np.ndarray:
         self.mirrors.append(tta)
         if self.gate is not None:
@@ -128,24 +131,29 @@ def test_sync_tracks_a_moving_face_and_fills_stats(tiny_model: Path) -> None:
     assert timing.detect_ms > 0 and timing.classify_ms > 0 and timing.frame_ms >= timing.detect_ms
     rows = pipeline.timeline()
     assert len(rows) == 10 and all(r["largest"] and r["track"] in track_ids for r in rows)
-    assert set(rows[0]) == {"t", "track", "largest", "label", "confidence", *CLASSES}
+    assert set(rows[0]) == {"t", "track", "largest", "label", "confidence", "segment", *CLASSES}
     assert rows[-1]["t"] >= rows[0]["t"]
 
 
-def test_new_face_gets_a_new_id_and_one_batch_per_frame() -> None:
+@pytest.mark.parametrize("full_every", [1, ScanConfig().full_every])
+def test_new_face_gets_a_new_id_by_the_next_full_scan_and_one_batch_per_frame(full_every: int) -> None:
     model = FakeModel()
-    with LivePipeline(model, SYNC) as pipeline:
+    settings = replace(SYNC, scan=ScanConfig(full_every=full_every))
+    with LivePipeline(model, settings) as pipeline:
         first = None
         for step in range(3):
             (pred,) = pipeline.analyze(scene(moving(step)))
             first = first or pred.track_id
             assert pred.track_id == first
-        for step in range(3, 6):
+        seen = []
+        for step in range(3, 3 + full_every + 2):  # a second face appears: window scans can't see it
             preds = pipeline.analyze(scene(moving(step), (420, 250)))
-            assert len(preds) == 2
-            by_place = {p.face.x > 400: p.track_id for p in preds}
-            assert by_place[False] == first and by_place[True] != first
-    assert model.batches == [1, 1, 1, 2, 2, 2]  # all crops of a frame in one batch
+            seen.append(len(preds))
+        found = seen.index(2)
+        assert found < full_every and all(n == 2 for n in seen[found:])  # from the next full scan on
+        by_place = {p.face.x > 400: p.track_id for p in preds}
+        assert by_place[False] == first and by_place[True] != first
+    assert model.batches == [1, 1, 1] + seen  # all crops of a frame in one batch
 
 
 def test_returning_face_does_not_inherit() -> None:

@@ -196,3 +196,21 @@ def test_shipped_model_reproduces_its_val_accuracy_on_a_fixed_subset():
     assert abs(round(report["accuracy"] * report["n"]) - SHIPPED_VAL_SUBSET["right"]) <= 2
     assert report["macro_f1"] == pytest.approx(SHIPPED_VAL_SUBSET["macro_f1"], abs=0.01)
     assert len({int(v) for v in np.argmax(report["confusion"], axis=1)}) >= 5  # not one class for everything
+
+
+def test_views_one_at_a_time_average_to_the_full_tta(tiny_model):
+    """`predict_views` gives each crop one of the model's views; the mean over all views is `predict_proba`'s."""
+    from fer_app.model import load_model
+    from conftest import make_faces
+
+    model = load_model(tiny_model, runtime="torch")
+    model.tta_flip, model.tta_zooms = True, (0.9,)
+    assert model.views() == 4 and model.views(False) == 1
+    crops = list(make_faces(2, seed=5).images[:5])
+    full = model.predict_proba(crops)
+    per_view = [model.predict_views(crops, [v] * len(crops)) for v in range(4)]
+    np.testing.assert_allclose(np.mean(per_view, axis=0), full, atol=1e-5)
+    mixed = model.predict_views(crops, [0, 1, 2, 3, 1])  # one batch, each crop its own view
+    for i, v in enumerate([0, 1, 2, 3, 1]):
+        np.testing.assert_allclose(mixed[i], per_view[v][i], atol=1e-5)
+    assert not np.allclose(per_view[0], per_view[2])  # the mirror image is another view

@@ -243,3 +243,19 @@ def test_refresh_rate_edges() -> None:
     track.updates.clear()
     track.updates.extend([5.0, 5.0, 6.0])
     assert track.refresh_hz() == pytest.approx(2.0)  # from the first to the last, whatever lies between
+
+
+def test_views_spread_over_frames_average_like_all_views_at_once():
+    from fer_app.types import Face
+
+    tracker = FaceTracker(smoothing=0.0)
+    (track,) = tracker.update([Face(10, 10, 50, 50)])
+    views = [np.eye(7, dtype=np.float32)[i] for i in (3, 3, 4, 6)]
+    for i, p in enumerate(views):
+        tracker.add_probabilities(track.id, p, now=float(i), view=i)
+    np.testing.assert_allclose(track.probabilities, np.mean(views, axis=0), atol=1e-6)
+    tracker.add_probabilities(track.id, np.eye(7, dtype=np.float32)[3], now=5.0, view=3)  # view 3 refreshed
+    np.testing.assert_allclose(track.probabilities, np.mean(views[:3] + [np.eye(7)[3]], axis=0), atol=1e-6)
+    assert track.classified == 5
+    tracker.clear_probabilities()
+    assert track.view_probabilities == {} and track.classified == 0

@@ -1,0 +1,78 @@
+"""Detect-and-track (`fer_app.scan`, `FaceDetector.detect_near`) on real photos of a face."""
+
+from __future__ import annotations
+
+import pytest
+
+from fer_app.config import ScanConfig
+from fer_app.detection import FaceDetector
+from fer_app.scan import Scanner
+from fer_app.tracking import FaceTracker
+from fer_app.types import Face
+from test_live import DETECTOR, moving, scene
+
+
+def _near(a: Face, b: Face, tolerance: float = 0.25) -> bool:
+    return abs(a.x - b.x) <= tolerance * b.w and abs(a.y - b.y) <= tolerance * b.h and \
+        abs(a.w - b.w) <= tolerance * b.w
+
+
+def test_detect_near_finds_the_face_in_its_window_only():
+    detector = FaceDetector(DETECTOR)
+    frame = scene((100, 80), (420, 250))
+    left, right = sorted(detector.detect(frame), key=lambda f: f.x)
+    (found,) = detector.detect_near(frame, [left])  # the other face is outside the window
+    assert _near(found, left, 0.1)
+    assert detector.detect_near(scene((420, 250)), [left]) == []  # the face left its window: not found
+    moved = scene((112, 83), (420, 250))
+    (again,) = detector.detect_near(moved, [left])
+    assert again.x > found.x  # followed the move
+    assert detector.detect_near(frame, []) == []
+
+
+def test_detect_near_keeps_to_the_scale_range():
+    detector = FaceDetector(DETECTOR)
+    frame = scene((100, 80))
+    (face,) = detector.detect(frame)
+    half = Face(face.x + face.w // 4, face.y + face.h // 4, face.w // 2, face.h // 2)
+    assert detector.detect_near(frame, [half], scale_range=1.2) == []  # the face is 2x the size looked for
+    assert len(detector.detect_near(frame, [half], window=1.0, scale_range=2.5)) == 1
+
+
+def test_scanner_scans_whole_frames_every_n_and_after_a_new_or_lost_track():
+    detector = FaceDetector(DETECTOR)
+    scanner, tracker = Scanner(detector, ScanConfig(full_every=4)), FaceTracker()
+    kinds = []
+
+    def step(frame):
+        result = scanner.detect(frame, tracker.tracks)
+        scanner.after(tracker.update(result.faces))
+        kinds.append("F" if result.full else "w")
+        return result.faces
+
+    assert step(scene()) == [] and step(scene()) == []  # no track: every frame is a full scan
+    for i in range(9):
+        assert len(step(scene(moving(i)))) == 1
+    # new track -> full scan on the next frame too; then windows, a full scan every 4th frame
+    assert "".join(kinds) == "FF" + "FF" + "www" + "F" + "www"
+    assert len(step(scene(moving(9)))) == 1 and kinds[-1] == "F"  # the 4th frame since the last full scan
+    step(scene())  # the face is gone: its window finds nothing...
+    assert kinds[-1] == "w"
+    step(scene())  # ...so the next frame is scanned whole
+    assert kinds[-1] == "F"
+    assert scanner.full_scans == kinds.count("F") and scanner.window_scans == kinds.count("w")
+
+
+def test_full_every_1_is_a_full_scan_each_frame():
+    detector = FaceDetector(DETECTOR)
+    scanner, tracker = Scanner(detector, ScanConfig(full_every=1)), FaceTracker()
+    for i in range(4):
+        result = scanner.detect(scene(moving(i)), tracker.tracks)
+        scanner.after(tracker.update(result.faces))
+        assert result.full
+
+
+@pytest.mark.parametrize("bad", [dict(full_every=0), dict(window=-0.1), dict(scale_range=0.9)])
+def test_scan_config_is_validated(bad):
+    with pytest.raises(ValueError):
+        ScanConfig(**bad)
