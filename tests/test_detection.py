@@ -306,3 +306,27 @@ def test_detector_passes_its_settings_to_the_cascade(astronaut: np.ndarray) -> N
     assert len(faces) == 1
     assert [c.shape[:2] for c in FaceDetector(DetectorConfig(margin=0.0)).crop(astronaut, faces)] == \
         [(faces[0].h, faces[0].w)]  # the detector's own margin (0 here), not the default
+
+
+@pytest.mark.parametrize("bad", [{"detection_width": 0}, {"scale_factor": 1.0}, {"min_face": 0}])
+def test_each_bad_setting_is_refused_alone(bad: dict) -> None:
+    with pytest.raises(ValueError, match="invalid detector settings"):
+        FaceDetector(DetectorConfig(**bad))
+
+
+def test_smallest_valid_settings_are_accepted() -> None:
+    FaceDetector(DetectorConfig(detection_width=1, scale_factor=1.01, min_face=1))
+
+
+def test_the_detector_uses_its_contrast_step(astronaut: np.ndarray) -> None:
+    grey = cv2.cvtColor(astronaut, cv2.COLOR_BGR2GRAY)
+    for mode, expected in [("none", grey), ("global", cv2.equalizeHist(grey)),
+                           ("clahe", cv2.createCLAHE(clipLimit=3.0, tileGridSize=(2, 2)).apply(grey))]:
+        small, scale = FaceDetector(DetectorConfig(equalize=mode))._prepare(astronaut)  # 512 px: not resized
+        assert scale == 1.0 and np.array_equal(small, expected), mode
+    assert not np.array_equal(equalize(grey, "clahe"), cv2.createCLAHE(clipLimit=3.0, tileGridSize=(8, 8)).apply(grey))
+
+
+def test_missing_cascade_is_named() -> None:
+    with pytest.raises(FileNotFoundError, match="no_such_cascade.xml"):
+        FaceDetector(cascade="no_such_cascade.xml")
