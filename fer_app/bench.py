@@ -535,6 +535,20 @@ def bench_pipeline(model: torch.nn.Module, frames: int, faces: Sequence[int] = (
     return out
 
 
+def _footage(compact: str | Path, quick: bool) -> dict:
+    """The real-footage benchmarks (`fer_app.bench_footage`) with the compact model as the app loads it."""
+    from fer_app.bench_footage import run_footage_bench
+    from fer_app.model import ModelError, load_model
+
+    try:
+        model = load_model(compact)
+    except ModelError as exc:
+        return {"missing": str(exc)}
+    report = run_footage_bench(model, quick=quick)
+    report["model"] = f"{model.name} ({runtimes.runtime_choice(model.encoder).summary()})"
+    return report
+
+
 def _pipeline_models(compact: str | Path, encoder: Encoder, runtime: str, threads: int,
                      cache_dir: Path | None, progress: Progress | None) -> list[torch.nn.Module]:
     """The compact model (when it exists) and the CLIP encoder in `runtime` with a random head."""
@@ -597,6 +611,7 @@ def run_bench(*, clip: str | Path | None = None, runtime_names: Sequence[str] | 
                                                             camera_fps=camera)]
             report["video"] = bench_video(compact, 30 if quick else 300)
             report["equalization"] = bench_equalization(30 if quick else 300)
+            report["footage"] = _footage(compact, quick)
         else:
             report["pipeline"] = {"missing": "fer_app.live.LivePipeline is not implemented yet"}
     report["machine"]["load_average_end"] = machine()["load_average"]
@@ -670,7 +685,7 @@ def format_report(report: dict) -> str:
     if isinstance(pipeline, dict):
         lines.append(f"live pipeline: {pipeline['missing']}")
     elif pipeline:
-        lines += ["", f"{'live pipeline (640x480, live detector)':<40} {'frames fed':<14} {'faces':>5} {'found':>5} "
+        lines += ["", f"{'SYNTHETIC live pipeline (640x480 stills)':<40} {'frames fed':<14} {'faces':>5} {'found':>5} "
                       f"{'FPS':>6} {'p50 ms':>7} {'p95 ms':>7} {'classify ms':>11} {'labels/s':>8} mode"]
         for p in pipeline:
             lines.append(f"{p['model'][:40]:<40} {p.get('feed', 'back to back'):<14} {p['faces']:>5} "
@@ -680,7 +695,7 @@ def format_report(report: dict) -> str:
                          f"{'async' if p['asynchronous'] else 'sync'}")
     video = report.get("video")
     if video and "missing" not in video:
-        lines += ["", f"python -m fer_app video engine, {video['path']}, model {video['model']} ({video['runtime']}): "
+        lines += ["", f"SYNTHETIC: python -m fer_app video engine, {video['path']}, model {video['model']} ({video['runtime']}): "
                       f"{video['processing_fps']:.1f} frames/s (decoding included); faces in "
                       f"{video['frames_with_faces']}/{video['frames']} frames, {video['tracks']} track(s); median "
                       f"detect {video['detect_ms']:.1f} ms, classify {video['classify_ms']:.1f} ms per frame"]
@@ -696,4 +711,11 @@ def format_report(report: dict) -> str:
                   f"{'equalize':<10}{'found':>7}{'false':>7}{'found dim':>11}{'median ms':>11}"]
         lines += [f"{r['equalize']:<10}{r['found']:>7}{r['false']:>7}{r['dim_found']:>11}{r['median_ms']:>11.1f}"
                   for r in eq["rows"]]
+    footage = report.get("footage")
+    if footage:
+        from fer_app.bench_footage import format_footage
+
+        lines += ["", "=== REAL FOOTAGE (../shared/media) ===" + (f", model {footage['model']}" if "model" in footage
+                                                                else "")]
+        lines += format_footage(footage)
     return "\n".join(lines)

@@ -3,8 +3,8 @@
 A full-frame scan costs 20-30 ms per frame on real footage on a slow 2-core CPU; a window around a
 face already tracked, over a narrow range of sizes, costs a small fraction of that. `Scanner.detect`
 scans the whole frame every `ScanConfig.full_every` frames, when no track is live, and on the frame
-after a track was new (a face just found: look again for others) or lost (a tracked face not found
-in its window); otherwise only the window of each track seen in the last frame
+after a track was new (a face just found: look again for others) or lost (a tracked face not found,
+until it is found again or its track ends); otherwise only the window of each live track
 (`FaceDetector.detect_near`). Faces entering the picture are found by the next full scan. Photos
 never come here: they always get the full, thorough scan.
 """
@@ -41,22 +41,22 @@ class Scanner:
         self.full_scans = self.window_scans = 0
 
     def detect(self, frame: np.ndarray, tracks: Sequence[Track]) -> ScanResult:
-        """This frame's faces; `tracks` are the tracker's live tracks before this frame."""
-        seen = [t for t in tracks if t.missed == 0]
-        full = (self.config.full_every <= 1 or self._need_full or not seen
+        """This frame's faces; `tracks` are the tracker's live tracks before this frame (those lost for a
+        few frames included: their windows are scanned too, so a face missed once keeps its track)."""
+        self._sought = {t.id for t in tracks}
+        full = (self.config.full_every <= 1 or self._need_full or not tracks
                 or self._since_full + 1 >= self.config.full_every)
         if full:
-            self._since_full, self._sought = 0, set()
+            self._since_full = 0
             self.full_scans += 1
             return ScanResult(self.detector.detect(frame), True)
         self._since_full += 1
-        self._sought = {t.id for t in seen}
         self.window_scans += 1
-        return ScanResult(self.detector.detect_near(frame, [t.face for t in seen], window=self.config.window,
+        return ScanResult(self.detector.detect_near(frame, [t.face for t in tracks], window=self.config.window,
                                                     scale_range=self.config.scale_range), False)
 
     def after(self, matched: Sequence[Track]) -> None:
-        """Tell the schedule which tracks this frame's faces went to: a new track, or a sought track
-        not found, asks for a full scan next frame."""
+        """Tell the schedule which tracks this frame's faces went to: a new track, or a live track not
+        found (lost: until it is found again or ends), asks for a full scan next frame."""
         ids = {t.id for t in matched}
         self._need_full = any(t.hits == 1 for t in matched) or bool(self._sought - ids)

@@ -162,3 +162,49 @@ def test_synthetic_frames_have_their_faces(count: int, shift: int) -> None:
 
 def test_help_lists_every_runtime() -> None:
     assert cli.RUNTIME_NAMES.split(", ") == list(RUNTIMES)
+
+
+# ------------------------------------------------------------------ real footage (../shared/media)
+
+from fer_app import bench_footage  # noqa: E402
+
+needs_media = pytest.mark.skipif(bench_footage.media(bench_footage.ONE_FACE_CLIP) is None
+                                 or bench_footage.media(bench_footage.FACE_FREE_PHOTO) is None,
+                                 reason="../shared/media is not here")
+
+
+@needs_media
+def test_the_composite_has_three_real_faces():
+    from fer_app.config import VIDEO_DETECTOR
+    from fer_app.detection import FaceDetector
+
+    frames = list(bench_footage.composite_frames(10))
+    assert all(f.shape == (480, 640, 3) for f in frames)
+    detector = FaceDetector(VIDEO_DETECTOR)
+    found = [len(detector.detect(f)) for f in frames]
+    assert sum(n == 3 for n in found) >= 8, found  # one per clip tile, none in the face-free photo's
+
+
+@needs_media
+def test_tracked_scans_find_the_faces_a_full_scan_finds_on_real_clips():
+    rows = bench_footage.bench_scan((320,), ("clahe",), (1, 10), limit=80)
+    by = {(r["clip"], r["full_every"]): r for r in rows}
+    for clip in {r["clip"] for r in rows}:
+        full, tracked = by[(clip, 1)], by[(clip, 10)]
+        assert full["frames_with_faces"] >= 0.9 * full["frames"]
+        assert tracked["faces_vs_full_scan"] >= 0.95 and tracked["tracks"] <= full["tracks"] + 1, (full, tracked)
+
+
+@needs_media
+def test_footage_bench_quick_report(tiny_model: Path):
+    from fer_app.model import load_model
+
+    report = bench_footage.run_footage_bench(load_model(tiny_model, runtime="torch"), quick=True)
+    video = report["video"]
+    assert video["tracked"]["frames"] == 40 and video["tracked"]["frames_with_faces"] >= 36
+    assert video["tracked"]["full_scans"] < video["full_scan_all_views"]["full_scans"] == 40
+    assert [(r["faces"], r["engine"].split(",")[0]) for r in report["live"]] == [
+        (1, "tracked"), (1, "full scan"), (3, "tracked"), (3, "full scan")]
+    assert all(r["fps"] > 0 for r in report["live"])
+    text = "\n".join(bench_footage.format_footage(report))
+    assert "fer package: not measured" in text and "3-face composite" in text
