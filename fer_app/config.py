@@ -83,6 +83,6 @@ VIDEO_SCAN = ScanConfig()
 
 #: Label hysteresis of each tracked face (live and video, `fer_app.tracking`): the label shown changes
 #: only when another class leads it by this much in the smoothed probabilities...
-LABEL_MARGIN = 0.1
+LABEL_MARGIN = 0.15
 #: ...and the label shown has been held for at least this many seconds.
-LABEL_DWELL_S = 1.0
+LABEL_DWELL_S = 1.5

@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -473,7 +473,7 @@ class LivePipeline:
         """The overlay's lines (refreshed every `_OVERLAY_EVERY` s) and its box: a corner where no face (with its
         label strip) is, the current one while it stays free; ([], None) where every corner has a face."""
         if now - self._overlay_at >= _OVERLAY_EVERY:
-            snapshot = self.stats()
+            snapshot = replace(self.stats(), faces=len(tracks))  # this frame's faces, as drawn
             with self._lock:
                 self._overlay, self._overlay_at, self._overlay_stats = snapshot.overlay_lines(), now, snapshot
         faces = [t.face for t in tracks] + [t.face for t in self._tracker.tracks]

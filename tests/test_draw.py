@@ -378,3 +378,47 @@ def test_a_larger_scale_draws_larger_labels_and_badges() -> None:
     larger = draw_predictions(big.copy(), [pred], tags=["1"], scale=2.0)[0]
     assert larger.label.h > 1.6 * default.label.h and larger.label.w > 1.6 * default.label.w
     assert larger.panel.w > 1.6 * default.panel.w
+
+
+# ---------------------------------------------------------------- the stats overlay keeps off the faces
+
+LINES = ["30.0 FPS  faces 1  labels 10.0/s", "detect 5  classify 2 ms (sync)"]
+
+
+def test_stats_box_goes_to_a_corner_without_a_face() -> None:
+    free = stats_box(W, LINES, frame_height=H)
+    assert (free.x, free.y) == (0, 0) and free.w < W / 2 and free.h < 50  # two short lines, top-left
+    top_left = Face(10, 20, 120, 120)
+    moved = stats_box(W, LINES, frame_height=H, faces=[top_left])
+    assert (moved.x, moved.y) == (W - moved.w, 0)  # top-right
+    both_top = [top_left, Face(W - 130, 30, 120, 120)]
+    low = stats_box(W, LINES, frame_height=H, faces=both_top)
+    assert (low.x, low.y) == (0, H - low.h)
+    everywhere = both_top + [Face(10, H - 130, 120, 120), Face(W - 130, H - 130, 120, 120)]
+    assert stats_box(W, LINES, frame_height=H, faces=everywhere) is None  # left out rather than over a face
+    # the current corner is kept while it stays free (no jumping about)
+    assert stats_box(W, LINES, frame_height=H, prefer=(0, H - low.h)) == low
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_stats_box_never_meets_a_face_or_its_label_strip(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for _ in range(200):
+        faces = [Face(int(rng.integers(0, W - 60)), int(rng.integers(0, H - 60)), s, s)
+                 for s in rng.integers(40, 160, int(rng.integers(1, 4)))]
+        box = stats_box(W, LINES, frame_height=H, faces=faces)
+        if box is None:
+            continue
+        assert box.inside(W, H)
+        for face in faces:
+            assert not box.intersects(face.box)
+            assert not box.intersects((face.x, face.y - 20, face.w, 20))  # where its label goes
+
+
+def test_draw_stats_at_a_box() -> None:
+    image = frame(200)
+    box = stats_box(W, LINES, frame_height=H, faces=[Face(0, 0, 200, 200)])
+    draw_stats(image, LINES, at=box)
+    mask = changed(frame(200), image)
+    assert mask.sum() == mask[box.y : box.y + box.h, box.x : box.x + box.w].sum() > 0
+    assert mask[box.y : box.y + box.h, box.x : box.x + box.w].mean() > 0.99

@@ -313,3 +313,55 @@ def test_mirror_averaging_off_in_the_worker_by_default(asynchronous, mirror, exp
             pipeline.analyze(scene((200, 100)))
             wait_until_idle(pipeline)
     assert model.mirrors and set(model.mirrors) == {expected}
+
+
+# --- the overlay, one source of truth for the counters, timeline gaps, label hysteresis (issue 13) -----------
+
+
+def test_overlay_keeps_off_the_faces_and_agrees_with_the_page() -> None:
+    from fer_app.draw import Rect, face_clearance
+
+    with LivePipeline(FakeModel("happy"), SYNC) as pipeline:
+        for place in [(0, 0), (400, 0), (10, 200)]:  # a face in the top-left corner, then top-right, then lower
+            for _ in range(3):
+                pipeline.process(scene(place))
+            (pred,) = pipeline.predictions()
+            lines, box = pipeline.overlay()
+            assert box is not None and lines
+            assert not Rect(*box).intersects(face_clearance(pred.face, 640)), (place, box, pred.face)
+            shown = pipeline.shown_stats()  # what the page shows: the overlay's own figures
+            assert shown.overlay_lines() == lines and shown.faces == 1
+        assert box[0] == 0 or box[1] == 0
+
+
+def test_timeline_breaks_where_no_face_was_seen() -> None:
+    now = [0.0]
+    with LivePipeline(FakeModel("happy"), SYNC, clock=lambda: now[0], timeline_every=0.0) as pipeline:
+        for frame_no in range(40):
+            now[0] = frame_no / 10
+            pipeline.analyze(scene((200, 100)) if not 10 <= frame_no < 30 else scene())  # no face for 2 s
+        rows = pipeline.timeline(largest=True)
+        segments = sorted({r["segment"] for r in rows})
+        assert len(segments) == 2, [(r["t"], r["segment"]) for r in rows]
+        first = [r["t"] for r in rows if r["segment"] == segments[0]]
+        assert max(first) < 1.0 <= min(r["t"] for r in rows if r["segment"] == segments[1]) - 1.0
+        assert pipeline.gap_s == 1.0
+
+
+def test_pipeline_labels_hold_under_hysteresis() -> None:
+    now = [0.0]
+    model = FakeModel("happy")
+    with LivePipeline(model, replace(SYNC, smoothing=0.1), clock=lambda: now[0]) as pipeline:
+        pipeline.analyze(scene((200, 100)))
+        model.probs = probs("sad")
+        now[0] = 0.5
+        (pred,) = pipeline.analyze(scene((200, 100)))
+        assert pred.label == "happy" and pred.confidence == pytest.approx(float(pred.probabilities[3]))
+        now[0] = 2.0  # past the dwell: sad leads clearly, so it shows
+        (pred,) = pipeline.analyze(scene((200, 100)))
+        assert pred.label == "sad"
+        pipeline.update(settings=replace(SYNC, smoothing=0.1, label_margin=0.0, label_dwell=0.0))
+        model.probs = probs("fear")
+        now[0] = 2.1
+        (pred,) = pipeline.analyze(scene((200, 100)))
+        assert pred.label == "fear"  # hysteresis off: the top class at once

@@ -259,3 +259,51 @@ def test_views_spread_over_frames_average_like_all_views_at_once():
     assert track.classified == 5
     tracker.clear_probabilities()
     assert track.view_probabilities == {} and track.classified == 0
+
+
+# ---------------------------------------------------------------- label hysteresis
+
+
+def mix(a: str, pa: float, b: str, pb: float) -> np.ndarray:
+    out = np.full(len(CLASSES), (1 - pa - pb) / (len(CLASSES) - 2), np.float32)
+    out[CLASSES.index(a)], out[CLASSES.index(b)] = pa, pb
+    return out
+
+
+def test_label_changes_only_when_another_class_clearly_leads_after_the_dwell() -> None:
+    tracker = FaceTracker(smoothing=0.0001, label_margin=0.15, label_dwell=1.5)
+    (track,) = tracker.update([Face(0, 0, 80, 80)])
+    tracker.add_probabilities(track.id, probs("happy"), now=0.0)
+    assert CLASSES[track.label] == "happy"
+    for i in range(1, 20):  # neck and neck: sad barely ahead, never by the margin
+        tracker.add_probabilities(track.id, mix("sad", 0.45, "happy", 0.40), now=0.1 * i)
+    assert CLASSES[int(np.argmax(track.probabilities))] == "sad" and CLASSES[track.label] == "happy"
+    assert track.label_changes == 0
+    tracker.add_probabilities(track.id, probs("angry"), now=2.5)  # clearly ahead, past the dwell: it changes
+    assert CLASSES[track.label] == "angry" and track.label_since == 2.5 and track.label_changes == 1
+    tracker.add_probabilities(track.id, probs("fear"), now=3.0)  # clearly ahead but too soon after the change
+    assert CLASSES[track.label] == "angry"
+    tracker.add_probabilities(track.id, probs("fear"), now=4.0)
+    assert CLASSES[track.label] == "fear" and track.label_changes == 2
+
+
+def test_hysteresis_off_and_smoothing_off_follow_the_top_class() -> None:
+    for tracker in (FaceTracker(label_margin=0.0, label_dwell=0.0, smoothing=0.0001), FaceTracker(smoothing=0.0)):
+        (track,) = tracker.update([Face(0, 0, 80, 80)])
+        for i, label in enumerate(["happy", "sad", "happy", "fear"]):
+            tracker.add_probabilities(track.id, probs(label), now=0.01 * i)
+            assert CLASSES[track.label] == label
+        assert track.label_changes == 3
+    tracker.clear_probabilities()
+    assert track.label is None
+
+
+def test_label_hysteresis_defaults_come_from_the_config() -> None:
+    from fer_app.config import LABEL_DWELL_S, LABEL_MARGIN
+
+    tracker = FaceTracker()
+    assert (tracker.label_margin, tracker.label_dwell) == (LABEL_MARGIN, LABEL_DWELL_S)
+    with pytest.raises(ValueError, match="label_margin"):
+        FaceTracker(label_margin=1.0)
+    with pytest.raises(ValueError, match="label_dwell"):
+        FaceTracker(label_dwell=-1)

@@ -116,6 +116,19 @@ def run_page(name: str) -> AppTest:
     return at
 
 
+def run_live() -> AppTest:
+    """The live page once its model has loaded: the first run starts the load in the background (the page shows
+    at once, with a "Loading model" status while it lasts), a later run finds it done."""
+    at = run_page("live")
+    deadline = time.monotonic() + TIMEOUT
+    while "live-pipeline" not in at.session_state:
+        assert time.monotonic() < deadline, "the model never loaded"
+        time.sleep(0.1)
+        at.run()
+        assert not at.exception, at.exception
+    return at
+
+
 def camera_frame() -> av.VideoFrame:
     """A 640x480 webcam-like frame with the astronaut's face in it."""
     frame = np.full((480, 640, 3), 90, np.uint8)
@@ -170,10 +183,9 @@ def test_pages_say_so_when_there_is_no_model(models_dir: Path, streamer: FakeStr
 
 
 def test_live_page_starts_the_streamer_with_an_empty_ice_list(tiny_model: Path, streamer: FakeStreamer) -> None:
-    at = run_page("live")
-    assert len(streamer.calls) == 1
-    call = streamer.calls[0]
-    assert call["key"] == "live"
+    at = run_live()
+    assert all(call["key"] == "live" for call in streamer.calls)
+    call = streamer.calls[-1]
     assert call["rtc_configuration"] == {"iceServers": []}
     assert call["media_stream_constraints"] == {"video": True, "audio": False}
     assert callable(call["video_frame_callback"])
@@ -201,7 +213,7 @@ def test_live_page_bad_ice_servers_is_an_error_not_a_crash(tiny_model: Path, str
 
 
 def test_live_sidebar_changes_reach_the_running_pipeline(tiny_model: Path, streamer: FakeStreamer) -> None:
-    at = run_page("live")
+    at = run_live()
     pipeline = at.session_state["live-pipeline"]
     assert pipeline.settings.smoothing == pytest.approx(0.6) and pipeline.settings.draw.bars
     at.sidebar.slider(key="live-smoothing").set_value(0.3)
@@ -223,7 +235,7 @@ def test_live_stats_and_timeline_while_playing(tiny_model: Path, streamer: FakeS
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     stats_file = tmp_path / "stats.json"
     monkeypatch.setenv("FER_APP_STATS_FILE", str(stats_file))
-    at = run_page("live")  # not playing yet: no stats, an empty timeline
+    at = run_live()  # not playing yet: no stats, an empty timeline
     assert not at.metric
     pipeline = at.session_state["live-pipeline"]
     feed_until_classified(streamer.callback(), pipeline, frames=8)
@@ -232,23 +244,32 @@ def test_live_stats_and_timeline_while_playing(tiny_model: Path, streamer: FakeS
     at.run()
     assert not at.exception
     metrics = {m.label: m.value for m in at.metric}
-    assert {"Processed FPS", "Detect (median / p95)", "Classify (median / p95)", "Draw (median / p95)", "Faces",
-            "Model"} <= set(metrics)
-    assert metrics["Faces"] == "1" and metrics["Model"] == "tiny"
-    assert at.get("arrow_line_chart") or at.get("vega_lite_chart")
+    assert list(metrics) == ["FPS", "Faces", "Labels/s"]  # three short metrics: readable at 390 px too
+    assert metrics["Faces"] == "1"
+    table = next(m.value for m in at.markdown if m.value.startswith("| ms |"))
+    assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == ["Detect", "Classify", "Draw"]
+    assert any("Model **tiny**" in c.value for c in at.caption)
+    assert at.get("vega_lite_chart")
     assert [b.label for b in at.get("download_button")] == ["Download timeline CSV (all faces)"]
     written = json.loads(stats_file.read_text())
     assert written["frames"] == frames and written["faces"] == 1 and written["model"] == "tiny"
     assert len(written["predictions"]) == 1 and written["predictions"][0]["label"] in written["predictions"][0][
         "probabilities"]
+    # one source of truth: the page's metrics are the overlay's snapshot, and the overlay says the same
+    shown = written["shown"]
+    assert metrics["Faces"] == str(shown["faces"]) and metrics["Labels/s"] == f"{shown['label_refresh_hz']:.1f}"
+    assert written["overlay"][0].startswith(f"{shown['fps']:.1f} FPS  faces {shown['faces']}  "
+                                            f"labels {shown['label_refresh_hz']:.1f}/s")
 
 
 def test_two_sessions_get_their_own_pipeline_and_share_the_model(tiny_model: Path, streamer: FakeStreamer) -> None:
-    first, second = run_page("live"), run_page("live")
+    first = run_live()
+    first_callback = streamer.callback()
+    second = run_live()
     one, two = first.session_state["live-pipeline"], second.session_state["live-pipeline"]
     assert one is not two
     assert one.model is two.model  # st.cache_resource: loaded once per process
-    streamer.calls[0]["video_frame_callback"](camera_frame())
+    first_callback(camera_frame())
     assert (one.stats().frames, two.stats().frames) == (1, 0)
 
 
@@ -454,7 +475,7 @@ def test_live_calibration_capture_stores_face_crops(tiny_model: Path, streamer: 
     import fer_app.config as config
 
     monkeypatch.setattr(config, "APP_HOME", tmp_path / "home")
-    at = run_page("live")
+    at = run_live()
     at.sidebar.text_input(key="calib-name").input("tester")
     at.run()
     at.sidebar.toggle(key="calib-on").set_value(True)
@@ -473,3 +494,64 @@ def test_live_calibration_capture_stores_face_crops(tiny_model: Path, streamer: 
     at.sidebar.toggle(key="calib-on").set_value(False)
     at.run()
     assert at.session_state["calib-capture"] == {}
+
+
+def test_live_page_shows_at_once_while_the_model_loads(tiny_model: Path, streamer: FakeStreamer,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cold start: the model loads in the background; the page (and START) is there at once, with a status."""
+    import threading
+
+    import fer_app.ui.common as common
+
+    gate, real = threading.Event(), common.load_model
+    monkeypatch.setattr(common, "load_model", lambda name: (gate.wait(60), real(name))[1])
+    started = time.monotonic()
+    at = run_page("live")
+    assert time.monotonic() - started < 30
+    assert "live-pipeline" not in at.session_state
+    assert any("Loading model tiny" in s.label and s.icon == "spinner" for s in at.get("status")), "no spinner"
+    assert streamer.calls, "START is not offered while the model loads"
+    frame = camera_frame()
+    out = streamer.callback()(frame)  # a frame before the model: back with a note, no error
+    assert (out.width, out.height) == (640, 480)
+    assert not np.array_equal(out.to_ndarray(format="bgr24"), frame.to_ndarray(format="bgr24"))
+    gate.set()
+    at = run_live()
+    assert not at.get("status") and streamer.callback()(camera_frame()).width == 640
+    assert at.session_state["live-pipeline"].stats().frames == 1
+
+
+def test_live_page_does_not_loop_while_playing(tiny_model: Path, streamer: FakeStreamer) -> None:
+    """The stats refresh in a fragment (run_every), not in a loop that keeps the script (and Streamlit's own
+    Running / Stop indicator) going for the whole stream: a run reads the stream's state once and ends."""
+    at = run_live()
+    streamer.plays = 1000
+    started = time.monotonic()
+    at.run()
+    assert not at.exception and time.monotonic() - started < 10
+    assert streamer.plays == 999  # one read of ctx.state.playing: no refresh loop
+    assert {m.label for m in at.metric} == {"FPS", "Faces", "Labels/s"}
+
+
+def test_live_timeline_chart_breaks_at_gaps_and_says_whose_face(tiny_model: Path, streamer: FakeStreamer) -> None:
+    import fer_app.live as live_module
+    from fer_app.config import CLASSES
+
+    at = run_live()
+    pipeline = at.session_state["live-pipeline"]
+    row = {"largest": True, "label": "happy", "confidence": 0.9, **{c: 0.1 for c in CLASSES}}
+    rows = [{**row, "t": t, "track": track} for t, track in [(0.0, 1), (0.2, 1), (5.0, 1), (5.2, 1), (5.4, 2)]]
+    segments = [r["segment"] for r in live_module._segmented(rows, pipeline.gap_s, per_track=False)]
+    assert segments == [1, 1, 2, 2, 3]  # a gap of 4.8 s, then another face: new lines each time
+    assert not at.get("vega_lite_chart")  # nothing seen yet: no chart, a caption
+    assert any("appears here once a face" in c.value for c in at.caption)
+    streamer.callback()(camera_frame())
+    with pipeline._lock:
+        pipeline._timeline.clear()
+        pipeline._timeline.extend({k: v for k, v in r.items()} for r in rows)
+    streamer.plays = 1
+    at.run()
+    (chart,) = at.get("vega_lite_chart")
+    spec = json.loads(chart.proto.spec)
+    assert spec["encoding"]["detail"]["field"] == "line"  # one line per class and segment: no line across a gap
+    assert "Largest face" in json.dumps(spec["title"]) and "#1, #2" in json.dumps(spec["title"])

@@ -2,8 +2,13 @@
 
 The video callback runs in streamlit-webrtc's worker thread: it only calls the session's
 `LivePipeline` (thread-safe) and never touches `st.*`. The page itself applies the sidebar
-settings to the running pipeline on every rerun and, while the stream plays, refreshes the
-stats and the emotion timeline twice a second.
+settings to the running pipeline on every rerun.
+
+The page shows at once: the model loads in a background thread (one per process and model, behind
+a "Loading model" status that a fragment polls), and frames that arrive before it is ready come back
+with a note. While the stream plays, an `st.fragment(run_every=...)` refreshes the stats and the
+emotion timeline twice a second; the script itself ends at once (no loop in it), so Streamlit's
+own "Running… / Stop" indicator does not stay on beside the component's STOP.
 
 Test hook: when the environment variable `FER_APP_STATS_FILE` names a file, the page writes the
 pipeline's stats and current predictions there as JSON on every refresh (see `_write_stats_file`).
@@ -19,22 +24,59 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+import altair as alt
 import av
+import cv2
+import numpy as np
 import pandas as pd
 import streamlit as st
 from streamlit_webrtc import WebRtcMode, webrtc_streamer
 
 from fer_app.calibration import CaptureRecorder, draw_capture_prompt
 from fer_app.config import VIDEO_DETECTOR
+from fer_app.draw import CLASS_COLOURS, class_colour
 from fer_app.live import DrawOptions, LivePipeline, LiveSettings, LiveStats
-from fer_app.model import Classifier
+from fer_app.model import Classifier, ModelInfo
 from fer_app.ui import common
 from fer_app.ui.rtc import RtcConfigError, rtc_configuration
 
 STATS_FILE_ENV = "FER_APP_STATS_FILE"
 PIPELINE_KEY = "live-pipeline"
+SLOT_KEY = "live-slot"
 REFRESH_S = 0.5
 CHART_EVERY = 4  # refreshes between timeline chart redraws (the chart is heavier than the metrics)
+LOAD_POLL_S = 0.5  # how often the page looks whether the model has loaded
+
+
+@st.cache_resource(show_spinner=False)
+def _model_loader(name: str, stamp: float) -> common.BackgroundTask:
+    """The model's loading, in a thread of its own: one per process and model (stamp: its config's mtime)."""
+    return common.BackgroundTask(lambda progress: common.cached_model(name, stamp), key=(name, stamp))
+
+
+def background_model(info: ModelInfo | None) -> Classifier | None:
+    """The picked model once loaded (None while it loads, in the background); the page stops without one."""
+    if info is None:
+        st.stop()
+    if info.problem:
+        st.error(f"Cannot load model {info.name!r}: {info.problem}")
+        st.stop()
+    stamp = (info.path / "config.json").stat().st_mtime if info.path else 0.0
+    task = _model_loader(info.name, stamp)
+    if task.running:
+        return None
+    if task.error is not None:
+        _model_loader.clear()  # the next run tries again
+        st.error(f"Cannot load model {info.name!r}: {task.error}")
+        st.stop()
+    return common.cached_model(info.name, stamp)  # loaded by the task: a cache hit
+
+
+def _loading_note(frame: np.ndarray) -> np.ndarray:
+    """A frame that came before the model: the camera's picture with "Loading model..." on it."""
+    out = frame.copy()
+    cv2.putText(out, "Loading model...", (12, 32), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (255, 255, 255), 2, cv2.LINE_AA)
+    return out
 
 
 def sidebar_settings() -> LiveSettings:
@@ -68,8 +110,12 @@ def session_pipeline(model: Classifier, settings: LiveSettings) -> LivePipeline:
     return pipeline
 
 
-def frame_callback(pipeline: LivePipeline, capture: dict | None = None) -> Callable[[av.VideoFrame], av.VideoFrame]:
+def frame_callback(pipeline: LivePipeline | dict, capture: dict | None = None,
+                   ) -> Callable[[av.VideoFrame], av.VideoFrame]:
     """The per-frame function for webrtc_streamer (runs in its worker thread: no st.* here).
+
+    `pipeline`: the session's pipeline, or its slot (a dict whose "pipeline" is missing while the model
+    loads: frames then come back with a "Loading model..." note).
 
     `capture` is this session's calibration state: while it holds a recorder, the largest face's
     crop is stored when the recorder's prompt says so, and the prompt is drawn on the video.
@@ -77,10 +123,13 @@ def frame_callback(pipeline: LivePipeline, capture: dict | None = None) -> Calla
 
     def process(frame: av.VideoFrame) -> av.VideoFrame:
         image = frame.to_ndarray(format="bgr24")
-        annotated = pipeline.process(image)
+        current = pipeline.get("pipeline") if isinstance(pipeline, dict) else pipeline
+        if current is None:
+            return av.VideoFrame.from_ndarray(_loading_note(image), format="bgr24")
+        annotated = current.process(image)
         recorder = (capture or {}).get("recorder")
         if recorder is not None:
-            step = recorder.on_frame(image, [p.face for p in pipeline.predictions()])
+            step = recorder.on_frame(image, [p.face for p in current.predictions()])
             annotated = draw_capture_prompt(annotated, step)
         return av.VideoFrame.from_ndarray(annotated, format="bgr24")
 
@@ -112,18 +161,26 @@ def calibration_sidebar() -> dict:
     return capture
 
 
-def render_stats(stats: LiveStats) -> None:
-    def ms(pair: tuple[float, float]) -> str:
-        return f"{pair[0]:.1f} / {pair[1]:.1f} ms"
+def stats_table(stats: LiveStats) -> str:
+    """The stage times as a compact Markdown table: a row per stage, median and p95 in ms."""
+    rows = [("Detect", stats.detect_ms), ("Classify", stats.classify_ms), ("Draw", stats.draw_ms)]
+    return "\n".join(["| ms | median | p95 |", "|:--|--:|--:|",
+                      *(f"| {name} | {m:.1f} | {p:.1f} |" for name, (m, p) in rows)])
 
-    cols = st.columns(6)
-    cols[0].metric("Processed FPS", f"{stats.fps:.1f}", help=f"{stats.frames} frames processed in this session")
-    cols[1].metric("Detect (median / p95)", ms(stats.detect_ms))
-    cols[2].metric("Classify (median / p95)", ms(stats.classify_ms),
-                   help=f"each face's label is refreshed about {stats.label_refresh_hz:.1f} times a second")
-    cols[3].metric("Draw (median / p95)", ms(stats.draw_ms))
-    cols[4].metric("Faces", stats.faces)
-    cols[5].metric("Model", stats.model)
+
+def render_stats(stats: LiveStats) -> None:
+    """Three short metrics (the same figures as the video's overlay), the stage times as a small table,
+    and a caption: readable from a phone (columns stack) to a wide window."""
+    cols = st.columns(3)
+    cols[0].metric("FPS", f"{stats.fps:.1f}", help=f"frames processed a second; {stats.frames} in this session")
+    cols[1].metric("Faces", stats.faces, help="faces in the last frame (the video's overlay says the same)")
+    cols[2].metric("Labels/s", f"{stats.label_refresh_hz:.1f}",
+                   help="how often each face's label is refreshed, a second (mean over the faces)")
+    left, right = st.columns([1, 1])
+    left.markdown(stats_table(stats))
+    right.caption(f"Model **{stats.model}**, encoder in **{stats.runtime}** ({stats.runtime_reason}), classifying "
+                  f"{'in a background thread' if stats.asynchronous else 'in the video thread'}. "
+                  f"{stats.frames} frames so far.")
     if stats.error:
         st.warning(f"Classification failed: {stats.error}")
 
@@ -134,21 +191,30 @@ def timeline_table(rows: list[dict], classes: tuple[str, ...]) -> pd.DataFrame:
                                                                  *classes])
 
 
-def render_timeline(pipeline: LivePipeline, classes: tuple[str, ...]) -> None:
-    """Class probabilities over time of the largest face of each frame."""
-    table = timeline_table(pipeline.timeline(largest=True), classes)
-    if table.empty:
-        st.caption("The emotion timeline of the largest face appears here once a face has been seen.")
-        return
-    st.line_chart(table.set_index("t")[[c for c in classes if c in table]], x_label="seconds",
-                  y_label="probability")
+def timeline_chart(rows: list[dict], classes: tuple[str, ...]) -> alt.Chart:
+    """The largest face's class probabilities over time: a line per class and unbroken stretch (`segment`), so
+    stretches without a face are gaps and a change of face starts new lines; the title says whose face it is."""
+    table = pd.DataFrame(rows)
+    long = table.melt(id_vars=["t", "segment", "track"], value_vars=[c for c in classes if c in table],
+                      var_name="class", value_name="probability")
+    long["line"] = long["class"] + "-" + long["segment"].astype(str)
+    tracks = sorted(table["track"].dropna().astype(int).unique())
+    whose = (f"track #{tracks[0]}" if len(tracks) == 1 else
+             "tracks " + ", ".join(f"#{t}" for t in tracks[-6:]) + (" …" if len(tracks) > 6 else ""))
+    colours = [f"#{r:02x}{g:02x}{b:02x}" for b, g, r in (class_colour(c) for c in classes)]
+    return alt.Chart(long, title=alt.TitleParams(
+        f"Largest face in each frame ({whose}); gaps: no face seen", fontSize=13, anchor="start")).mark_line(
+    ).encode(x=alt.X("t:Q", title="seconds"), y=alt.Y("probability:Q", scale=alt.Scale(domain=[0, 1])),
+             color=alt.Color("class:N", scale=alt.Scale(domain=list(classes), range=colours), sort=list(classes)),
+             detail="line:N", tooltip=["t", "class", "probability", "track"])
 
 
 def _write_stats_file(path: str, pipeline: LivePipeline) -> None:
     """Test hook: stats and predictions as JSON, replaced atomically (readers never see half a file)."""
     target = Path(path)
-    payload = {"time": time.time(), **asdict(pipeline.stats()),
-               "predictions": [p.to_dict() for p in pipeline.predictions()]}
+    lines, box = pipeline.overlay()
+    payload = {"time": time.time(), **asdict(pipeline.stats()), "shown": asdict(pipeline.shown_stats()),
+               "overlay": lines, "overlay_box": box, "predictions": [p.to_dict() for p in pipeline.predictions()]}
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     with os.fdopen(fd, "w") as f:
         json.dump(payload, f)
@@ -162,8 +228,23 @@ st.caption("Press START and allow the camera: faces are detected and their expre
 info = common.model_picker()
 settings = sidebar_settings()
 capture = calibration_sidebar()
-model = common.require_model(info)
-pipeline = session_pipeline(model, settings)
+model = background_model(info)
+slot: dict = st.session_state.setdefault(SLOT_KEY, {})  # the video thread's way to this session's pipeline
+if model is not None:
+    slot["pipeline"] = pipeline = session_pipeline(model, settings)
+else:
+    pipeline = None
+
+    @st.fragment(run_every=LOAD_POLL_S)
+    def _wait_for_model() -> None:
+        """Polls the background loading; the whole page reruns (with the model) once it is done."""
+        stamp = (info.path / "config.json").stat().st_mtime if info.path else 0.0
+        if not _model_loader(info.name, stamp).running:
+            st.rerun()
+        st.status(f"Loading model {info.name}… (START works already: labels come once it is loaded)",
+                  state="running")
+
+    _wait_for_model()
 
 try:
     rtc = rtc_configuration()
@@ -176,35 +257,41 @@ ctx = webrtc_streamer(
     mode=WebRtcMode.SENDRECV,
     rtc_configuration=rtc,
     media_stream_constraints={"video": True, "audio": False},
-    video_frame_callback=frame_callback(pipeline, capture),
+    video_frame_callback=frame_callback(slot, capture),
     async_processing=True,
 )
-
-stats_area = st.empty()
-st.subheader("Emotion timeline")
-chart_area = st.empty()
-st.download_button("Download timeline CSV (all faces)",
-                   lambda: timeline_table(pipeline.timeline(), model.classes).to_csv(index=False),
-                   file_name="emotion-timeline.csv", mime="text/csv", key="live-csv")
-
+playing = bool(ctx.state.playing)  # read once a run: START and STOP rerun the page
 stats_file = os.environ.get(STATS_FILE_ENV)
-refreshes = 0
-while ctx.state.playing:
-    with stats_area.container():
-        render_stats(pipeline.stats())
-    if refreshes % CHART_EVERY == 0:
-        with chart_area.container():
-            render_timeline(pipeline, model.classes)
-    if stats_file:
-        _write_stats_file(stats_file, pipeline)
-    refreshes += 1
-    time.sleep(REFRESH_S)
 
-# Not playing: stop the pipeline's worker thread (a new START restarts it); show where the session got to.
-pipeline.close()
-final = pipeline.stats()
-if final.frames:
-    with stats_area.container():
-        render_stats(final)
-with chart_area.container():
-    render_timeline(pipeline, model.classes)
+
+@st.fragment(run_every=REFRESH_S if playing and pipeline is not None else None)
+def live_panel() -> None:
+    """The stats and the emotion timeline: refreshed by Streamlit every REFRESH_S while the stream plays (the
+    script does not loop, so Streamlit shows no "Running" indicator of its own), drawn once otherwise."""
+    if pipeline is None:
+        return
+    if not playing:
+        pipeline.close()  # stop the worker thread (a new START restarts it)
+    shown = pipeline.shown_stats()
+    if playing or shown.frames:
+        render_stats(shown)
+    st.subheader("Emotion timeline")
+    refreshes = st.session_state["live-refreshes"] = st.session_state.get("live-refreshes", -1) + 1
+    chart = st.empty()
+    if not playing or refreshes % CHART_EVERY == 0 or not st.session_state.get("live-chart-rows"):
+        st.session_state["live-chart-rows"] = pipeline.timeline(largest=True)
+    with chart.container():
+        rows = st.session_state["live-chart-rows"]
+        if rows:
+            st.altair_chart(timeline_chart(rows, model.classes), use_container_width=True)
+        else:
+            st.caption("The emotion timeline of the largest face appears here once a face has been seen.")
+    if stats_file and playing:
+        _write_stats_file(stats_file, pipeline)
+
+
+live_panel()
+if pipeline is not None:
+    st.download_button("Download timeline CSV (all faces)",
+                       lambda: timeline_table(pipeline.timeline(), model.classes).to_csv(index=False),
+                       file_name="emotion-timeline.csv", mime="text/csv", key="live-csv")
