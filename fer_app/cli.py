@@ -418,6 +418,11 @@ def cmd_models(args: argparse.Namespace) -> int:
             continue
         acc = f"val acc {m.val_accuracy:.3f}" if m.val_accuracy is not None else ""
         print(f"{m.name:<32} {m.encoder:<14} {acc}")
+        if m.path is not None and (m.encoder == "compact" or args.runtime):  # what `auto` runs it in here, and why
+            from fer_app.model import load_model
+            from fer_app.runtimes import runtime_choice
+
+            print(f"{'':<32} runtime: {runtime_choice(load_model(m.path, threads=args.threads).encoder).summary()}")
     return EXIT_OK
 
 
@@ -675,7 +680,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_tta)
 
-    p = sub.add_parser("models", help="list the models you can use")
+    p = sub.add_parser("models", help="list the models you can use, and the runtime each runs in here",
+                       description="Each model, its encoder and val accuracy; for compact models (and all with "
+                       "--runtime) the runtime `auto` runs it in on this machine and why (checked once per machine, "
+                       "then cached).")
+    p.add_argument("--runtime", action="store_true", help="also load CLIP models to say their runtime (slower)")
+    p.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("fetch-clip", help="download CLIP ViT-B/32 to models/clip-vit-base-patch32 (needs internet)")

@@ -1047,8 +1047,7 @@ class _AutoSelection:
         if stored is not None:
             runtime, decision = stored
             try:
-                chosen = self._load(runtime)
-                self.progress(f"runtime auto: {runtime} (chosen earlier on this machine; {self.decision_path.name})")
+                chosen = self._load(runtime)  # silently: later loads cost nothing, not even a log line
                 return _with_choice(chosen, RuntimeChoice(runtime, "stored", decision.get("reason", "chosen earlier")
                                                           + f"; chosen on this machine {decision.get('created', '')}",
                                                           decision.get("candidates", {})))

@@ -227,8 +227,8 @@ def test_auto_reuses_its_stored_choice(tiny_encoder: ClipEncoder, crops: CheckCr
     monkeypatch.setattr(runtimes, "AccuracyCheck", no_check)
     again = select_runtime(tiny_encoder, AUTO, threads=1, cache_dir=tmp_path, check_crops=crops,
                            progress=messages.append)
-    assert runtime_name(again) == first
-    assert any("chosen earlier" in m for m in messages)
+    assert runtime_name(again) == first and runtimes.runtime_choice(again).how == "stored"
+    assert "chosen on this machine" in runtimes.runtime_choice(again).reason and not messages
     # Another thread count is another decision.
     monkeypatch.undo()
     select_runtime(tiny_encoder, AUTO, threads=2, cache_dir=tmp_path, check_crops=crops, progress=None)
