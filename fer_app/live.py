@@ -31,6 +31,7 @@ from fer_app.config import LABEL_DWELL_S, LABEL_MARGIN, VIDEO_SCAN, DetectorConf
 from fer_app.detection import FaceDetector
 from fer_app.draw import DrawOptions, Rect, draw_predictions, draw_stats, stats_box
 from fer_app.model import Classifier
+from fer_app.runtimes import RuntimeChoice, runtime_choice
 from fer_app.scan import Scanner
 from fer_app.tracking import FaceTracker, Track
 from fer_app.types import Prediction
@@ -97,12 +98,14 @@ class LiveStats:
     label_refresh_hz: float  # classifications per second per face (mean over the last frame's faces)
     asynchronous: bool = False  # whether the last frame's classification went to the worker
     error: str | None = None  # the worker's last error, if its last batch failed
+    runtime: str = "torch"  # where the model's encoder runs (`fer_app.runtimes.RuntimeChoice`)...
+    runtime_reason: str = ""  # ...and why
 
     def overlay_lines(self) -> list[str]:
         """The text of the on-frame stats overlay: two short lines (the page shows the rest)."""
         mode = "async" if self.asynchronous else "sync"
         return [f"{self.fps:.1f} FPS  faces {self.faces}  labels {self.label_refresh_hz:.1f}/s",
-                f"detect {self.detect_ms[0]:.0f}  classify {self.classify_ms[0]:.0f} ms ({mode})"] + (
+                f"detect {self.detect_ms[0]:.0f}  classify {self.classify_ms[0]:.0f} ms ({mode}, {self.runtime})"] + (
                     ["classification failed"] if self.error else [])
 
 
@@ -259,6 +262,8 @@ class LivePipeline:
             return list(self._predictions)
 
     def stats(self) -> LiveStats:
+        choice = runtime_choice(self._model.encoder) if hasattr(self._model, "encoder") else RuntimeChoice(
+            "torch", "asked", "a model without an encoder attribute")
         with self._lock:
             starts = self._times["start"]
             span = starts[-1] - starts[0] if len(starts) > 1 else 0.0
@@ -269,7 +274,8 @@ class LivePipeline:
                 draw_ms=_median_p95(self._times["draw"]),
                 frame_ms=_median_p95(self._times["frame"]),
                 faces=self._faces, model=self._model.name, frames=self._frames,
-                label_refresh_hz=self._refresh_hz, asynchronous=self._was_async, error=self._error)
+                label_refresh_hz=self._refresh_hz, asynchronous=self._was_async, error=self._error,
+                runtime=choice.runtime, runtime_reason=choice.reason)
 
     def shown_stats(self) -> LiveStats:
         """The stats the on-frame overlay shows now (refreshed with it, every `_OVERLAY_EVERY` s): the page shows

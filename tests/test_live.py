@@ -256,7 +256,7 @@ def test_async_never_blocks_the_video_thread() -> None:
         deadline = time.monotonic() + 30
         while not pipeline.predictions():
             assert time.monotonic() < deadline, "no label after the worker finished"
-            step += 1
+            step = min(step + 1, 30)  # a loaded machine may take many frames: keep the face inside the frame
             pipeline.process(scene(moving(step)))
             seen_at = time.perf_counter()
         assert model.finished_at is not None and model.finished_at < seen_at
