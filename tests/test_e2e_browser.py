@@ -10,8 +10,13 @@ for processed frames, then checks that
   gave it (classified, not only pending),
 - with the bundled model, the labels make sense and are not constant: the astronaut is happy, and
   the FER-2013 faces (picked among those the model gets right offline) mostly get their own labels,
-- the page shows the live stats (metrics such as "Processed FPS"),
-and prints the server's FPS; and that two tabs streaming at once both get annotated video with every
+- the page shows the live stats (metrics such as "FPS"), and they are the overlay's: faces and labels/s agree
+  between the page, the stats the overlay was drawn from and the overlay's text,
+- the on-frame stats overlay lies in a corner clear of every face and its label strip (the server's box for
+  it against the faces' boxes, and the darkened panel in the returned video),
+- the page lays out without cut or overflowing text at 1920, 1024 and 390 px wide (element widths, no
+  screenshots), and Streamlit's own "Running / Stop" indicator stays off while the stream plays,
+and prints the server's FPS, page-to-START and START-to-first-frame times; and that two tabs streaming at once both get annotated video with every
 face classified (and, with the bundled model, not all alike) and their own stats (one pipeline per
 session, one shared model). The page writes its stats and predictions to the file named by
 FER_APP_STATS_FILE (its test hook).
@@ -432,8 +437,12 @@ def _scaled(face: Face, scale: float) -> Face:
 class Observed:
     returned: np.ndarray  # a frame of the video that came back, BGR
     stats: dict  # the page's stats file after the frames
-    page_fps: str  # the "Processed FPS" metric as the page shows it
+    page_fps: str  # the "FPS" metric as the page shows it
     first_frame_s: float  # from the click on START to the first processed frame (to a stats refresh)
+    start_s: float = 0.0  # from opening the page to START shown
+    running_seen: int = 0  # samples (of `running_samples`) in which Streamlit's Running / Stop showed
+    running_samples: int = 0
+    layout: dict | None = None  # per window width: texts cut or overflowing (none expected)
 
 
 START, STOP = re.compile(r"^start$", re.IGNORECASE), re.compile(r"^stop$", re.IGNORECASE)
@@ -468,6 +477,7 @@ def test_live_page_in_browser(scene_name: str, request: pytest.FixtureRequest) -
         drawn = _drawn_around(returned, scene, boxes, 4, tmp)
         labels = [p["label"] for _, p in matched]
         shown = _box_colours(returned, scene, boxes, 4)
+        _assert_overlay_clear(returned, scene, stats, tmp)
         assert shown == labels, f"the video shows {shown} for the server's labels {labels} ({tmp})"
         if len(matched) > 1 and any(placed.label for placed in scene.faces):  # different faces, different outputs
             assert len({json.dumps(p["probabilities"]) for _, p in matched}) == len(matched), matched
@@ -483,6 +493,9 @@ def test_live_page_in_browser(scene_name: str, request: pytest.FixtureRequest) -
     cv2.imwrite(str(tmp / "returned.png"), seen.returned)  # to look at when a check fails
     lines, agree = check(seen.returned, seen.stats)
     assert float(seen.page_fps) > 0 and seen.stats["fps"] > 0
+    assert seen.layout is not None and not any(seen.layout.values()), f"cut or overflowing text: {seen.layout}"
+    assert seen.running_seen == 0, (f"Streamlit's Running / Stop showed in {seen.running_seen} of "
+                                    f"{seen.running_samples} samples while streaming")
 
     stats = seen.stats
     print(f"[{scene_name}] model {stats['model']}; returned video {seen.returned.shape[1]}x{seen.returned.shape[0]}; "
@@ -490,7 +503,9 @@ def test_live_page_in_browser(scene_name: str, request: pytest.FixtureRequest) -
           f"{seen.first_frame_s:.1f} s after START; server FPS {stats['fps']:.1f} after {stats['frames']} frames "
           f"(median ms: detect {stats['detect_ms'][0]:.1f}, classify {stats['classify_ms'][0]:.1f} "
           f"{'in the worker' if stats['asynchronous'] else 'in the video thread'}, draw {stats['draw_ms'][0]:.1f}, "
-          f"frame {stats['frame_ms'][0]:.1f}); the page shows Processed FPS {seen.page_fps}; "
+          f"frame {stats['frame_ms'][0]:.1f}); the page shows FPS {seen.page_fps}; page to START "
+          f"{seen.start_s:.1f} s; overlay at {stats['overlay_box']}; no Running / Stop in "
+          f"{seen.running_samples} samples; layout checked at {', '.join(seen.layout)} px; "
           f"{time.monotonic() - started:.0f} s")
     print("\n".join(lines))
     if any(p.label for p in scene.faces):
@@ -516,7 +531,7 @@ def test_two_tabs_stream_at_once(request: pytest.FixtureRequest) -> None:
         components = [_start(tab, server.url) for tab in tabs]
         for tab in tabs:  # each tab's own stats: its session's pipeline sees both faces
             _wait_for_metric(tab, "Faces", lambda value: value == str(len(scene.faces)))
-        fps = [_wait_for_metric(tab, "Processed FPS", lambda value: float(value) > 0) for tab in tabs]
+        fps = [_wait_for_metric(tab, "FPS", lambda value: float(value) > 0) for tab in tabs]
         returned = [_settled_frame(component, scene, tmp) for component in components]
         for component in components:
             component.get_by_role("button", name=STOP).click(timeout=PAGE_TIMEOUT * 1000)
@@ -524,7 +539,7 @@ def test_two_tabs_stream_at_once(request: pytest.FixtureRequest) -> None:
     for i, frame in enumerate(returned):
         cv2.imwrite(str(tmp / f"returned-{i}.png"), frame)
         labels.append(_labelled_known(frame, scene, tmp))
-    print(f"[two tabs] Processed FPS {' and '.join(fps)} at once; labels shown {labels[0]} and {labels[1]}"
+    print(f"[two tabs] FPS {' and '.join(fps)} at once; labels shown {labels[0]} and {labels[1]}"
           + (f" (FER-2013: {[p.label for p in scene.faces]})" if scene.faces[0].label else "")
           + f"; {time.monotonic() - started:.0f} s")
 
@@ -561,11 +576,13 @@ def _box_colours(returned: np.ndarray, scene: Scene, boxes: list[Face], slack: i
     masks = {c: (np.abs(frame - np.array(colour, np.int16)).max(axis=2) <= COLOUR_TOLERANCE)
              & (np.abs(source - np.array(colour, np.int16)).max(axis=2) > 2 * COLOUR_TOLERANCE)
              for c, colour in CLASS_COLOURS.items()}
-    panel_w, panel_h = _stats_panel(frame, source)  # its white text is no class colour; labels keep off it
+    overlay = _overlay_rect(frame, source)  # its white text is no class colour; labels keep off it
     shown = []
     for i, box in enumerate(boxes):
         band = _outline(frame.shape[:2], box, slack, slack)
-        band[: panel_h + 3, : panel_w + 3] = False
+        if overlay is not None:
+            ox, oy, ow, oh = overlay
+            band[max(0, oy - 3) : oy + oh + 3, max(0, ox - 3) : ox + ow + 3] = False
         for other in boxes[:i] + boxes[i + 1:]:  # not a neighbour's box or label (a label may sit inside the box)
             band &= ~_outline(frame.shape[:2], other, other.w, slack)
         counts = {c: int(mask[band].sum()) for c, mask in masks.items()}
@@ -575,16 +592,46 @@ def _box_colours(returned: np.ndarray, scene: Scene, boxes: list[Face], slack: i
     return shown
 
 
-def _stats_panel(frame: np.ndarray, source: np.ndarray) -> tuple[int, int]:
-    """Width and height of the stats overlay's panel in the top-left corner, which the server darkens to a
-    quarter (0, 0 without one): the length of the dark run along the second row and the second column."""
+def _overlay_rect(frame: np.ndarray, source: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(x, y, w, h) of the stats overlay's panel, which the server darkens to a quarter in one of the frame's
+    corners (None without one): at each corner, the dark runs along the frame's edge row and column (one pixel
+    in); the corner with the largest such panel."""
     dark = frame.max(axis=2) < 0.5 * source.max(axis=2)
+    height, width = dark.shape
 
     def run(line: np.ndarray) -> int:
         lit = np.flatnonzero(~line)
         return int(lit[0]) if len(lit) else len(line)
 
-    return run(dark[1]), run(dark[:, 1])
+    best = None
+    for top in (True, False):
+        for left in (True, False):
+            row = dark[1 if top else height - 2]
+            col = dark[:, 1 if left else width - 2]
+            w = run(row if left else row[::-1])
+            h = run(col if top else col[::-1])
+            if w > 10 and h > 10 and (best is None or w * h > best[2] * best[3]):
+                best = (0 if left else width - w, 0 if top else height - h, w, h)
+    return best
+
+
+def _assert_overlay_clear(returned: np.ndarray, scene: Scene, stats: dict, tmp: Path) -> None:
+    """The server's overlay box (its stats file) meets no face's box or label strip, lies in a corner, and the
+    returned video has the darkened panel there."""
+    from fer_app.draw import Rect, face_clearance
+
+    box = stats["overlay_box"]
+    assert box is not None and stats["overlay"], f"no overlay drawn: {stats}"
+    rect = Rect(*box)
+    for p in stats["predictions"]:
+        assert not rect.intersects(face_clearance(Face(*p["box"]), WIDTH)), f"overlay {box} over the face {p['box']}"
+    assert rect.x in (0, WIDTH - rect.w) and rect.y in (0, HEIGHT - rect.h), f"overlay {box} not in a corner"
+    scale = returned.shape[1] / WIDTH
+    source = cv2.resize(scene.frame, (returned.shape[1], returned.shape[0]), interpolation=cv2.INTER_AREA)
+    found = _overlay_rect(returned.astype(np.int16), source.astype(np.int16))
+    assert found is not None, f"no darkened overlay panel in the returned video ({tmp})"
+    expected = _scaled(Face(*box), scale)
+    assert abs(found[0] - expected.x) <= 6 and abs(found[1] - expected.y) <= 6, (found, expected.box)
 
 
 def _settled_frame(component, scene: Scene, tmp: Path) -> np.ndarray:
@@ -614,7 +661,12 @@ def _drawn_around(returned: np.ndarray, scene: Scene, boxes: list[Face], slack: 
         # The 2 px box alone is 8 px per pixel of side; ask for a quarter (video coding blurs thin lines).
         assert around >= 2 * box.w, f"no box drawn around the face at {box}: {around} px ({tmp})"
         counts.append(around)
-    bottom = drawn[round(0.9 * height) :]  # no face there, so no box, label, bars or stats overlay
+    overlay = _overlay_rect(returned.astype(np.int16), cv2.resize(scene.frame, (width, height),
+                                                                  interpolation=cv2.INTER_AREA).astype(np.int16))
+    if overlay is not None:  # the stats overlay may sit in a bottom corner: its white text is no face's drawing
+        ox, oy, ow, oh = overlay
+        drawn[max(0, oy - 3) : oy + oh + 3, max(0, ox - 3) : ox + ow + 3] = False
+    bottom = drawn[round(0.9 * height) :]  # no face there, so no box, label or bars
     assert bottom.mean() < 0.01, f"the server's colours where nothing was drawn ({tmp})"
     return counts
 
@@ -631,12 +683,92 @@ def _browser(playwright, clip: Path, profile: Path) -> Iterator:
         context.close()
 
 
-def _start(page, url: str):
-    """Open the app in `page` and press START in the webrtc component; the component's frame locator."""
+def _start(page, url: str, timings: dict | None = None):
+    """Open the app in `page` and press START in the webrtc component; the component's frame locator.
+    `timings` gets "start_s": seconds from opening the page to START shown."""
+    opened = time.monotonic()
     page.goto(url, timeout=PAGE_TIMEOUT * 1000)
     component = page.frame_locator('iframe[title*="webrtc_streamer"]')
-    component.get_by_role("button", name=START).click(timeout=PAGE_TIMEOUT * 1000)
+    start = component.get_by_role("button", name=START)
+    start.wait_for(state="visible", timeout=PAGE_TIMEOUT * 1000)
+    if timings is not None:
+        timings["start_s"] = time.monotonic() - opened
+    start.click(timeout=PAGE_TIMEOUT * 1000)
     return component
+
+
+#: Window sizes the layout is checked at: wide, a small laptop, a phone.
+VIEWPORTS = {1920: 1080, 1024: 768, 390: 844}
+_LAYOUT = """() => {
+    const bad = [];
+    const vw = document.documentElement.clientWidth;
+    if (document.documentElement.scrollWidth > vw + 1) bad.push(`page scrolls sideways: ${document.documentElement.scrollWidth} > ${vw}`);
+    const sel = '[data-testid="stMetricLabel"], [data-testid="stMetricValue"], [data-testid="stMarkdownContainer"] table, [data-testid="stCaptionContainer"]';
+    for (const el of document.querySelectorAll(sel)) {
+        if (el.closest('[data-testid="stSidebar"]')) continue;  // folded away on a phone; not the live page's
+        const r = el.getBoundingClientRect();
+        if (!r.width) continue;
+        const inner = el.querySelector('p, div') || el;
+        const cut = el.scrollWidth > el.clientWidth + 1 || inner.scrollWidth > inner.clientWidth + 1;
+        if (cut || r.right > vw + 1 || r.left < -1) bad.push(`${el.dataset.testid || el.tagName}: "${el.innerText.slice(0, 40)}" ${Math.round(r.left)}..${Math.round(r.right)} of ${vw}, scroll ${el.scrollWidth} > ${el.clientWidth}`);
+    }
+    return bad;
+}"""
+
+
+def _check_layout(page, shots: Path | None) -> dict:
+    """Per window width, the page's texts that are cut or overflow (element widths, no screenshots; these are
+    only saved, to look at, where FER_APP_E2E_SHOTS names a folder)."""
+    out = {}
+    for width, height in VIEWPORTS.items():
+        page.set_viewport_size({"width": width, "height": height})
+        time.sleep(1.5)  # the layout settles, the stats refresh at the new width
+        out[str(width)] = page.evaluate(_LAYOUT)
+        if shots is not None:
+            page.screenshot(path=str(shots / f"live-{width}.png"))
+            page.get_by_text("Emotion timeline").first.scroll_into_view_if_needed()
+            time.sleep(0.5)
+            page.screenshot(path=str(shots / f"live-{width}-stats.png"))
+            page.locator('iframe[title*="webrtc_streamer"]').first.scroll_into_view_if_needed()
+    page.set_viewport_size({"width": 1280, "height": 900})
+    return out
+
+
+def _running_indicator(page, seconds: float = 4.0) -> tuple[int, int]:
+    """Samples over `seconds` of Streamlit's own status widget while the stream plays: (showing Running / a Stop
+    button, samples)."""
+    seen = samples = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        widget = page.locator('[data-testid="stStatusWidget"]')
+        text = " ".join(widget.all_inner_texts()) if widget.count() and widget.first.is_visible() else ""
+        stop = page.get_by_role("button", name=re.compile(r"^stop$", re.IGNORECASE)).count()  # outside the iframe
+        seen += bool(re.search(r"running|stop", text, re.IGNORECASE) or stop)
+        samples += 1
+        time.sleep(0.2)
+    return seen, samples
+
+
+def _counters_agree(page, server: Server, faces: int) -> dict:
+    """The page's Faces and Labels/s equal the stats the overlay was drawn from (the stats file, written in the
+    same refresh) and the overlay's own text; retried until a refresh where both were read in between."""
+    deadline, last = time.monotonic() + FRAMES_TIMEOUT / 3, None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            before = _read_stats(server.stats_file)
+            values = {label: page.locator('[data-testid="stMetric"]', has_text=label).first.locator(
+                '[data-testid="stMetricValue"]').inner_text(timeout=1000).strip() for label in ("Faces", "Labels/s")}
+            after = _read_stats(server.stats_file)
+            if before and after and before["time"] == after["time"]:
+                shown = after["shown"]
+                last = (values, shown, after["overlay"])
+                if (values["Faces"] == str(shown["faces"]) == str(faces)
+                        and values["Labels/s"] == f"{shown['label_refresh_hz']:.1f}"
+                        and after["overlay"][0].startswith(f"{shown['fps']:.1f} FPS  faces {faces}  "
+                                                           f"labels {shown['label_refresh_hz']:.1f}/s")):
+                    return values
+        time.sleep(0.2)
+    pytest.fail(f"the page's counters and the overlay's never agreed: {last}")
 
 
 def _wait_for_metric(page, label: str, ok) -> str:
@@ -660,7 +792,8 @@ def _stream_in_browser(server: Server, clip: Path, profile: Path, faces: int,
 
     with sync_playwright() as playwright, _browser(playwright, clip, profile) as context:
         page = context.pages[0] if context.pages else context.new_page()
-        component = _start(page, server.url)
+        timings: dict = {}
+        component = _start(page, server.url, timings)
         clicked = time.monotonic()
         first_frame = _wait_for_frames(server, faces)
         video, deadline = component.locator("video").first, time.monotonic() + SETTLE_TIMEOUT
@@ -669,9 +802,13 @@ def _stream_in_browser(server: Server, clip: Path, profile: Path, faces: int,
             if settled(returned, stats) or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
-        page_fps = _wait_for_metric(page, "Processed FPS", lambda value: float(value) > 0)
+        page_fps = _wait_for_metric(page, "FPS", lambda value: float(value) > 0)
+        _counters_agree(page, server, faces)
+        running, samples = _running_indicator(page)
+        shots = Path(os.environ["FER_APP_E2E_SHOTS"]) if os.environ.get("FER_APP_E2E_SHOTS") else None
+        layout = _check_layout(page, shots)
         component.get_by_role("button", name=STOP).click(timeout=PAGE_TIMEOUT * 1000)
-    return Observed(returned, stats, page_fps, first_frame - clicked)
+    return Observed(returned, stats, page_fps, first_frame - clicked, timings["start_s"], running, samples, layout)
 
 
 def _passes(check: Callable[..., object], *args: object) -> bool:

@@ -531,6 +531,12 @@ def test_live_page_does_not_loop_while_playing(tiny_model: Path, streamer: FakeS
     assert not at.exception and time.monotonic() - started < 10
     assert streamer.plays == 999  # one read of ctx.state.playing: no refresh loop
     assert {m.label for m in at.metric} == {"FPS", "Faces", "Labels/s"}
+    # the fragment's short runs would each flash Streamlit's own Running / Stop: hidden while the stream plays
+    hidden = [h for h in at.get("html") if "stStatusWidget" in h.proto.body]
+    assert len(hidden) == 1 and "visibility: hidden" in hidden[0].proto.body
+    streamer.plays = 0
+    at.run()
+    assert not [h for h in at.get("html") if "stStatusWidget" in h.proto.body]  # stopped: shown as usual
 
 
 def test_live_timeline_chart_breaks_at_gaps_and_says_whose_face(tiny_model: Path, streamer: FakeStreamer) -> None:

@@ -7,8 +7,9 @@ settings to the running pipeline on every rerun.
 The page shows at once: the model loads in a background thread (one per process and model, behind
 a "Loading model" status that a fragment polls), and frames that arrive before it is ready come back
 with a note. While the stream plays, an `st.fragment(run_every=...)` refreshes the stats and the
-emotion timeline twice a second; the script itself ends at once (no loop in it), so Streamlit's
-own "Running… / Stop" indicator does not stay on beside the component's STOP.
+emotion timeline twice a second; the script itself ends at once (no loop in it), and Streamlit's
+own "Running… / Stop" indicator, which each of those short fragment runs would flash beside the
+component's STOP, is hidden while the stream plays.
 
 Test hook: when the environment variable `FER_APP_STATS_FILE` names a file, the page writes the
 pipeline's stats and current predictions there as JSON on every refresh (see `_write_stats_file`).
@@ -261,6 +262,11 @@ ctx = webrtc_streamer(
     async_processing=True,
 )
 playing = bool(ctx.state.playing)  # read once a run: START and STOP rerun the page
+if playing:
+    # The twice-a-second refresh below is a fragment run each time, and Streamlit shows its own "Running… / Stop"
+    # for every run that lasts a moment: a second Stop beside the component's STOP, flickering. While the stream
+    # plays, that indicator is hidden (the component's STOP stops the stream; reruns need no stopping).
+    st.html("<style>[data-testid='stStatusWidget'] { visibility: hidden !important; }</style>")
 stats_file = os.environ.get(STATS_FILE_ENV)
 
 
