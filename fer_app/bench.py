@@ -535,6 +535,37 @@ def bench_pipeline(model: torch.nn.Module, frames: int, faces: Sequence[int] = (
     return out
 
 
+def bench_model_load(model_name: str | Path, repeats: int = 3) -> dict:
+    """Seconds to load a model: under `auto` the first time on a machine (the runtime check, with an
+    empty cache folder), later (the stored verdict), and with `--runtime torch` (no selection); medians."""
+    import tempfile
+
+    from fer_app.model import ModelError, load_model
+
+    def timed(**kwargs) -> float:
+        start = time.perf_counter()
+        load_model(model_name, **kwargs)
+        return time.perf_counter() - start
+
+    try:
+        load_model(model_name, runtime=TORCH)  # files in the page cache, modules imported
+    except ModelError as exc:
+        return {"missing": str(exc)}
+    first, later = [], []
+    real = runtimes.default_cache_dir
+    try:
+        for _ in range(repeats):
+            with tempfile.TemporaryDirectory() as tmp:
+                runtimes.default_cache_dir = lambda: Path(tmp)
+                first.append(timed())
+                later.append(timed())
+    finally:
+        runtimes.default_cache_dir = real
+    plain = [timed(runtime=TORCH) for _ in range(repeats)]
+    return {"model": str(model_name), "first_s": round(statistics.median(first), 3),
+            "later_s": round(statistics.median(later), 3), "torch_s": round(statistics.median(plain), 3)}
+
+
 def _footage(compact: str | Path, quick: bool) -> dict:
     """The real-footage benchmarks (`fer_app.bench_footage`) with the compact model as the app loads it."""
     from fer_app.bench_footage import run_footage_bench
@@ -600,6 +631,7 @@ def run_bench(*, clip: str | Path | None = None, runtime_names: Sequence[str] | 
     report["best"] = best_runtime(rows, batches)
     report["detection"] = bench_detection(repeats)
     report["compact"] = bench_compact(compact, batches, repeats)
+    report["load"] = bench_model_load(compact, 1 if quick else 3)
     if pipeline:
         if live_pipeline_ready():
             best = report["best"]["runtime"] if report["best"] else TORCH
@@ -711,6 +743,12 @@ def format_report(report: dict) -> str:
                   f"{'equalize':<10}{'found':>7}{'false':>7}{'found dim':>11}{'median ms':>11}"]
         lines += [f"{r['equalize']:<10}{r['found']:>7}{r['false']:>7}{r['dim_found']:>11}{r['median_ms']:>11.1f}"
                   for r in eq["rows"]]
+    load = report.get("load")
+    if load and "missing" not in load:
+        lines += ["", f"loading {load['model']}: {load['first_s']:.2f} s the first time on this machine (auto checks "
+                      f"its runtimes), {load['later_s']:.2f} s later (the stored verdict), {load['torch_s']:.2f} s "
+                      f"with --runtime torch (no selection): the check costs {load['first_s'] - load['torch_s']:+.2f} s "
+                      f"once, {load['later_s'] - load['torch_s']:+.2f} s after"]
     footage = report.get("footage")
     if footage:
         from fer_app.bench_footage import format_footage

@@ -113,6 +113,8 @@ TOP1_MIN = 0.98
 HEAD_DIRECTIONS = 8
 #: Batches `auto` times a runtime at (the mean of the ms per face at each is its score).
 AUTO_TIMING_BATCHES = (1, 8)
+#: Seconds of timed calls `auto` spends at most per runtime and batch size.
+AUTO_TIMING_BUDGET_S = 0.2
 
 ENV_THREADS = "FER_APP_THREADS"
 #: Pins what `auto` resolves to on this machine (e.g. "torch" or "onnx-int8"), skipping the selection.
@@ -922,15 +924,19 @@ def check_runtimes(encoder: Encoder, names: Sequence[str], *, crops: CheckCrops 
 
 # -------------------------------------------------------------------------------------- timing
 
-def time_calls(call: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
-    """Seconds taken by each of `repeats` calls of `call()`, after `warmup` untimed calls."""
+def time_calls(call: Callable[[], object], repeats: int, warmup: int = 1,
+               budget_s: float | None = None) -> list[float]:
+    """Seconds taken by each of `repeats` calls of `call()`, after `warmup` untimed calls; with `budget_s`,
+    no new call starts once the timed ones took that long (at least one is timed)."""
     for _ in range(warmup):
         call()
-    times = []
+    times: list[float] = []
     for _ in range(repeats):
         start = time.perf_counter()
         call()
         times.append(time.perf_counter() - start)
+        if budget_s is not None and sum(times) >= budget_s:
+            break
     return times
 
 
@@ -942,8 +948,11 @@ def tile_batch(pixels: torch.Tensor, batch: int) -> torch.Tensor:
 
 @torch.inference_mode()
 def speed_score(encoder: Encoder, pixels: torch.Tensor, repeats: int = 5) -> float:
-    """Mean over AUTO_TIMING_BATCHES of the median ms per face: what `auto` ranks runtimes by."""
-    per_face = [statistics.median(time_calls(functools.partial(encoder, tile_batch(pixels, b)), repeats)) * 1000 / b
+    """Mean over AUTO_TIMING_BATCHES of the median ms per face: what `auto` ranks runtimes by. Each batch
+    size gets at most `AUTO_TIMING_BUDGET_S` of timed calls, so a slow runtime (or a busy machine)
+    cannot make a first load long."""
+    per_face = [statistics.median(time_calls(functools.partial(encoder, tile_batch(pixels, b)), repeats,
+                                             budget_s=AUTO_TIMING_BUDGET_S)) * 1000 / b
                 for b in AUTO_TIMING_BATCHES]
     return float(np.mean(per_face))
 
