@@ -152,6 +152,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     report = evaluate(model, faces, report=lambda done, total: bar.update(done - bar.n))
     bar.close()
     report["model"], report["split"], report["skipped_rows"] = model.name, split, faces.skipped
+    from fer_app.runtimes import runtime_choice
+
+    report["runtime"] = runtime_choice(model.encoder).runtime
     elsewhere = {s: f.skipped for s, f in splits.items() if s != split and f.skipped}
     if elsewhere:  # --on-error skip: bad rows of the splits not evaluated are counted too, never silent
         report["skipped_rows_other_splits"] = elsewhere
@@ -160,8 +163,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"model {model.name} on {args.data} [{split}]" + (f" ({faces.skipped} bad rows skipped)"
-                                                                 if faces.skipped else ""))
+        print(f"model {model.name} ({report['runtime']}) on {args.data} [{split}]"
+              + (f" ({faces.skipped} bad rows skipped)" if faces.skipped else ""))
         print(format_report(report))
     return EXIT_OK
 
@@ -335,11 +338,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     folder = Path(args.session) if Path(args.session).is_dir() else CalibrationSession(args.session, args.root).folder
     fer = load_sources([args.fer], seed=args.seed, on_error=args.on_error) if args.fer else None
     name = args.name or f"{Path(args.model).name}-calibrated-{folder.name}"
-    res = calibrate(args.model, folder, fer, user_weight=args.user_weight, holdout=args.holdout, epochs=args.epochs,
-                    name=name, lr=args.lr, seed=args.seed, threads=args.threads, overwrite=args.overwrite,
-                    callback=_training_bar(), command=_command(args))
-    print(f"held-out captures: {res.held_out}\nbefore ({args.model}):\n{format_report(res.before)}\n"
-          f"after ({name}):\n{format_report(res.after)}\nsaved to {res.saved_to}")
+    res = calibrate(args.model, folder, fer, holdout=args.holdout, gate=args.gate, name=name, threads=args.threads,
+                    overwrite=args.overwrite, callback=_training_bar(), command=_command(args))
+    print(f"held-out captures: {res.held_out} (the latest {args.holdout:.0%} of each emotion, by capture time); "
+          f"learnt from: {res.trained_on}\nbefore ({args.model}):\n{format_report(res.before)}\n"
+          f"after ({name}):\n{format_report(res.after)}")
+    if res.fer_before is not None:
+        print(f"FER-2013 val ({res.fer_before['n']} faces): {res.fer_before['accuracy']:.2%} before, "
+              f"{res.fer_after['accuracy']:.2%} after")
+    print(f"protection: {res.protection}\ntime: {res.seconds:.1f} s\nsaved to {res.saved_to}")
     return EXIT_OK
 
 
@@ -630,19 +637,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop at the next batch, keeping the best epoch, once this file exists")
     p.set_defaults(func=cmd_train, argv=None)
 
-    p = sub.add_parser("calibrate", help="fine-tune a model's head on your own captured faces",
-                       description="Captures come from the Live webcam page (calibration capture). A held-out share "
-                       "of them measures accuracy before and after; the result is saved as a new model.")
+    p = sub.add_parser("calibrate", help="a personal copy of a model that knows your captured faces",
+                       description="Captures come from the Live webcam page (calibration capture). The latest captures "
+                       "of each emotion are held out to measure accuracy before and after; the earlier ones go into a "
+                       "memory that decides only for faces very like them (the base head is kept); saved as a new "
+                       "model, with the base's int8 encoder and test-time views.")
     p.add_argument("session", metavar="NAME", help="calibration session (captures in ~/.fer_app/calibration/NAME/"
                    "<class>/*.png) or a folder of class folders")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"the model to start from (default {DEFAULT_MODEL})")
-    p.add_argument("--fer", type=_source, metavar="DATA", help="FER-2013 (any DATA format) to mix in, so the head "
-                   "keeps what it knows")
+    p.add_argument("--fer", type=_source, metavar="DATA", help="FER-2013 (any DATA format with a val split): the "
+                   "gate is chosen on its val split, and FER-2013 val accuracy is reported before and after")
     p.add_argument("--on-error", choices=("stop", "skip"), default="stop", help="bad rows/images in --fer")
-    p.add_argument("--user-weight", type=float, default=5.0, help="how many times each capture counts (default 5)")
-    p.add_argument("--holdout", type=float, default=0.3, help="share of captures held out to measure (default 0.3)")
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--holdout", type=float, default=0.3, help="share of each emotion's captures held out to "
+                   "measure: its latest ones, by capture time (default 0.3)")
+    p.add_argument("--gate", type=float, help="cosine similarity to a capture from which the captures decide "
+                   "(default: chosen on --fer's val split, else 0.96)")
     p.add_argument("--name", help="save as models/NAME (default MODEL-calibrated-SESSION)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing models/NAME")
     p.add_argument("--root", type=Path, help="calibration folder (default ~/.fer_app/calibration)")
