@@ -203,11 +203,16 @@ def bench_live(model, frames: int = 300, camera_fps: float = 30.0) -> list[dict]
     return rows
 
 
-def bench_scan(widths: Sequence[int] = (320, 400), modes: Sequence[str] = ("clahe", "none"),
-               full_every: Sequence[int] = (1, 5, 10, 20), limit: int | None = None) -> list[dict]:
-    """Detection only (no classifier) on the real clips: each detection width x contrast step x
-    full-scan interval; frames with a face relative to a full scan of every frame at the same width
-    and contrast step, and tracks (more = fragmented)."""
+#: (detection width, contrast step, full-scan interval) tried by `bench_scan`; each (width, step) with 1 first.
+SCAN_GRID: tuple[tuple[int, str, int], ...] = (
+    (320, "clahe", 1), (320, "clahe", 5), (320, "clahe", 10), (320, "clahe", 20),
+    (400, "clahe", 1), (400, "clahe", 10), (320, "none", 1), (320, "none", 10))
+
+
+def bench_scan(grid: Sequence[tuple[int, str, int]] = SCAN_GRID, limit: int | None = None) -> list[dict]:
+    """Detection only (no classifier) on the real clips, for each (detection width, contrast step,
+    full-scan interval): frames with a face and faces found relative to a full scan of every frame
+    at the same width and contrast step, tracks (more = fragmented), ms per frame."""
     from fer_app.detection import FaceDetector
     from fer_app.scan import Scanner
     from fer_app.tracking import FaceTracker
@@ -217,28 +222,26 @@ def bench_scan(widths: Sequence[int] = (320, 400), modes: Sequence[str] = ("clah
         clips.append(("3-face composite", list(composite_frames(min(150, limit or 150)))))
     rows = []
     for clip, frames in clips:
-        for width in widths:
-            for mode in modes:
-                reference = None
-                for every in full_every:
-                    detector = FaceDetector(replace(VIDEO_DETECTOR, detection_width=width, equalize=mode))
-                    scanner, tracker = Scanner(detector, ScanConfig(full_every=every)), FaceTracker()
-                    with_face, found, ids, ms = 0, 0, set(), []
-                    for frame in frames:
-                        t = time.perf_counter()
-                        result = scanner.detect(frame, tracker.tracks)
-                        ms.append((time.perf_counter() - t) * 1000)
-                        matched = tracker.update(result.faces)
-                        scanner.after(matched)
-                        with_face += bool(matched)
-                        found += len(matched)
-                        ids.update(m.id for m in matched)
-                    reference = reference if reference is not None else (with_face, found)
-                    rows.append({"clip": clip, "width": width, "equalize": mode, "full_every": every,
-                                 "frames": len(frames), "frames_with_faces": with_face,
-                                 "vs_full_scan": round(with_face / max(1, reference[0]), 3), "faces_found": found,
-                                 "faces_vs_full_scan": round(found / max(1, reference[1]), 3), "tracks": len(ids),
-                                 "detect_ms_mean": round(float(np.mean(ms)), 2)})
+        reference: dict[tuple[int, str], tuple[int, int]] = {}
+        for width, mode, every in grid:
+            detector = FaceDetector(replace(VIDEO_DETECTOR, detection_width=width, equalize=mode))
+            scanner, tracker = Scanner(detector, ScanConfig(full_every=every)), FaceTracker()
+            with_face, found, ids, ms = 0, 0, set(), []
+            for frame in frames:
+                t = time.perf_counter()
+                result = scanner.detect(frame, tracker.tracks)
+                ms.append((time.perf_counter() - t) * 1000)
+                matched = tracker.update(result.faces)
+                scanner.after(matched)
+                with_face += bool(matched)
+                found += len(matched)
+                ids.update(m.id for m in matched)
+            ref = reference.setdefault((width, mode), (with_face, found))
+            rows.append({"clip": clip, "width": width, "equalize": mode, "full_every": every,
+                         "frames": len(frames), "frames_with_faces": with_face,
+                         "vs_full_scan": round(with_face / max(1, ref[0]), 3), "faces_found": found,
+                         "faces_vs_full_scan": round(found / max(1, ref[1]), 3), "tracks": len(ids),
+                         "detect_ms_mean": round(float(np.mean(ms)), 2)})
     return rows
 
 
@@ -289,7 +292,7 @@ def run_footage_bench(model, *, quick: bool = False, peer: bool = True) -> dict:
     if quick:  # a smoke test: a few frames of each, no peer
         return {"media": str(MEDIA_DIR), "video": bench_video_cli(model, peer=False, limit=40),
                 "live": bench_live(model, 40),
-                "scan": bench_scan((320,), ("clahe",), (1, 10), limit=40),
+                "scan": bench_scan(((320, "clahe", 1), (320, "clahe", 10)), limit=40),
                 "tta_spread": bench_tta_spread(model, 20, 4)}
     return {"media": str(MEDIA_DIR), "video": bench_video_cli(model, peer=peer), "live": bench_live(model, 300),
             "scan": bench_scan(), "tta_spread": bench_tta_spread(model, 600)}

@@ -187,7 +187,7 @@ def test_the_composite_has_three_real_faces():
 
 @needs_media
 def test_tracked_scans_find_the_faces_a_full_scan_finds_on_real_clips():
-    rows = bench_footage.bench_scan((320,), ("clahe",), (1, 10), limit=80)
+    rows = bench_footage.bench_scan(((320, "clahe", 1), (320, "clahe", 10)), limit=80)
     by = {(r["clip"], r["full_every"]): r for r in rows}
     for clip in {r["clip"] for r in rows}:
         full, tracked = by[(clip, 1)], by[(clip, 10)]
