@@ -47,7 +47,7 @@ CLIP_ZERO_SHOT = "clip-vit-b32-zero-shot"
 #: The config entry with the sha256 of model.safetensors: recorded by `save_model`, checked on load.
 DIGEST_KEY = "weights_sha256"
 ENCODER_TYPES = (CompactEncoder.encoder_id, "clip-vit-b32")
-HEAD_TYPES = ("linear", "mlp", "zero-shot")
+HEAD_TYPES = ("linear", "mlp", "zero-shot", "personal")
 _log = logging.getLogger(__name__)
 
 
@@ -429,9 +429,28 @@ def shipped_problem(folder: Path | None, cfg: dict) -> str | None:
     entry = cfg.get(QUANTIZED_KEY)
     if folder is None or not isinstance(entry, dict) or not (folder / QUANTIZED_FILE).is_file():
         return f"no {QUANTIZED_FILE} (make one with: python -m fer_app quantize {folder.name if folder else 'MODEL'} DATA)"
-    if entry.get("weights_sha256") != file_sha256(folder / WEIGHTS_FILE):
+    if entry.get("weights_sha256") != file_sha256(folder / WEIGHTS_FILE) and (  # same weights, or same encoder
+            ENCODER_DIGEST not in entry or entry[ENCODER_DIGEST] != encoder_sha256(folder / WEIGHTS_FILE)):
         return f"{QUANTIZED_FILE} was made from other weights; quantize again"
     return None
+
+
+#: A `quantized` entry's record of the encoder tensors its int8 file was made from, for a model whose
+#: weights file differs from the one quantized only in its head (a calibrated model: same encoder, new head).
+ENCODER_DIGEST = "encoder_sha256"
+
+
+def encoder_sha256(path: Path) -> str:
+    """sha256 of the `encoder.*` tensors of a weights file (names, dtypes, shapes, bytes; in name order)."""
+    from safetensors import safe_open
+
+    h = hashlib.sha256()
+    with safe_open(str(path), framework="pt") as f:
+        for k in sorted(k for k in f.keys() if k.startswith("encoder.")):
+            v = f.get_tensor(k).contiguous()
+            h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
+            h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def shipped_runtimes(folder: Path, cfg: dict) -> dict[str, Path]:

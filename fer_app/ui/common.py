@@ -12,7 +12,7 @@ import streamlit as st
 
 from fer_app.config import DEFAULT_MODEL, EQUALIZE_MODES, DetectorConfig
 from fer_app.detection import FaceDetector
-from fer_app.model import Classifier, ModelError, ModelInfo, list_models, load_model
+from fer_app.model import Classifier, ModelError, ModelInfo, list_models, load_model, read_config
 
 
 @st.cache_resource(show_spinner="Loading model…")
@@ -52,9 +52,16 @@ def model_picker(key: str = "model") -> ModelInfo | None:
     names = [m.name for m in models]
     usable = [m.name for m in models if m.usable]
     default = names.index(DEFAULT_MODEL if DEFAULT_MODEL in usable else usable[0]) if usable else 0
-    labels = {m.name: m.name + (" (unusable)" if m.problem else f" (val acc {m.val_accuracy:.1%})"
-                                if m.val_accuracy is not None else "") for m in models}
-    name = st.sidebar.selectbox("Model", names, index=default, key=key, format_func=labels.__getitem__)
+    kept = st.session_state.get(f"{key}-kept")  # the choice outlives the page (a widget's state does not)
+    if key not in st.session_state and kept in names:
+        st.session_state[key] = kept
+    labels = {m.name: m.name + (" (unusable)" if m.problem else f" ({figure_label(m)})" if figure_label(m) else "")
+              for m in models}
+    name = st.sidebar.selectbox("Model", names, index=None if key in st.session_state else default, key=key,
+                                format_func=labels.__getitem__,
+                                on_change=lambda: st.session_state.update({f"{key}-kept": st.session_state[key]}))
+    if name is None:
+        name = names[default]
     picked = next(m for m in models if m.name == name)
     if picked.problem:
         st.sidebar.error(f"This model cannot be used: {picked.problem}")
@@ -62,6 +69,25 @@ def model_picker(key: str = "model") -> ModelInfo | None:
         st.sidebar.caption("CLIP ViT-B/32 is not available: put its weights in `models/clip-vit-base-patch32/` "
                            "(`python -m fer_app fetch-clip` when online).")
     return picked
+
+
+def figure_label(info: ModelInfo) -> str:
+    """A model's headline figure with what it is measured on: "FER-2013 val 71.0%"; for a calibrated
+    model, its held-out captures before/after ("your held-out captures 2% → 25% (48)")."""
+    try:
+        cfg = read_config(info.path) if info.path else {}
+    except (ModelError, OSError):
+        cfg = {}
+    record = cfg.get("training", {}).get("calibration") if isinstance(cfg.get("training"), dict) else None
+    if isinstance(record, dict) and "held_out_accuracy" in record:
+        acc = record["held_out_accuracy"]
+        return f"your held-out captures {acc['before']:.0%} → {acc['after']:.0%} ({record.get('held_out')})"
+    if info.val_accuracy is None:
+        return ""
+    source = str(cfg.get("training", {}).get("data", {}).get("val", {}).get("source", "")) \
+        if isinstance(cfg.get("training"), dict) else ""
+    on = "FER-2013 val" if "fer2013" in source.lower() else "val"
+    return f"{on} {info.val_accuracy:.1%}"
 
 
 def detector_settings(key: str = "det", defaults: DetectorConfig | None = None) -> DetectorConfig:

@@ -33,12 +33,13 @@ import pandas as pd
 import streamlit as st
 from streamlit_webrtc import WebRtcMode, webrtc_streamer
 
-from fer_app.calibration import CaptureRecorder, draw_capture_prompt
+from fer_app.calibration import draw_capture_prompt
 from fer_app.config import VIDEO_DETECTOR
 from fer_app.draw import CLASS_COLOURS, class_colour
 from fer_app.live import DrawOptions, LivePipeline, LiveSettings, LiveStats
 from fer_app.model import Classifier, ModelInfo
 from fer_app.ui import common
+from fer_app.ui.calibration import calibration_sidebar
 from fer_app.ui.rtc import RtcConfigError, rtc_configuration
 
 STATS_FILE_ENV = "FER_APP_STATS_FILE"
@@ -135,31 +136,6 @@ def frame_callback(pipeline: LivePipeline | dict, capture: dict | None = None,
         return av.VideoFrame.from_ndarray(annotated, format="bgr24")
 
     return process
-
-
-def calibration_sidebar() -> dict:
-    """Sidebar controls for personal calibration capture; returns the state the video thread reads."""
-    capture = st.session_state.setdefault("calib-capture", {})
-    with st.sidebar.expander("Calibration capture", expanded=False):
-        who = st.text_input("Your name", key="calib-name",
-                            help="Captures go to ~/.fer_app/calibration/<name>/; review them and calibrate "
-                                 "on the Training page.")
-        per_class = int(st.number_input("Faces per emotion", 5, 100, 20, key="calib-n"))
-        if st.toggle("Capture now", key="calib-on", disabled=not who.strip()):
-            if capture.get("for") != (who.strip(), per_class):
-                try:
-                    capture.update({"for": (who.strip(), per_class),
-                                    "recorder": CaptureRecorder.for_session(who.strip(), per_class=per_class)})
-                except ValueError as exc:
-                    st.error(str(exc))
-                    capture.clear()
-            if "recorder" in capture:
-                step = capture["recorder"].last_step()
-                st.caption(step.message if step is not None else "Press START and show each emotion in turn.")
-                st.button("Skip this emotion", on_click=capture["recorder"].skip, key="calib-skip")
-        else:
-            capture.clear()
-    return capture
 
 
 def stats_table(stats: LiveStats) -> str:

@@ -17,6 +17,7 @@ import pandas as pd
 import streamlit as st
 
 from fer_app import calibration, distributed, jobs, mixing
+from fer_app import model as model_module
 from fer_app.cli import train_command
 from fer_app.config import CLASSES
 from fer_app.data import DataError, Splits
@@ -29,7 +30,10 @@ POLL_S = 1.0
 THUMBS_PER_ROW = 8
 SERVER, UPLOAD, CAPTURES = "Server path", "Uploaded zip", "Calibration captures"
 PHASES = {"start": "Starting", "embed": "Computing embeddings (cached for the next run)",
-          "compare": "Evaluating the model in use on the same val split", "done": "Finishing"}
+          "compare": "Evaluating the model in use on the same val split", "done": "Finishing",
+          "load": "Loading the model and the captures", "fer-check": "Checking on FER-2013 val (choosing the gate)"}
+#: Phases whose progress has a pace of its own (an ETA from the phase's own clock).
+TIMED_PHASES = ("train", "embed", "fer-check")
 
 
 def rate(lr: float) -> str:
@@ -86,7 +90,12 @@ def running_panel(job: jobs.Job) -> None:
     st.subheader(f"Running: {status.title}")
     what = (f"Epoch {status.epoch}/{status.epochs}, batch {status.step}/{status.steps}" if status.phase == "train"
             else PHASES.get(status.phase, status.phase))
-    eta = f" · about {duration(status.eta)} left" if math.isfinite(status.eta) and status.phase == "train" else ""
+    eta = f" · about {duration(status.eta)} left" if math.isfinite(status.eta) and status.phase in TIMED_PHASES \
+        and status.fraction > 0 else ""
+    if status.kind == "calibrate" and status.phase not in ("train",):
+        what = PHASES.get(status.phase, status.phase) + (f" ({status.step}/{status.steps})" if status.steps > 1 else "")
+        if status.phase == "start":
+            what = f"Starting (loading torch and the model; {duration(status.elapsed)} so far)"
     st.progress(min(max(status.fraction, 0.0), 1.0), text=what + eta)
     cols = st.columns(4)
     cols[0].metric("Batch loss", f"{status.loss:.3f}" if math.isfinite(status.loss) else "–")
@@ -149,16 +158,33 @@ def training_results(job: jobs.Job, status: jobs.JobStatus) -> None:
     save_form(job, status)
 
 
+def calibration_figures(record: dict, held_out: int | None = None) -> None:
+    """Before/after on the held-out captures (by capture time) and FER-2013 val, from a calibration record."""
+    acc = record["held_out_accuracy"]
+    cols = st.columns(2)
+    cols[0].metric("Your latest captures (held out), before", f"{acc['before']:.1%}")
+    cols[1].metric("... and after calibration", f"{acc['after']:.1%}", **change(acc["after"] - acc["before"],
+                                                                                   "before"))
+    st.caption(f"Held out by capture time: the latest {record['holdout']:.0%} of each emotion's captures "
+               f"({record['held_out']}), never learnt from nor used to choose anything; the earlier "
+               f"{record['trained_on']} are what the calibrated model learnt. A random split would score frames "
+               "next to learnt ones and flatter the result.")
+    fer = record.get("fer2013_val_accuracy")
+    if fer:
+        st.caption(f"FER-2013 val ({fer['n']} faces): {fer['before']:.1%} before, {fer['after']:.1%} after.")
+    st.caption(f"Protection of the base model: {record['protection']}.")
+
+
 def calibration_results(status: jobs.JobStatus) -> None:
     result: calibration.CalibrationResult = status.result
     where = f"saved as **{result.saved_to.name}**; the model pickers list it now" if result.saved_to else "not saved"
-    st.success(f"{status.title}: done, {where}.")
-    before, after = result.before["accuracy"], result.after["accuracy"]
-    cols = st.columns(2)
-    cols[0].metric("Accuracy on your held-out captures, before", f"{before:.1%}")
-    cols[1].metric("... and after calibration", f"{after:.1%}", delta=f"{after - before:+.1%}")
-    st.caption(f"{result.held_out} captures were held out: never trained on, nor used to pick the epoch.")
-    history_charts(result.training.history)
+    st.success(f"{status.title}: done in {duration(result.seconds)}, {where}. These figures stay in its model "
+               "card (the Calibration tab shows them for the model in use).")
+    calibration_figures({"held_out_accuracy": {"before": result.before["accuracy"], "after": result.after["accuracy"]},
+                         "holdout": result.holdout, "held_out": result.held_out, "trained_on": result.trained_on,
+                         "protection": result.protection,
+                         "fer2013_val_accuracy": {"n": result.fer_before["n"], "before": result.fer_before["accuracy"],
+                                                  "after": result.fer_after["accuracy"]} if result.fer_before else None})
 
 
 def job_panel() -> None:
@@ -416,40 +442,89 @@ def start_section(cfg: TrainConfig | None, splits: Splits | None, sources: list[
 # ---------------------------------------------------------------- calibration
 
 
+def calibration_record(current: ModelInfo | None) -> dict | None:
+    """The calibration record of a calibrated model (its config), None for others."""
+    if current is None or current.path is None:
+        return None
+    try:
+        return model_module.read_config(current.path).get("training", {}).get("calibration")
+    except (ModelError, OSError):
+        return None
+
+
 def captures_review(session: calibration.CalibrationSession) -> None:
     counts = session.counts()
     st.caption(" · ".join(f"{c}: {n}" for c, n in counts.items()) + f" (aim: {session.per_class} each)")
+    undo = st.session_state.get("cal-undo")
+    if undo and undo["session"] == session.name:
+        cols = st.columns([4, 1])
+        cols[0].info(f"Deleted a {undo['label']} capture.")
+        cols[1].button("Undo", key="cal-undo-button", on_click=undo_delete, args=(session,))
     for label in CLASSES:
         files = session.list(label)
-        with st.expander(f"{label}: {len(files)} captures"):
+        with st.expander(f"{label}: {len(files)} captures", expanded=st.session_state.get("cal-open") == label):
             for start in range(0, len(files), THUMBS_PER_ROW):
                 cols = st.columns(THUMBS_PER_ROW)
                 for col, path in zip(cols, files[start:start + THUMBS_PER_ROW], strict=False):
                     col.image(str(path), width=64)
-                    col.button("Delete", key=f"delete-{label}-{path.name}", on_click=session.delete, args=(path,))
+                    col.button("Delete", key=f"delete-{label}-{path.name}", on_click=delete_capture,
+                               args=(session, path))
+
+
+def delete_capture(session: calibration.CalibrationSession, path: Path) -> None:
+    """Delete one capture, keeping its bytes for Undo and its emotion's section open."""
+    data = path.read_bytes() if path.is_file() else None
+    session.delete(path)
+    st.session_state["cal-open"] = path.parent.name
+    if data is not None:
+        st.session_state["cal-undo"] = {"session": session.name, "label": path.parent.name, "path": str(path),
+                                        "data": data}
+
+
+def undo_delete(session: calibration.CalibrationSession) -> None:
+    undo = st.session_state.pop("cal-undo", None)
+    if undo and undo["session"] == session.name:
+        path = Path(undo["path"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(undo["data"])
+        st.session_state["cal-open"] = undo["label"]
 
 
 def calibration_section(current: ModelInfo | None) -> None:
     st.caption("Capture your own faces per emotion on the Live webcam page (Calibration capture, in its sidebar), "
-               "review them here, then calibrate: the head of the model in use is fine-tuned on them (and on "
-               "FER-2013, when given), and its accuracy on captures held out is shown before and after.")
+               "review them here, then calibrate: the model in use gets a memory of your captures that decides "
+               "only for faces very like them (its encoder and head stay as they are), and its accuracy on your "
+               "latest captures, held out by capture time, is shown before and after.")
+    record = calibration_record(current)
+    if record is not None:
+        with st.container(border=True):
+            st.markdown(f"**{current.name}** is a calibrated model (from its model card):")
+            calibration_figures(record)
     names = calibration.list_sessions()
     if not names:
         st.info("No calibration captures yet.")
         return
-    name = st.selectbox("Captures of", names, key="cal-session")
+    kept = st.session_state.get("cal-session-kept")
+    if "cal-session" not in st.session_state and kept in names:
+        st.session_state["cal-session"] = kept
+    name = st.selectbox("Captures of", names, key="cal-session",
+                        on_change=lambda: st.session_state.update({"cal-session-kept": st.session_state["cal-session"]}))
     session = calibration.CalibrationSession(name)
     captures_review(session)
     if current is None:
         st.info("Pick the model to calibrate in the sidebar.")
         return
-    fer = st.text_input("FER-2013 to mix in (optional)", key="cal-fer",
-                        help="Any data format; its train split keeps the head general.")
-    cols = st.columns(3)
-    user_weight = cols[0].number_input("Weight of your captures", 0.5, 100.0, 5.0, 0.5, key="cal-weight")
-    holdout = cols[1].number_input("Held-out share", 0.1, 0.6, 0.3, 0.05, key="cal-holdout",
-                                   help="Captures never trained on: accuracy is measured on them.")
-    epochs = cols[2].number_input("Epochs", 1, 500, 15, key="cal-epochs")
+    fer = st.text_input("FER-2013 to check on (optional)", key="cal-fer",
+                        placeholder="Type a path on the server, e.g. …/fer2013.csv",
+                        help="Any data format with a val split: the gate is chosen on it (the lowest that keeps "
+                             "FER-2013 val accuracy within 0.5 points), and FER-2013 val is shown before/after.")
+    st.caption("Protection of the base model: its head is kept unchanged; your captures act only on faces within "
+               + (f"a cosine gate chosen on FER-2013 val ({fer.strip()})." if fer.strip() else
+                  f"cosine {calibration.DEFAULT_GATE} of one of them (the default, measured on compact-fer2013: "
+                  "FER-2013 val 71.0% → 70.5%). FER-2013 is not given: not checked here."))
+    holdout = st.number_input("Held-out share (latest captures of each emotion)", 0.1, 0.6,
+                              calibration.DEFAULT_HOLDOUT, 0.05, key="cal-holdout",
+                              help="Held out by capture time: never learnt from; accuracy is measured on them.")
     out = st.text_input("Save as", f"{current.name}-calibrated-{name}", key="cal-name")
     exists = jobs.model_exists(out)
     overwrite = exists and st.checkbox(f"Overwrite {out.strip()}", key="cal-overwrite")
@@ -460,8 +535,7 @@ def calibration_section(current: ModelInfo | None) -> None:
             fer_splits = load_data(source_key([mixing.Source(Path(fer.strip()))]), 0.1, 0, "skip") \
                 if fer.strip() else None
             calibration.start_calibration(current.name, session.folder, fer_splits, name=out.strip(),
-                                          user_weight=float(user_weight), holdout=float(holdout), epochs=int(epochs),
-                                          overwrite=overwrite)
+                                          holdout=float(holdout), overwrite=overwrite)
         except (jobs.JobRunning, DataError, ValueError, OSError) as exc:
             st.error(jobs.error_message(exc))
         else:
@@ -473,10 +547,12 @@ def calibration_section(current: ModelInfo | None) -> None:
 st.title("Training")
 model_in_use = common.model_picker()
 job_panel()
-train_tab, calibration_tab = st.tabs(["Train a model", "Calibration"])
-with train_tab:
+# A radio, not st.tabs: the page stays on the tab in use across reruns (after Calibrate, a job ending, Dismiss).
+tab = st.radio("Section", ["Train a model", "Calibration"], key="train-tab", horizontal=True,
+               label_visibility="collapsed")
+if tab == "Train a model":
     data, chosen, loading = data_section()
     config = model_section(model_in_use, loading["seed"])
     start_section(config, data, chosen, loading, model_in_use)
-with calibration_tab:
+else:
     calibration_section(model_in_use)
