@@ -561,3 +561,50 @@ def test_live_timeline_chart_breaks_at_gaps_and_says_whose_face(tiny_model: Path
     spec = json.loads(chart.proto.spec)
     assert spec["encoding"]["detail"]["field"] == "line"  # one line per class and segment: no line across a gap
     assert "Largest face" in json.dumps(spec["title"]) and "#1, #2" in json.dumps(spec["title"])
+
+
+# ---------------------------------------------------------------- calibration capture: the flow (fer_app/ui/calibration.py)
+
+
+def test_calibration_capture_flow_name_model_skip_and_caption(tiny_model: Path, streamer: FakeStreamer,
+                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    import fer_app.config as config
+    from fer_app.ui.calibration import NEED_NAME
+
+    monkeypatch.setattr(config, "APP_HOME", tmp_path / "home")
+    shutil.copytree(tiny_model, tiny_model.parent / "tiny-two")
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, at.exception
+    toggle = at.sidebar.toggle(key="calib-on")
+    assert toggle.disabled and toggle.proto.help == NEED_NAME  # "Capture now" says why it is disabled
+    assert NEED_NAME in [c.value for c in at.sidebar.caption]
+    at.sidebar.text_input(key="calib-name").input("tester")
+    at.sidebar.selectbox(key="model").set_value("tiny-two")
+    at.run()
+    for page in ("photo", "live"):  # the name and the model choice outlive page changes
+        at.switch_page(str(PAGES / f"{page}.py"))
+        at.run()
+        assert not at.exception, at.exception
+        assert at.sidebar.selectbox(key="model").value == "tiny-two"
+    assert at.sidebar.text_input(key="calib-name").value == "tester"
+    at.sidebar.toggle(key="calib-on").set_value(True)
+    at.run()
+    recorder = at.session_state["calib-capture"]["recorder"]
+    ticks = iter(range(0, 10_000))
+    recorder._clock = lambda: float(next(ticks))  # one second per frame: past the countdown at once
+    callback = streamer.callback()
+    for _ in range(6):
+        callback(camera_frame())
+    at.run()
+    step = recorder.last_step()
+    assert step.label == "angry" and step.message in [c.value for c in at.sidebar.caption]  # follows the capture
+    skip = at.sidebar.button(key="calib-skip")
+    assert skip.label == "Skip ANGRY"
+    skip.click()
+    at.run()
+    assert recorder.scheduler.current() == "disgust"
+    assert any(c.value.startswith("Skipped: angry") for c in at.sidebar.caption)
+    assert recorder.skip("angry") is False and recorder.scheduler.current() == "disgust"  # a stale click skips nothing

@@ -292,6 +292,11 @@ def test_csv_with_bad_rows_empty_classes_and_too_small(models_dir, tmp_path):
 # ---------------------------------------------------------------- calibration
 
 
+def calibration_tab(at: AppTest) -> AppTest:
+    at.radio(key="train-tab").set_value("Calibration")
+    return run(at)
+
+
 def test_calibration_review_delete_and_calibrate(tiny_model):
     session = CalibrationSession("ivy", per_class=4)
     recorder = CaptureRecorder(session, CaptureScheduler(per_class=4, countdown=0.5, interval=0.1))
@@ -301,18 +306,40 @@ def test_calibration_review_delete_and_calibrate(tiny_model):
         recorder.on_frame(synthetic_frame(faces.images[index], box), [box], now=t)
         t += 0.05
     assert session.counts() == {c: 4 for c in CLASSES}
-    at = page()
+    at = calibration_tab(page())
     assert "angry: 4 captures" in [e.label for e in at.expander]
     first = session.list("angry")[0]
     at.button(key=f"delete-angry-{first.name}").click()
     run(at)
     assert not first.exists() and "angry: 3 captures" in [e.label for e in at.expander]
-    at.number_input(key="cal-epochs").set_value(3)
+    # the section stays open after a Delete, and Undo puts the capture back
+    assert next(e for e in at.expander if e.label == "angry: 3 captures").proto.expanded
+    assert any("Deleted a angry capture" in i.value for i in at.info)
+    at.button(key="cal-undo-button").click()
+    run(at)
+    assert first.exists() and "angry: 4 captures" in [e.label for e in at.expander]
+    at.button(key=f"delete-angry-{first.name}").click()
+    run(at)
+    assert "the default, measured on compact-fer2013" in texts(at)  # which protection is used, without FER-2013
     at.button(key="cal-start").click()
     at = until_done(run(at))
+    assert at.radio(key="train-tab").value == "Calibration"  # the page stays where it was
     assert "saved as **tiny-calibrated-ivy**" in at.success[0].value
-    assert at.metric[0].label.startswith("Accuracy on your held-out captures")
+    assert at.metric[0].label.startswith("Your latest captures (held out)")
+    assert "Held out by capture time" in texts(at) and "Protection of the base model" in texts(at)
     assert "tiny-calibrated-ivy" in [m.name for m in list_models()]
+    # the model picker says what each figure is measured on
+    options = at.sidebar.selectbox(key="model").options
+    assert any(o.startswith("tiny-calibrated-ivy (your held-out captures ") for o in options), options
+    assert not any("val acc" in o for o in options)
+    # Dismiss: the figures stay with the model (its card and the Calibration tab)
+    at.button(key="job-dismiss").click()
+    run(at)
+    at.sidebar.selectbox(key="model").set_value("tiny-calibrated-ivy")
+    run(at)
+    assert "is a calibrated model" in texts(at) and at.metric[0].label.startswith("Your latest captures")
+    card = (config.MODELS_DIR / "tiny-calibrated-ivy" / "README.md").read_text()
+    assert "## Personal calibration" in card
 
 
 # ---------------------------------------------------------------- what a person reads: reasons, placeholders, numbers
@@ -386,3 +413,18 @@ def test_job_numbers_are_for_people(models_dir, monkeypatch):
     formats = {name: c.get("type_config", {}).get("format") for name, c in json.loads(
         next(df for df in at.dataframe if "support" in df.value.columns).proto.columns).items()}
     assert formats["precision"] == formats["recall"] == formats["f1"] == "percent"
+
+
+def test_calibration_job_says_what_it_is_doing_with_an_honest_eta(models_dir, monkeypatch):
+    """Starting shows time passing; each phase its own progress; the ETA comes from the phase's own pace
+    (not from the time spent loading), e.g. the FER-2013 check."""
+    from fer_app import jobs
+
+    status = fake_status(kind="calibrate", title="calibrating tiny on ivy", phase="start", elapsed=14.0)
+    monkeypatch.setattr(jobs, "current_job", lambda: FakeJob(status))
+    progress = page().get("progress")[0]
+    assert "Starting (loading torch and the model; 14 s so far)" in progress.proto.text
+    status = fake_status(kind="calibrate", phase="fer-check", step=900, steps=3589, fraction=900 / 3589, eta=95.0,
+                         elapsed=300.0)
+    text = page().get("progress")[0].proto.text
+    assert "Checking on FER-2013 val" in text and "(900/3589)" in text and "about 1 min 35 s left" in text

@@ -19,11 +19,6 @@ REFRESH_S = 0.5
 NEED_NAME = "Type your name above to capture: your captures are stored under it."
 
 
-def keep(key: str) -> None:
-    """on_change: remember a widget's value beyond the page it is on."""
-    st.session_state[KEPT[key]] = st.session_state[key]
-
-
 def restore(key: str, default: object) -> None:
     """Give a widget back the value kept for it (before the widget is drawn)."""
     if key not in st.session_state:
@@ -51,11 +46,11 @@ def calibration_sidebar() -> dict:
     restore("calib-name", "")
     restore("calib-n", DEFAULT_PER_CLASS)
     with st.sidebar.expander("Calibration capture", expanded=bool(capture)):
-        who = st.text_input("Your name", key="calib-name", on_change=keep, args=("calib-name",),
+        who = st.text_input("Your name", key="calib-name",
                             help="Captures go to ~/.fer_app/calibration/<name>/; review them and calibrate "
                                  "on the Training page.")
-        per_class = int(st.number_input("Faces per emotion", 5, 100, key="calib-n", on_change=keep,
-                                        args=("calib-n",)))
+        per_class = int(st.number_input("Faces per emotion", 5, 100, key="calib-n"))
+        st.session_state[KEPT["calib-name"]], st.session_state[KEPT["calib-n"]] = who, per_class
         named = bool(who.strip())
         if st.toggle("Capture now", key="calib-on", disabled=not named, help=None if named else NEED_NAME):
             if capture.get("for") != (who.strip(), per_class):

@@ -53,15 +53,12 @@ def model_picker(key: str = "model") -> ModelInfo | None:
     usable = [m.name for m in models if m.usable]
     default = names.index(DEFAULT_MODEL if DEFAULT_MODEL in usable else usable[0]) if usable else 0
     kept = st.session_state.get(f"{key}-kept")  # the choice outlives the page (a widget's state does not)
-    if key not in st.session_state and kept in names:
-        st.session_state[key] = kept
+    if kept in names:
+        default = names.index(kept)
     labels = {m.name: m.name + (" (unusable)" if m.problem else f" ({figure_label(m)})" if figure_label(m) else "")
               for m in models}
-    name = st.sidebar.selectbox("Model", names, index=None if key in st.session_state else default, key=key,
-                                format_func=labels.__getitem__,
-                                on_change=lambda: st.session_state.update({f"{key}-kept": st.session_state[key]}))
-    if name is None:
-        name = names[default]
+    name = st.sidebar.selectbox("Model", names, index=default, key=key, format_func=labels.__getitem__)
+    st.session_state[f"{key}-kept"] = name
     picked = next(m for m in models if m.name == name)
     if picked.problem:
         st.sidebar.error(f"This model cannot be used: {picked.problem}")
