@@ -330,3 +330,22 @@ def test_the_detector_uses_its_contrast_step(astronaut: np.ndarray) -> None:
 def test_missing_cascade_is_named() -> None:
     with pytest.raises(FileNotFoundError, match="no_such_cascade.xml"):
         FaceDetector(cascade="no_such_cascade.xml")
+
+
+def test_detect_near_maps_its_windows_back_like_detect(astronaut: np.ndarray) -> None:
+    """On a downscaled, wide frame with two faces of different sizes off the diagonal, `detect_near` around
+    `detect`'s boxes finds the same faces, in frame pixels, largest first."""
+    from fer_app.tracking import iou
+
+    frame = np.full((720, 1280, 3), 90, np.uint8)
+    frame[300:720, 700:1212] = astronaut[:420]  # her face at about (876, 365), 97 px
+    frame[20:404, 40:424] = cv2.resize(astronaut, (384, 384), interpolation=cv2.INTER_AREA)  # (172, 69), 73 px
+    detector = FaceDetector(DetectorConfig(detection_width=640))  # a 0.5x copy of the frame
+    full = detector.detect(frame)
+    assert len(full) == 2 and full[0].area > full[1].area and full[0].x > full[1].x
+    near = detector.detect_near(frame, list(reversed(full)))
+    assert len(near) == 2 and near[0].area > near[1].area  # largest first, whatever order the tracks came in
+    for expected, got in zip(full, near):
+        assert iou(expected, got) > 0.7, (expected, got)
+    (bottom,) = detector.detect_near(frame, [full[0]], window=3.0)  # a window clipped by the frame's bottom
+    assert iou(bottom, full[0]) > 0.7
