@@ -21,26 +21,22 @@ import json
 import os
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-import altair as alt
 import av
 import cv2
 import numpy as np
-import pandas as pd
 import streamlit as st
 from streamlit_webrtc import WebRtcMode, webrtc_streamer
 
-from fer_app.calibration import draw_capture_prompt
-from fer_app.config import VIDEO_DETECTOR
-from fer_app.draw import CLASS_COLOURS, class_colour
-from fer_app.live import DrawOptions, LivePipeline, LiveSettings, LiveStats
-from fer_app.model import Classifier, ModelInfo
-from fer_app.ui import common
-from fer_app.ui.calibration import calibration_sidebar
+from fer_app import config
 from fer_app.ui.rtc import RtcConfigError, rtc_configuration
+
+# The rest (torch, the model registry, which imports transformers: 5-10 s on a first run) is imported below,
+# after the video component: START shows at once on a cold server.
 
 STATS_FILE_ENV = "FER_APP_STATS_FILE"
 PIPELINE_KEY = "live-pipeline"
@@ -82,7 +78,7 @@ def _loading_note(frame: np.ndarray) -> np.ndarray:
 
 
 def sidebar_settings() -> LiveSettings:
-    detector = common.detector_settings(defaults=VIDEO_DETECTOR)
+    detector = common.detector_settings(defaults=config.VIDEO_DETECTOR)
     defaults = LiveSettings()
     smoothing = st.sidebar.slider("Smoothing", 0.0, 0.95, defaults.smoothing, 0.05, key="live-smoothing",
                                   help="Weight of the past in each face's running average: higher is steadier, "
@@ -124,6 +120,8 @@ def frame_callback(pipeline: LivePipeline | dict, capture: dict | None = None,
     """
 
     def process(frame: av.VideoFrame) -> av.VideoFrame:
+        from fer_app.calibration import draw_capture_prompt  # imported by the page by then: a lookup
+
         image = frame.to_ndarray(format="bgr24")
         current = pipeline.get("pipeline") if isinstance(pipeline, dict) else pipeline
         if current is None:
@@ -168,19 +166,32 @@ def timeline_table(rows: list[dict], classes: tuple[str, ...]) -> pd.DataFrame:
                                                                  *classes])
 
 
-def timeline_chart(rows: list[dict], classes: tuple[str, ...]) -> alt.Chart:
-    """The largest face's class probabilities over time: a line per class and unbroken stretch (`segment`), so
-    stretches without a face are gaps and a change of face starts new lines; the title says whose face it is."""
+def chart_rows(pipeline: LivePipeline) -> tuple[list[dict], str]:
+    """The rows the timeline chart shows, and its title: one face's, the track that was the largest face most
+    often in the last rows (a steady choice: two faces of about one size would otherwise take turns)."""
+    largest = pipeline.timeline(largest=True)
+    if not largest:
+        return [], ""
+    counts = Counter(r["track"] for r in largest[-50:])
+    track = max(counts, key=lambda t: (counts[t], t))
+    others = len({r["track"] for r in largest[-50:]}) - 1
+    title = (f"Largest face: track #{track}" + (f" ({others} other face{'s' * (others > 1)} not shown)" if others
+                                                 else "") + "; gaps: no face seen")
+    return pipeline.timeline(track=track), title
+
+
+def timeline_chart(rows: list[dict], classes: tuple[str, ...], title: str = "") -> alt.Chart:
+    """One face's class probabilities over time: a line per class and unbroken stretch (`segment`), so
+    stretches without the face are gaps; the title says whose face it is."""
     table = pd.DataFrame(rows)
     long = table.melt(id_vars=["t", "segment", "track"], value_vars=[c for c in classes if c in table],
                       var_name="class", value_name="probability")
     long["line"] = long["class"] + "-" + long["segment"].astype(str)
-    tracks = sorted(table["track"].dropna().astype(int).unique())
-    whose = (f"track #{tracks[0]}" if len(tracks) == 1 else
-             "tracks " + ", ".join(f"#{t}" for t in tracks[-6:]) + (" …" if len(tracks) > 6 else ""))
+    if not title:
+        tracks = sorted(table["track"].dropna().astype(int).unique())
+        title = "Track " + ", ".join(f"#{t}" for t in tracks) + "; gaps: no face seen"
     colours = [f"#{r:02x}{g:02x}{b:02x}" for b, g, r in (class_colour(c) for c in classes)]
-    return alt.Chart(long, title=alt.TitleParams(
-        f"Largest face in each frame ({whose}); gaps: no face seen", fontSize=13, anchor="start")).mark_line(
+    return alt.Chart(long, title=alt.TitleParams(title, fontSize=13, anchor="start")).mark_line(
     ).encode(x=alt.X("t:Q", title="seconds"), y=alt.Y("probability:Q", scale=alt.Scale(domain=[0, 1])),
              color=alt.Color("class:N", scale=alt.Scale(domain=list(classes), range=colours), sort=list(classes)),
              detail="line:N", tooltip=["t", "class", "probability", "track"])
@@ -202,11 +213,40 @@ st.title("Live webcam")
 st.caption("Press START and allow the camera: faces are detected and their expressions classified on the server, "
            "frame by frame. Sidebar changes apply to the running stream.")
 
+slot: dict = st.session_state.setdefault(SLOT_KEY, {})  # the video thread's way to this session's pipeline
+capture: dict = st.session_state.setdefault("calib-capture", {})  # calibration_sidebar's state, read by the callback
+ctx = None
+if config.MODELS_DIR.is_dir() and any((d / "config.json").exists() for d in config.MODELS_DIR.iterdir()):
+    try:
+        rtc = rtc_configuration()
+    except RtcConfigError as exc:
+        st.error(f"Invalid ICE server configuration, using none: {exc}")
+        rtc = {"iceServers": []}
+    ctx = webrtc_streamer(
+        key="live",
+        mode=WebRtcMode.SENDRECV,
+        rtc_configuration=rtc,
+        media_stream_constraints={"video": True, "audio": False},
+        video_frame_callback=frame_callback(slot, capture),
+        async_processing=True,
+    )
+
+starting = st.empty()
+starting.caption("Starting: reading the models…")  # the first run of a cold server imports torch here
+import altair as alt  # noqa: E402 - after the component, see the imports above
+import pandas as pd  # noqa: E402
+
+from fer_app.draw import class_colour  # noqa: E402
+from fer_app.live import DrawOptions, LivePipeline, LiveSettings, LiveStats  # noqa: E402
+from fer_app.model import Classifier, ModelInfo  # noqa: E402, F401 - ModelInfo: in annotations
+from fer_app.ui import common  # noqa: E402
+from fer_app.ui.calibration import calibration_sidebar  # noqa: E402
+
 info = common.model_picker()
+starting.empty()
 settings = sidebar_settings()
 capture = calibration_sidebar()
 model = background_model(info)
-slot: dict = st.session_state.setdefault(SLOT_KEY, {})  # the video thread's way to this session's pipeline
 if model is not None:
     slot["pipeline"] = pipeline = session_pipeline(model, settings)
 else:
@@ -223,20 +263,8 @@ else:
 
     _wait_for_model()
 
-try:
-    rtc = rtc_configuration()
-except RtcConfigError as exc:
-    st.error(f"Invalid ICE server configuration, using none: {exc}")
-    rtc = {"iceServers": []}
-
-ctx = webrtc_streamer(
-    key="live",
-    mode=WebRtcMode.SENDRECV,
-    rtc_configuration=rtc,
-    media_stream_constraints={"video": True, "audio": False},
-    video_frame_callback=frame_callback(slot, capture),
-    async_processing=True,
-)
+if ctx is None:  # a models folder without a model: the picker said so
+    st.stop()
 playing = bool(ctx.state.playing)  # read once a run: START and STOP rerun the page
 if playing:
     # The twice-a-second refresh below is a fragment run each time, and Streamlit shows its own "Running… / Stop"
@@ -260,12 +288,12 @@ def live_panel() -> None:
     st.subheader("Emotion timeline")
     refreshes = st.session_state["live-refreshes"] = st.session_state.get("live-refreshes", -1) + 1
     chart = st.empty()
-    if not playing or refreshes % CHART_EVERY == 0 or not st.session_state.get("live-chart-rows"):
-        st.session_state["live-chart-rows"] = pipeline.timeline(largest=True)
+    if not playing or refreshes % CHART_EVERY == 0 or not st.session_state.get("live-chart-rows", ([],))[0]:
+        st.session_state["live-chart-rows"] = chart_rows(pipeline)
     with chart.container():
-        rows = st.session_state["live-chart-rows"]
+        rows, title = st.session_state["live-chart-rows"]
         if rows:
-            st.altair_chart(timeline_chart(rows, model.classes), use_container_width=True)
+            st.altair_chart(timeline_chart(rows, model.classes, title), use_container_width=True)
         else:
             st.caption("The emotion timeline of the largest face appears here once a face has been seen.")
     if stats_file and playing:
