@@ -651,7 +651,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout", type=float, default=0.3, help="share of each emotion's captures held out to "
                    "measure: its latest ones, by capture time (default 0.3)")
     p.add_argument("--gate", type=float, help="cosine similarity to a capture from which the captures decide "
-                   "(default: chosen on --fer's val split, else 0.96)")
+                   "(default: chosen on --fer's val split, else 0.97)")
     p.add_argument("--name", help="save as models/NAME (default MODEL-calibrated-SESSION)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing models/NAME")
     p.add_argument("--root", type=Path, help="calibration folder (default ~/.fer_app/calibration)")

@@ -16,7 +16,7 @@ class Head(nn.Module):
     """A linear or small-MLP head; `kind` and sizes are saved in the model config."""
 
     def __init__(self, in_dim: int, num_classes: int, kind: str = "linear", hidden: int = 256,
-                 dropout: float = 0.0, *, base: str = "linear", memory: int = 0, gate: float = 0.96, k: int = 5,
+                 dropout: float = 0.0, *, base: str = "linear", memory: int = 0, gate: float = 0.97, k: int = 5,
                  sharpness: float = 0.02) -> None:
         super().__init__()
         if kind not in ("linear", "mlp", "zero-shot", "personal"):

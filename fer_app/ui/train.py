@@ -521,7 +521,7 @@ def calibration_section(current: ModelInfo | None) -> None:
     st.caption("Protection of the base model: its head is kept unchanged; your captures act only on faces within "
                + (f"a cosine gate chosen on FER-2013 val ({fer.strip()})." if fer.strip() else
                   f"cosine {calibration.DEFAULT_GATE} of one of them (the default, measured on compact-fer2013: "
-                  "FER-2013 val 71.0% → 70.5%). FER-2013 is not given: not checked here."))
+                  "FER-2013 val 71.0% → 70.9%). FER-2013 is not given: not checked here."))
     holdout = st.number_input("Held-out share (latest captures of each emotion)", 0.1, 0.6,
                               calibration.DEFAULT_HOLDOUT, 0.05, key="cal-holdout",
                               help="Held out by capture time: never learnt from; accuracy is measured on them.")
