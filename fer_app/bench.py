@@ -496,43 +496,46 @@ def live_pipeline_ready() -> bool:
     return "NotImplementedError" not in inspect.getsource(live.LivePipeline)
 
 
-def bench_pipeline(model: torch.nn.Module, frames: int, faces: Sequence[int] = (1, 3),
-                   camera_fps: float | None = None) -> list[dict]:
-    """LivePipeline with the live page's settings (`VIDEO_DETECTOR`) on synthetic 640x480 clips (still frames: Haar finds the
-    pasted faces reliably only where they are): processed FPS, frame latency in the video thread, and
-    the labels' refresh rate per face averaged over the frames.
-
-    camera_fps: None feeds frames back to back (the most the pipeline can do); a rate feeds them as a
-    camera does, one every 1/rate s (never waiting when behind), so the worker gets the CPU the video
-    thread leaves between frames."""
+def feed_pipeline(model: torch.nn.Module, frames: Sequence[np.ndarray], settings=None,
+                  camera_fps: float | None = None, settle: int = 0) -> dict:
+    """A LivePipeline (drawing, as the live page does) fed `frames`: back to back (camera_fps None: the
+    most it can do) or one every 1/camera_fps s like a camera (never waiting when behind, so the worker
+    gets the CPU the video thread leaves between frames). Processed FPS, frame latency in the video
+    thread, faces found and each face's label refreshes per second (median over the frames after the
+    first `settle`)."""
     from fer_app.live import LivePipeline, LiveSettings
 
-    out = []
-    for count in faces:
-        frame = synthetic_frame(count)
-        latencies, refresh, found = [], [], []
-        with LivePipeline(model, LiveSettings(detector=VIDEO_DETECTOR)) as pipeline:
-            start = time.perf_counter()
-            for i in range(frames):
-                if camera_fps:
-                    time.sleep(max(0.0, start + i / camera_fps - time.perf_counter()))
-                t = time.perf_counter()
-                pipeline.process(frame)
-                latencies.append(time.perf_counter() - t)
-                stats = pipeline.stats()
-                found.append(stats.faces)
-                if stats.label_refresh_hz > 0:
-                    refresh.append(stats.label_refresh_hz)
-            wall = time.perf_counter() - start
-        out.append({"model": stats.model, "faces": count, "frames": frames, "fps": round(frames / wall, 2),
-                    "feed": f"camera {camera_fps:g} FPS" if camera_fps else "back to back",
-                    "faces_found_mean": round(float(np.mean(found)), 2),
-                    "frame_p50_ms": round(statistics.median(latencies) * 1000, 2),
-                    "frame_p95_ms": round(float(np.percentile(latencies, 95)) * 1000, 2),
-                    "classify_p50_ms": round(stats.classify_ms[0], 2),
-                    "label_refresh_hz": round(float(np.mean(refresh)), 2) if refresh else 0.0,
-                    "asynchronous": stats.asynchronous})
-    return out
+    latencies, refresh, found = [], [], []
+    with LivePipeline(model, settings or LiveSettings(detector=VIDEO_DETECTOR)) as pipeline:
+        start = time.perf_counter()
+        for i, frame in enumerate(frames):
+            if camera_fps:
+                time.sleep(max(0.0, start + i / camera_fps - time.perf_counter()))
+            t = time.perf_counter()
+            pipeline.process(frame)
+            latencies.append(time.perf_counter() - t)
+            stats = pipeline.stats()
+            found.append(stats.faces)
+            if i >= settle and stats.label_refresh_hz > 0:
+                refresh.append(stats.label_refresh_hz)
+        wall = time.perf_counter() - start
+    return {"model": stats.model, "frames": len(latencies), "fps": round(len(latencies) / wall, 2),
+            "feed": f"camera {camera_fps:g} FPS" if camera_fps else "back to back",
+            "faces_found_mean": round(float(np.mean(found)), 2),
+            "frame_p50_ms": round(statistics.median(latencies) * 1000, 2),
+            "frame_p95_ms": round(float(np.percentile(latencies, 95)) * 1000, 2),
+            "classify_p50_ms": round(stats.classify_ms[0], 2),
+            "label_refresh_hz": round(float(np.median(refresh)), 2) if refresh else 0.0,
+            "asynchronous": stats.asynchronous}
+
+
+def bench_pipeline(model: torch.nn.Module, frames: int, faces: Sequence[int] = (1, 3),
+                   camera_fps: float | None = None) -> list[dict]:
+    """`feed_pipeline` with the live page's settings on SYNTHETIC 640x480 stills (faces pasted on a
+    gradient: Haar finds them reliably only where they are); the real-footage figures are
+    `fer_app.bench_footage`'s."""
+    return [dict(feed_pipeline(model, [synthetic_frame(count)] * frames, camera_fps=camera_fps), faces=count)
+            for count in faces]
 
 
 def bench_model_load(model_name: str | Path, repeats: int = 3) -> dict:

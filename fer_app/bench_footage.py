@@ -158,34 +158,9 @@ def bench_video_cli(model, clip: str = ONE_FACE_CLIP, peer: bool = True, limit: 
     return out
 
 
-def _paced(frames: Iterator[np.ndarray] | Sequence[np.ndarray], model, camera_fps: float, settings) -> dict:
-    """The live pipeline fed frames one every 1/camera_fps s (never waiting when behind), drawing as the
-    page does: FPS, frame latency p50/p95, faces found and each face's label refreshes per second."""
-    from fer_app.live import LivePipeline
-
-    latencies, refresh, found, count = [], [], [], 0
-    with LivePipeline(model, settings) as pipeline:
-        start = time.perf_counter()
-        for i, frame in enumerate(frames):
-            time.sleep(max(0.0, start + i / camera_fps - time.perf_counter()))
-            t = time.perf_counter()
-            pipeline.process(frame)
-            latencies.append(time.perf_counter() - t)
-            stats = pipeline.stats()
-            found.append(stats.faces)
-            if i > 30 and stats.label_refresh_hz > 0:
-                refresh.append(stats.label_refresh_hz)
-            count += 1
-        wall = time.perf_counter() - start
-    return {"frames": count, "fps": round(count / wall, 1), "faces_found_mean": round(float(np.mean(found)), 2),
-            "frame_p50_ms": round(statistics.median(latencies) * 1000, 1),
-            "frame_p95_ms": round(float(np.percentile(latencies, 95)) * 1000, 1),
-            "label_refresh_hz": round(float(np.median(refresh)), 1) if refresh else 0.0,
-            "asynchronous": stats.asynchronous}
-
-
 def bench_live(model, frames: int = 300, camera_fps: float = 30.0) -> list[dict]:
     """The live page's pipeline (its detector and scan settings) on real frames at camera pace."""
+    from fer_app.bench import feed_pipeline
     from fer_app.live import LiveSettings
 
     if media(ONE_FACE_CLIP) is None or media(SECOND_CLIP) is None or media(FACE_FREE_PHOTO) is None:
@@ -198,8 +173,8 @@ def bench_live(model, frames: int = 300, camera_fps: float = 30.0) -> list[dict]
                                 ("3-face composite of real clips (640x480)", list(composite_frames(frames)), 3)):
         for label, s in (("tracked, 1 view/frame", settings),
                          ("full scan, all views", replace(settings, scan=ScanConfig(full_every=1), spread=False))):
-            rows.append({"footage": name, "faces": faces, "engine": label, "feed": f"camera {camera_fps:g} FPS",
-                         **_paced(source, model, camera_fps, s)})
+            rows.append({"footage": name, "faces": faces, "engine": label,
+                         **feed_pipeline(model, source, s, camera_fps, settle=30)})
     return rows
 
 
