@@ -347,5 +347,8 @@ def test_detect_near_maps_its_windows_back_like_detect(astronaut: np.ndarray) ->
     assert len(near) == 2 and near[0].area > near[1].area  # largest first, whatever order the tracks came in
     for expected, got in zip(full, near):
         assert iou(expected, got) > 0.7, (expected, got)
+    big = full[0]
+    (shifted,) = detector.detect_near(frame, [Face(big.x + big.w // 4, big.y, big.w, big.h)])  # a track a bit off
+    assert iou(shifted, big) > 0.7, (shifted, big)  # off-centre in its window: x and y mapped back each on its own
     (bottom,) = detector.detect_near(frame, [full[0]], window=3.0)  # a window clipped by the frame's bottom
     assert iou(bottom, full[0]) > 0.7
