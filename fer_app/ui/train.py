@@ -96,6 +96,8 @@ def running_panel(job: jobs.Job) -> None:
         what = PHASES.get(status.phase, status.phase) + (f" ({status.step}/{status.steps})" if status.steps > 1 else "")
         if status.phase == "start":
             what = f"Starting (loading torch and the model; {duration(status.elapsed)} so far)"
+        elif status.phase == "load":
+            what = f"{PHASES['load']} ({duration(status.elapsed)} so far)"
     st.progress(min(max(status.fraction, 0.0), 1.0), text=what + eta)
     cols = st.columns(4)
     cols[0].metric("Batch loss", f"{status.loss:.3f}" if math.isfinite(status.loss) else "–")
