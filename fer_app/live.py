@@ -40,6 +40,8 @@ __all__ = ["DrawOptions", "FrameTiming", "LivePipeline", "LiveSettings", "LiveSt
 
 #: Classification times (ms) the automatic mode choice looks at, and how many it needs.
 _AUTO_WINDOW, _AUTO_MIN = 5, 3
+#: Processed frames in a row without a face that break its timeline line (one missed detection does not).
+_GAP_FRAMES = 3
 #: How often the on-frame stats overlay is refreshed (s): readable, and cheap.
 _OVERLAY_EVERY = 0.5
 
@@ -226,6 +228,8 @@ class LivePipeline:
         self._overlay: list[str] = []
         self._overlay_at = -math.inf
         self._overlay_stats: LiveStats | None = None  # the stats the overlay shows: the page shows the same
+        self._absent: dict[int | None, int] = {}  # per track (None: any face), frames in a row without it
+        self._gapped: set[int | None] = set()  # tracks (None: any face) unseen for _GAP_FRAMES since their last row
         self._overlay_drawn: tuple[list[str], Rect | None] = ([], None)  # the last frame's overlay and its box
 
     # ------------------------------------------------------------ page thread
@@ -301,8 +305,10 @@ class LivePipeline:
         """Rows {t, track, largest, label, confidence, <class>: prob..., segment} for the session's emotion timeline.
 
         t: seconds since the pipeline started. Filter to one track, or to the largest face of each frame.
-        segment: rows of one unbroken stretch share a number; a new one starts where the face (the track)
-        changes or after `gap_s` seconds without a row (no face seen): a chart draws no line between segments.
+        gap: the row's face (for the largest face: any face) went unseen for `_GAP_FRAMES` processed frames or
+        more since its previous row. segment: rows of one unbroken stretch share a number; a new one starts after
+        such a gap, after `gap_s` seconds without a row, and (largest face) where the track changes: a chart
+        draws no line between segments.
         """
         with self._lock:
             rows = list(self._timeline)
@@ -311,8 +317,9 @@ class LivePipeline:
 
     @property
     def gap_s(self) -> float:
-        """Seconds without a timeline row that break its line (a stretch with no face)."""
-        return max(1.0, 3 * self._timeline_every)
+        """Seconds without a timeline row that break its line whatever the frames said (e.g. a stream stopped and
+        started again); within a stream, a line breaks where its face went unseen for `_GAP_FRAMES` frames."""
+        return max(3.0, 5 * self._timeline_every)
 
     @property
     def classifying(self) -> bool:
@@ -466,14 +473,27 @@ class LivePipeline:
             self._timeline.extend(rows)
 
     def _timeline_rows(self, now: float, predictions: list[Prediction]) -> list[dict]:
+        present = {p.track_id for p in predictions} | ({None} if predictions else set())
+        for key in present:
+            self._absent[key] = 0
+        for key in list(self._absent):
+            if key not in present:
+                self._absent[key] += 1
+                if self._absent[key] == _GAP_FRAMES:
+                    self._gapped.add(key)
+                elif self._absent[key] > 100 * _GAP_FRAMES:  # long gone
+                    del self._absent[key]
         if not predictions or now - self._timeline_at < self._timeline_every:
             return []
         self._timeline_at = now
         largest = max(predictions, key=lambda p: p.face.area)
         t = round(now - self._t0, 3)
-        return [{"t": t, "track": p.track_id, "largest": p is largest, "label": p.label,
+        rows = [{"t": t, "track": p.track_id, "largest": p is largest, "label": p.label,
                  "confidence": round(p.confidence, 4),
-                 **{c: round(float(v), 4) for c, v in zip(p.classes, p.probabilities)}} for p in predictions]
+                 **{c: round(float(v), 4) for c, v in zip(p.classes, p.probabilities)},
+                 "gap": p.track_id in self._gapped or (p is largest and None in self._gapped)} for p in predictions]
+        self._gapped.difference_update(present)
+        return rows
 
     def _overlay_lines(self, now: float, shape: tuple[int, ...], tracks: list[Track]) -> tuple[list[str], Rect | None]:
         """The overlay's lines (refreshed every `_OVERLAY_EVERY` s) and its box: a corner where no face (with its
@@ -498,13 +518,14 @@ def _predict(model: Classifier, crops: list[np.ndarray], mirror: bool | None, vi
 
 
 def _segmented(rows: list[dict], gap_s: float, *, per_track: bool) -> list[dict]:
-    """Rows (in time order) with a "segment" number: a new one after a gap of more than `gap_s` s, and (one
-    line for the largest face) where the track changes. per_track: gaps are measured within each track."""
+    """Rows (in time order) with a "segment" number: a new one after a row marked "gap", after more than `gap_s` s
+    without a row, and (one line for the largest face) where the track changes. per_track: within each track."""
     out, segment, last = [], 0, {}
     for row in rows:
         key = row["track"] if per_track else None
         before = last.get(key)
-        if before is None or row["t"] - before[0] > gap_s or (not per_track and row["track"] != before[1]):
+        if (before is None or row.get("gap") or row["t"] - before[0] > gap_s
+                or (not per_track and row["track"] != before[1])):
             segment += 1
             last[key] = (row["t"], row["track"], segment)
         else:

@@ -594,24 +594,20 @@ def _box_colours(returned: np.ndarray, scene: Scene, boxes: list[Face], slack: i
 
 def _overlay_rect(frame: np.ndarray, source: np.ndarray) -> tuple[int, int, int, int] | None:
     """(x, y, w, h) of the stats overlay's panel, which the server darkens to a quarter in one of the frame's
-    corners (None without one): at each corner, the dark runs along the frame's edge row and column (one pixel
-    in); the corner with the largest such panel."""
-    dark = frame.max(axis=2) < 0.5 * source.max(axis=2)
-    height, width = dark.shape
-
-    def run(line: np.ndarray) -> int:
-        lit = np.flatnonzero(~line)
-        return int(lit[0]) if len(lit) else len(line)
-
+    corners (None without one): the mostly dark region (a 9 px box filter over "darker than half the source", so
+    its white text and video coding don't break it up) that holds a point 4 px in from a corner; the largest."""
+    dark = (frame.max(axis=2) < 0.5 * source.max(axis=2)).astype(np.float32)
+    mostly = (cv2.blur(dark, (9, 9)) > 0.5).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mostly, connectivity=4)
+    height, width = mostly.shape
     best = None
-    for top in (True, False):
-        for left in (True, False):
-            row = dark[1 if top else height - 2]
-            col = dark[:, 1 if left else width - 2]
-            w = run(row if left else row[::-1])
-            h = run(col if top else col[::-1])
-            if w > 10 and h > 10 and (best is None or w * h > best[2] * best[3]):
-                best = (0 if left else width - w, 0 if top else height - h, w, h)
+    for y, x in [(4, 4), (4, width - 5), (height - 5, 4), (height - 5, width - 5)]:
+        label = labels[y, x]
+        if label == 0:
+            continue
+        bx, by, bw, bh, _ = stats[label]
+        if bw > 10 and bh > 10 and (best is None or bw * bh > best[2] * best[3]):
+            best = (int(bx), int(by), int(bw), int(bh))
     return best
 
 

@@ -131,7 +131,7 @@ def test_sync_tracks_a_moving_face_and_fills_stats(tiny_model: Path) -> None:
     assert timing.detect_ms > 0 and timing.classify_ms > 0 and timing.frame_ms >= timing.detect_ms
     rows = pipeline.timeline()
     assert len(rows) == 10 and all(r["largest"] and r["track"] in track_ids for r in rows)
-    assert set(rows[0]) == {"t", "track", "largest", "label", "confidence", "segment", *CLASSES}
+    assert set(rows[0]) == {"t", "track", "largest", "label", "confidence", "gap", "segment", *CLASSES}
     assert rows[-1]["t"] >= rows[0]["t"]
 
 
@@ -345,7 +345,7 @@ def test_timeline_breaks_where_no_face_was_seen() -> None:
         assert len(segments) == 2, [(r["t"], r["segment"]) for r in rows]
         first = [r["t"] for r in rows if r["segment"] == segments[0]]
         assert max(first) < 1.0 <= min(r["t"] for r in rows if r["segment"] == segments[1]) - 1.0
-        assert pipeline.gap_s == 1.0
+        assert [r["gap"] for r in rows].count(True) == 1 and pipeline.gap_s == 3.0
 
 
 def test_pipeline_labels_hold_under_hysteresis() -> None:
@@ -365,3 +365,15 @@ def test_pipeline_labels_hold_under_hysteresis() -> None:
         now[0] = 2.1
         (pred,) = pipeline.analyze(scene((200, 100)))
         assert pred.label == "fear"  # hysteresis off: the top class at once
+
+
+def test_one_missed_detection_is_no_gap_but_three_are() -> None:
+    now = [0.0]
+    with LivePipeline(FakeModel("happy"), SYNC, clock=lambda: now[0], timeline_every=0.0) as pipeline:
+        pattern = [True] * 5 + [False] + [True] * 5 + [False] * 3 + [True] * 5
+        for i, face in enumerate(pattern):
+            now[0] = i / 30  # a fast stream: no time gap at all
+            pipeline.analyze(scene((200, 100)) if face else scene())
+        rows = pipeline.timeline(largest=True)
+        assert len({r["track"] for r in rows}) == 1
+        assert [r["segment"] for r in rows] == [1] * 10 + [2] * 5

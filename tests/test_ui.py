@@ -561,7 +561,8 @@ def test_live_timeline_chart_breaks_at_gaps_and_says_whose_face(tiny_model: Path
     spec = json.loads(chart.proto.spec)
     assert spec["encoding"]["detail"]["field"] == "line"  # one line per class and segment: no line across a gap
     # one face's lines (the track most often the largest), said on the chart, with the others counted
-    assert "Largest face: track #1 (1 other face not shown)" in json.dumps(spec["title"])
+    assert "Largest face: #1 (+1 not shown)" in json.dumps(spec["title"])
+    assert any("A gap: that face was not seen" in c.value for c in at.caption)
     assert spec["encoding"]["detail"]["field"] == "line"
 
 

@@ -94,7 +94,9 @@ def sidebar_settings() -> LiveSettings:
         draw = DrawOptions(boxes=st.checkbox("Face boxes", d.boxes, key="live-boxes"),
                            labels=st.checkbox("Labels", d.labels, key="live-labels"),
                            bars=st.checkbox("Probability bars", d.bars, key="live-bars"),
-                           stats=st.checkbox("FPS / latency overlay", d.stats, key="live-overlay"))
+                           stats=st.checkbox("FPS / latency overlay", d.stats, key="live-overlay"),
+                           badges=st.checkbox("Track ids", d.badges, key="live-ids",
+                                              help="Each face's track number beside its label, as on the timeline."))
     return LiveSettings(detector=detector, smoothing=smoothing, draw=draw, mirror=mirrors[mirror])
 
 
@@ -175,8 +177,7 @@ def chart_rows(pipeline: LivePipeline) -> tuple[list[dict], str]:
     counts = Counter(r["track"] for r in largest[-50:])
     track = max(counts, key=lambda t: (counts[t], t))
     others = len({r["track"] for r in largest[-50:]}) - 1
-    title = (f"Largest face: track #{track}" + (f" ({others} other face{'s' * (others > 1)} not shown)" if others
-                                                 else "") + "; gaps: no face seen")
+    title = f"Largest face: #{track}" + (f" (+{others} not shown)" if others else "")  # short: fits at 390 px
     return pipeline.timeline(track=track), title
 
 
@@ -189,7 +190,7 @@ def timeline_chart(rows: list[dict], classes: tuple[str, ...], title: str = "") 
     long["line"] = long["class"] + "-" + long["segment"].astype(str)
     if not title:
         tracks = sorted(table["track"].dropna().astype(int).unique())
-        title = "Track " + ", ".join(f"#{t}" for t in tracks) + "; gaps: no face seen"
+        title = "Track " + ", ".join(f"#{t}" for t in tracks)
     colours = [f"#{r:02x}{g:02x}{b:02x}" for b, g, r in (class_colour(c) for c in classes)]
     return alt.Chart(long, title=alt.TitleParams(title, fontSize=13, anchor="start")).mark_line(
     ).encode(x=alt.X("t:Q", title="seconds"), y=alt.Y("probability:Q", scale=alt.Scale(domain=[0, 1])),
@@ -294,6 +295,9 @@ def live_panel() -> None:
         rows, title = st.session_state["live-chart-rows"]
         if rows:
             st.altair_chart(timeline_chart(rows, model.classes, title), use_container_width=True)
+            st.caption("One face's probabilities: the track that was the largest face most often lately (its number "
+                       "shows on the video with Track ids on, under Draw on the video). A gap: that face was not "
+                       "seen.")
         else:
             st.caption("The emotion timeline of the largest face appears here once a face has been seen.")
     if stats_file and playing:
