@@ -76,3 +76,22 @@ def test_full_every_1_is_a_full_scan_each_frame():
 def test_scan_config_is_validated(bad):
     with pytest.raises(ValueError):
         ScanConfig(**bad)
+
+
+def test_detect_near_uses_the_detectors_settings_and_frame_mapping():
+    from dataclasses import replace
+
+    frame = scene((100, 80), (420, 250))
+    for width in (320, 640):  # downscaled or not, the window's face maps back to the full scan's box
+        detector = FaceDetector(replace(DETECTOR, detection_width=width))
+        for face in detector.detect(frame):
+            (near,) = detector.detect_near(frame, [face])
+            assert _near(near, face, 0.08), (width, near, face)
+    base = FaceDetector(DETECTOR)
+    faces = base.detect(frame)
+    strict = FaceDetector(replace(DETECTOR, min_neighbors=60))  # as in `detect`: too strict to find anything
+    assert strict.detect(frame) == [] and strict.detect_near(frame, faces) == []
+    big = FaceDetector(replace(DETECTOR, min_face=400))  # faces under the minimum size are not looked for
+    assert big.detect_near(frame, faces) == []
+    tight = base.detect_near(frame, faces[:1], window=0.0, scale_range=1.05)
+    assert len(tight) <= 1 and all(_near(f, faces[0], 0.15) for f in tight)
