@@ -95,3 +95,18 @@ def test_detect_near_uses_the_detectors_settings_and_frame_mapping():
     assert big.detect_near(frame, faces) == []
     tight = base.detect_near(frame, faces[:1], window=0.0, scale_range=1.05)
     assert len(tight) <= 1 and all(_near(f, faces[0], 0.15) for f in tight)
+
+
+def test_window_scans_cannot_make_a_box_creep():
+    """Sizes are looked for around the track's size at its last full scan, not its last box."""
+    detector = FaceDetector(DETECTOR)
+    config = ScanConfig(full_every=40, scale_range=1.3)
+    scanner, tracker = Scanner(detector, config), FaceTracker()
+    sides = []
+    for i in range(30):
+        result = scanner.detect(scene(moving(i % 3)), tracker.tracks)
+        matched = tracker.update(result.faces)
+        scanner.after(matched)
+        sides += [(result.full, m.face.w) for m in matched]
+    full_side = next(w for full, w in sides if full)
+    assert all(full_side / 1.3 <= w <= full_side * 1.3 for _, w in sides), sides
