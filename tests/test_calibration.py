@@ -242,11 +242,13 @@ def real_session(session: CalibrationSession, step: int = 4) -> None:
         if not ok:
             break
         if index % step == 0 and (faces := detector.detect(frame)):
-            session.add(CLASSES[index * len(CLASSES) // frames], crop_faces(frame, [max(faces, key=lambda f: f.area)])[0])
+            largest = max(faces, key=lambda f: f.area)
+            session.add(CLASSES[index * len(CLASSES) // frames], crop_faces(frame, [largest])[0])
         index += 1
 
 
-@pytest.mark.skipif(not REAL_CLIP.is_file() or not BUNDLED.is_dir(), reason="needs ../shared/media and the bundled model")
+@pytest.mark.skipif(not REAL_CLIP.is_file() or not BUNDLED.is_dir(),
+                    reason="needs ../shared/media and the bundled model")
 def test_calibrate_real_session_gains_on_time_held_out_captures(models_dir):
     session = CalibrationSession("woman2")
     real_session(session)

@@ -186,7 +186,8 @@ def calibration_results(status: jobs.JobStatus) -> None:
                          "holdout": result.holdout, "held_out": result.held_out, "trained_on": result.trained_on,
                          "protection": result.protection,
                          "fer2013_val_accuracy": {"n": result.fer_before["n"], "before": result.fer_before["accuracy"],
-                                                  "after": result.fer_after["accuracy"]} if result.fer_before else None})
+                                                  "after": result.fer_after["accuracy"]}
+                         if result.fer_before else None})
 
 
 def job_panel() -> None:
@@ -510,7 +511,8 @@ def calibration_section(current: ModelInfo | None) -> None:
     if "cal-session" not in st.session_state and kept in names:
         st.session_state["cal-session"] = kept
     name = st.selectbox("Captures of", names, key="cal-session",
-                        on_change=lambda: st.session_state.update({"cal-session-kept": st.session_state["cal-session"]}))
+                        on_change=lambda: st.session_state.update(
+                            {"cal-session-kept": st.session_state["cal-session"]}))
     session = calibration.CalibrationSession(name)
     captures_review(session)
     if current is None:
