@@ -461,7 +461,10 @@ class _Streamed:
                           pin_memory=self.pin, worker_init_fn=worker_init if self.workers else None,
                           generator=torch.Generator().manual_seed(0),
                           persistent_workers=persistent and self.workers > 0,
-                          prefetch_factor=2 if self.workers else None)
+                          prefetch_factor=2 if self.workers else None,
+                          # never fork a process that has threads running (ONNX Runtime, OpenMP, a live
+                          # pipeline's worker): a forked worker can inherit a held lock and hang for ever
+                          multiprocessing_context="forkserver" if self.workers else None)
 
     def steps(self, batch_size: int) -> int:
         return math.ceil(math.ceil(len(self.dataset) / self.ctx.world_size) / batch_size)

@@ -82,6 +82,9 @@ SETTLE_TIMEOUT = 30
 CHROMIUM_FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    # two tabs stream at once: neither may be throttled as a background tab (its <video> would stall)
+    "--disable-background-timer-throttling", "--disable-backgrounding-occluded-windows",
+    "--disable-renderer-backgrounding",
     "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream", "--allow-loopback-in-peer-connection",
 ]
 #: Colours the server draws: one per class, and the box of a face not classified yet.
@@ -532,7 +535,10 @@ def test_two_tabs_stream_at_once(request: pytest.FixtureRequest) -> None:
         for tab in tabs:  # each tab's own stats: its session's pipeline sees both faces
             _wait_for_metric(tab, "Faces", lambda value: value == str(len(scene.faces)))
         fps = [_wait_for_metric(tab, "FPS", lambda value: float(value) > 0) for tab in tabs]
-        returned = [_settled_frame(component, scene, tmp) for component in components]
+        returned = []
+        for tab, component in zip(tabs, components):
+            tab.bring_to_front()  # the tab read is the one in front, as a person would look at it
+            returned.append(_settled_frame(component, scene, tmp))
         for component in components:
             component.get_by_role("button", name=STOP).click(timeout=PAGE_TIMEOUT * 1000)
     labels = []
