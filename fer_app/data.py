@@ -233,23 +233,31 @@ def _detect_kind(path: Path) -> str:
                     "or fer2013.csv with columns emotion,pixels,Usage)")
 
 
+def stratified_val_mask(labels: np.ndarray, fraction: float, seed: int, too_few: str, counts_text: object) -> np.ndarray:
+    """Which rows go to val: about `fraction` of each class, at least one on each side of every class
+    present. `too_few` and `counts_text` word the DataError for data too small to split."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be between 0 and 1, not {fraction}")
+    counts = np.bincount(labels, minlength=len(CLASSES))
+    if len(labels) < MIN_IMAGES_TO_SPLIT or (counts == 1).any():
+        raise DataError(f"{too_few} to split off a validation set "
+                        f"(need {MIN_IMAGES_TO_SPLIT}+ and 2+ per class; have {counts_text})")
+    rng = np.random.default_rng(seed)
+    is_val = np.zeros(len(labels), bool)
+    for label in np.flatnonzero(counts):
+        members = np.flatnonzero(labels == label)
+        n_val = min(max(round(len(members) * fraction), 1), len(members) - 1)
+        is_val[rng.choice(members, n_val, replace=False)] = True
+    return is_val
+
+
 def split_for_validation(faces: FaceSet, fraction: float, seed: int) -> tuple[FaceSet, FaceSet]:
     """Stratified (train, val) split of `faces`, with about `fraction` of each class in val.
 
     Every class present keeps at least one face on each side. Skip counts stay with train.
     """
-    if not 0 < fraction < 1:
-        raise ValueError(f"fraction must be between 0 and 1, not {fraction}")
-    counts = np.bincount(faces.labels, minlength=len(CLASSES))
-    if len(faces) < MIN_IMAGES_TO_SPLIT or (counts == 1).any():
-        raise DataError(f"{faces.source or 'data'}: too few faces to split off a validation set "
-                        f"(need {MIN_IMAGES_TO_SPLIT}+ and 2+ per class; have {faces.class_counts()})")
-    rng = np.random.default_rng(seed)
-    is_val = np.zeros(len(faces), bool)
-    for label in np.flatnonzero(counts):
-        members = np.flatnonzero(faces.labels == label)
-        n_val = min(max(round(len(members) * fraction), 1), len(members) - 1)
-        is_val[rng.choice(members, n_val, replace=False)] = True
+    is_val = stratified_val_mask(faces.labels, fraction, seed, f"{faces.source or 'data'}: too few faces",
+                                 faces.class_counts())
     train, val = _subset(faces, ~is_val, "train part"), _subset(faces, is_val, "val part")
     train.skipped, train.skip_reasons = faces.skipped, list(faces.skip_reasons)
     return train, val

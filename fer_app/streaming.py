@@ -26,8 +26,9 @@ import torch
 from torch.utils.data import Dataset
 
 from fer_app.config import CLASSES
-from fer_app.data import (CLASS_SYNONYMS, IMAGE_SUFFIXES, MIN_IMAGES_TO_SPLIT, SPLIT_ORDER, SPLIT_SYNONYMS,
-                          DataError, _class_folders, _csv_records, _Problems, _read_image, _split_folders)
+from fer_app.data import (CLASS_SYNONYMS, IMAGE_SUFFIXES, SPLIT_ORDER, SPLIT_SYNONYMS,
+                          DataError, _class_folders, _csv_records, _Problems, _read_image, _split_folders,
+                          stratified_val_mask)
 
 #: Columns of a CSV of image paths and labels (split optional).
 CSV_COLUMNS = ("path", "label", "split")
@@ -189,18 +190,7 @@ def _parse_label(text: str) -> int | None:
 
 def _split_off_val(faces: StreamingSet, fraction: float, seed: int) -> tuple[StreamingSet, StreamingSet]:
     """Stratified (train, val) of a streamed set; every class present keeps a file on each side."""
-    if not 0 < fraction < 1:
-        raise ValueError(f"fraction must be between 0 and 1, not {fraction}")
-    counts = np.bincount(faces.labels, minlength=len(CLASSES))
-    if len(faces) < MIN_IMAGES_TO_SPLIT or (counts == 1).any():
-        raise DataError(f"{faces.source}: too few images to split off a validation set "
-                        f"(need {MIN_IMAGES_TO_SPLIT}+ and 2+ per class; have {faces.class_counts()})")
-    rng = np.random.default_rng(seed)
-    is_val = np.zeros(len(faces), bool)
-    for label in np.flatnonzero(counts):
-        members = np.flatnonzero(faces.labels == label)
-        n_val = min(max(round(len(members) * fraction), 1), len(members) - 1)
-        is_val[rng.choice(members, n_val, replace=False)] = True
+    is_val = stratified_val_mask(faces.labels, fraction, seed, f"{faces.source}: too few images", faces.class_counts())
     train, val = faces.subset(np.flatnonzero(~is_val), "train part"), faces.subset(np.flatnonzero(is_val), "val part")
     train.skipped = faces.skipped
     return train, val

@@ -4,7 +4,12 @@ skipped; the index held in memory is a few bytes per file."""
 
 from __future__ import annotations
 
+import json
+import os
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -41,12 +46,25 @@ def test_streamed_folder_trains_as_the_same_folder_in_memory(layout, models_dir,
     for split in ("train", "val"):
         assert streamed[split].class_counts() == in_memory[split].class_counts()
     cfg = TrainConfig(**TINY_COMPACT)
-    a = train(cfg, streamed, workdir=tmp_path / "s", workers=2, name="streamed")
+    # The streamed run with 2 DataLoader worker processes runs in a fresh interpreter, as `python -m fer_app
+    # train --stream` does: worker processes started from this test process would inherit the threads and
+    # the altered __main__ that earlier tests (live pipelines, Streamlit's AppTest) leave behind.
+    script = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+              "from conftest import TINY_COMPACT\nfrom fer_app.streaming import load_streaming\n"
+              "from fer_app.training import TrainConfig, train\n"
+              f"a = train(TrainConfig(**TINY_COMPACT), load_streaming({str(layout)!r}), workdir={str(tmp_path / 's')!r}, "
+              "workers=2, name='streamed')\n"
+              "print(json.dumps({'loss': [h.train_loss for h in a.history], 'accuracy': a.report['accuracy'], "
+              "'streamed': a.model.meta['training']['data']['streamed']}))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "FER_APP_MODELS": str(models_dir)}, cwd=Path(__file__).parent.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    a = json.loads(done.stdout.strip().splitlines()[-1])
     b = train(cfg, in_memory, workdir=tmp_path / "m")
     # the same pixels (decoded and resized the same way), the same batches: the same run
-    assert [h.train_loss for h in a.history] == pytest.approx([h.train_loss for h in b.history], rel=1e-5)
-    assert a.report["accuracy"] == pytest.approx(b.report["accuracy"]) and a.report["accuracy"] > 0.5
-    assert a.model.meta["training"]["data"]["streamed"] is True
+    assert a["loss"] == pytest.approx([h.train_loss for h in b.history], rel=1e-5)
+    assert a["accuracy"] == pytest.approx(b.report["accuracy"]) and a["accuracy"] > 0.5
+    assert a["streamed"] is True
     assert (models_dir / "streamed" / "model.safetensors").is_file()
 
 

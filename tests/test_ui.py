@@ -448,7 +448,7 @@ def test_video_hides_short_tracks_and_shares_one_time_axis(tiny_model: Path, tmp
         for i in range(20):
             frame = np.full((512, 1124, 3), 100, np.uint8)
             frame[:, :512] = face
-            if i in (8, 9):
+            if i in (11, 12):  # at the full scans of frames 11 and 12 (detect-and-track: every 10th, then a new track's)
                 frame[:, 612:] = face
             writer.write(frame)
     at = processed(upload(run_page("video"), "video-upload", "two.mp4", path.read_bytes(), "video/mp4"))
