@@ -31,7 +31,7 @@ from fer_app.config import LABEL_DWELL_S, LABEL_MARGIN, VIDEO_SCAN, DetectorConf
 from fer_app.detection import FaceDetector
 from fer_app.draw import DrawOptions, Rect, draw_predictions, draw_stats, stats_box
 from fer_app.model import Classifier
-from fer_app.runtimes import RuntimeChoice, runtime_choice
+from fer_app.runtimes import runtime_choice
 from fer_app.scan import Scanner
 from fer_app.tracking import FaceTracker, Track
 from fer_app.types import Prediction
@@ -266,8 +266,7 @@ class LivePipeline:
             return list(self._predictions)
 
     def stats(self) -> LiveStats:
-        choice = runtime_choice(self._model.encoder) if hasattr(self._model, "encoder") else RuntimeChoice(
-            "torch", "asked", "a model without an encoder attribute")
+        choice = runtime_choice(getattr(self._model, "encoder", None))  # torch for a stand-in without an encoder
         with self._lock:
             starts = self._times["start"]
             span = starts[-1] - starts[0] if len(starts) > 1 else 0.0
