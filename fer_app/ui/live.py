@@ -6,10 +6,11 @@ settings to the running pipeline on every rerun.
 
 The page shows at once: the model loads in a background thread (one per process and model, behind
 a "Loading model" status that a fragment polls), and frames that arrive before it is ready come back
-with a note. While the stream plays, an `st.fragment(run_every=...)` refreshes the stats and the
-emotion timeline twice a second; the script itself ends at once (no loop in it), and Streamlit's
-own "Running… / Stop" indicator, which each of those short fragment runs would flash beside the
-component's STOP, is hidden while the stream plays.
+with a note. While the stream plays, two `st.fragment(run_every=...)` refresh the page: the stats
+twice a second, the emotion timeline chart every 2 s (a chart costs tens of ms of the server's
+CPU to build and send, per session: that time is taken from the video threads); the script itself
+ends at once (no loop in it), and Streamlit's own "Running… / Stop" indicator, which each of those
+short fragment runs would flash beside the component's STOP, is hidden while the stream plays.
 
 Test hook: when the environment variable `FER_APP_STATS_FILE` names a file, the page writes the
 pipeline's stats and current predictions there as JSON on every refresh (see `_write_stats_file`).
@@ -41,8 +42,9 @@ from fer_app.ui.rtc import RtcConfigError, rtc_configuration
 STATS_FILE_ENV = "FER_APP_STATS_FILE"
 PIPELINE_KEY = "live-pipeline"
 SLOT_KEY = "live-slot"
-REFRESH_S = 0.5
-CHART_EVERY = 4  # refreshes between timeline chart redraws (the chart is heavier than the metrics)
+REFRESH_S = 0.5  # seconds between refreshes of the stats
+CHART_REFRESH_S = 2.0  # seconds between redraws of the timeline chart (heavier than the metrics)
+CHART_SECONDS = 60.0  # the chart shows the last this many seconds of its face (the CSV has everything)
 LOAD_POLL_S = 0.5  # how often the page looks whether the model has loaded
 
 
@@ -181,9 +183,11 @@ def chart_rows(pipeline: LivePipeline) -> tuple[list[dict], str]:
     return pipeline.timeline(track=track), title
 
 
-def timeline_chart(rows: list[dict], classes: tuple[str, ...], title: str = "") -> alt.Chart:
-    """One face's class probabilities over time: a line per class and unbroken stretch (`segment`), so
-    stretches without the face are gaps; the title says whose face it is."""
+def timeline_chart(rows: list[dict], classes: tuple[str, ...], title: str = "") -> tuple[pd.DataFrame, dict]:
+    """One face's class probabilities over time, as data and a Vega-Lite spec for `st.vega_lite_chart`: a line
+    per class and unbroken stretch (`segment`), so stretches without the face are gaps; the title says whose
+    face it is. The spec is written out, not built with altair: altair's schema validation alone cost ~50 ms a
+    draw, taken from the video threads every refresh of every session."""
     table = pd.DataFrame(rows)
     long = table.melt(id_vars=["t", "segment", "track"], value_vars=[c for c in classes if c in table],
                       var_name="class", value_name="probability")
@@ -192,10 +196,16 @@ def timeline_chart(rows: list[dict], classes: tuple[str, ...], title: str = "") 
         tracks = sorted(table["track"].dropna().astype(int).unique())
         title = "Track " + ", ".join(f"#{t}" for t in tracks)
     colours = [f"#{r:02x}{g:02x}{b:02x}" for b, g, r in (class_colour(c) for c in classes)]
-    return alt.Chart(long, title=alt.TitleParams(title, fontSize=13, anchor="start")).mark_line(
-    ).encode(x=alt.X("t:Q", title="seconds"), y=alt.Y("probability:Q", scale=alt.Scale(domain=[0, 1])),
-             color=alt.Color("class:N", scale=alt.Scale(domain=list(classes), range=colours), sort=list(classes)),
-             detail="line:N", tooltip=["t", "class", "probability", "track"])
+    spec = {"title": {"text": title, "fontSize": 13, "anchor": "start"}, "mark": {"type": "line"},
+            "encoding": {"x": {"field": "t", "type": "quantitative", "title": "seconds"},
+                         "y": {"field": "probability", "type": "quantitative", "scale": {"domain": [0, 1]}},
+                         "color": {"field": "class", "type": "nominal", "sort": list(classes),
+                                   "scale": {"domain": list(classes), "range": colours}},
+                         "detail": {"field": "line", "type": "nominal"},
+                         "tooltip": [{"field": f, "type": k} for f, k in (("t", "quantitative"), ("class", "nominal"),
+                                                                          ("probability", "quantitative"),
+                                                                          ("track", "quantitative"))]}}
+    return long, spec
 
 
 def _write_stats_file(path: str, pipeline: LivePipeline) -> None:
@@ -234,8 +244,7 @@ if config.MODELS_DIR.is_dir() and any((d / "config.json").exists() for d in conf
 
 starting = st.empty()
 starting.caption("Starting: reading the models…")  # the first run of a cold server imports torch here
-import altair as alt  # noqa: E402 - after the component, see the imports above
-import pandas as pd  # noqa: E402
+import pandas as pd  # noqa: E402 - after the component, see the imports above
 
 from fer_app.draw import class_colour  # noqa: E402
 from fer_app.live import DrawOptions, LivePipeline, LiveSettings, LiveStats  # noqa: E402
@@ -275,10 +284,13 @@ if playing:
 stats_file = os.environ.get(STATS_FILE_ENV)
 
 
-@st.fragment(run_every=REFRESH_S if playing and pipeline is not None else None)
-def live_panel() -> None:
-    """The stats and the emotion timeline: refreshed by Streamlit every REFRESH_S while the stream plays (the
-    script does not loop, so Streamlit shows no "Running" indicator of its own), drawn once otherwise."""
+refreshing = playing and pipeline is not None
+
+
+@st.fragment(run_every=REFRESH_S if refreshing else None)
+def stats_panel() -> None:
+    """The stats: refreshed by Streamlit every REFRESH_S while the stream plays (the script does not loop, so
+    Streamlit shows no "Running" indicator of its own), drawn once otherwise."""
     if pipeline is None:
         return
     if not playing:
@@ -286,25 +298,30 @@ def live_panel() -> None:
     shown = pipeline.shown_stats()
     if playing or shown.frames:
         render_stats(shown)
-    st.subheader("Emotion timeline")
-    refreshes = st.session_state["live-refreshes"] = st.session_state.get("live-refreshes", -1) + 1
-    chart = st.empty()
-    if not playing or refreshes % CHART_EVERY == 0 or not st.session_state.get("live-chart-rows", ([],))[0]:
-        st.session_state["live-chart-rows"] = chart_rows(pipeline)
-    with chart.container():
-        rows, title = st.session_state["live-chart-rows"]
-        if rows:
-            st.altair_chart(timeline_chart(rows, model.classes, title), use_container_width=True)
-            st.caption("One face's probabilities: the track that was the largest face most often lately (its number "
-                       "shows on the video with Track ids on, under Draw on the video). A gap: that face was not "
-                       "seen.")
-        else:
-            st.caption("The emotion timeline of the largest face appears here once a face has been seen.")
     if stats_file and playing:
         _write_stats_file(stats_file, pipeline)
 
 
-live_panel()
+@st.fragment(run_every=CHART_REFRESH_S if refreshing else None)
+def timeline_panel() -> None:
+    """The emotion timeline of one face over the last CHART_SECONDS, redrawn every CHART_REFRESH_S."""
+    if pipeline is None:
+        return
+    st.subheader("Emotion timeline")
+    rows, title = chart_rows(pipeline)
+    rows = [r for r in rows if r["t"] >= rows[-1]["t"] - CHART_SECONDS] if rows else rows
+    if rows:
+        data, spec = timeline_chart(rows, model.classes, title)
+        st.vega_lite_chart(data, spec, width="stretch")
+        st.caption("One face's probabilities over the last minute: the track that was the largest face most often "
+                   "lately (its number shows on the video with Track ids on, under Draw on the video). A gap: that "
+                   "face was not seen.")
+    else:
+        st.caption("The emotion timeline of the largest face appears here once a face has been seen.")
+
+
+stats_panel()
+timeline_panel()
 if pipeline is not None:
     st.download_button("Download timeline CSV (all faces)",
                        lambda: timeline_table(pipeline.timeline(), model.classes).to_csv(index=False),
