@@ -44,7 +44,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +64,7 @@ pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[1]
 FER_NPZ = Path(__file__).resolve().parents[2] / "shared" / "data" / "fer2013-trainval.npz"
 ASTRONAUT = ROOT / "assets" / "astronaut.png"
+REAL_CLIP = ROOT.parent / "shared" / "media" / "videos" / "woman2.mp4"
 CHROMIUM = Path("/usr/bin/chromium")
 #: Set (to "1") in the environment of the run inside the private network namespace.
 INSIDE_ENV = "FER_APP_E2E_NETNS"
@@ -76,6 +77,9 @@ WIDTH, HEIGHT, CLIP_FPS, CLIP_SECONDS = 640, 480, 15, 3
 PAGE_TIMEOUT, FRAMES_TIMEOUT = 180, 180
 #: Processed frames before the checks (tracks settled, smoothing converged).
 MIN_FRAMES = 30
+#: Seconds of streaming the real clip's FPS is measured over, once its face is labelled (the page's FPS: the
+#: last 120 frames).
+MEASURE_S = 10
 #: Seconds to wait, after that, for a returned frame on which every face is drawn (a face may be missed
 #: now and then on a frame that video coding has damaged).
 SETTLE_TIMEOUT = 30
@@ -309,13 +313,25 @@ def _matches(found: list[Face], expected: list[Face]) -> bool:
     return len(found) == len(expected) and all(sum(_near(f, e) for f in found) == 1 for e in expected)
 
 
-def write_y4m(path: Path, frame: np.ndarray, frames: int) -> Path:
-    """A plain 4:2:0 y4m clip of one still frame (Chromium's fake camera loops it)."""
-    yuv = cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420).tobytes()
+def write_y4m(path: Path, frames: Sequence[np.ndarray], fps: int = CLIP_FPS) -> Path:
+    """A plain 4:2:0 y4m clip of BGR frames of one size, even sides (Chromium's fake camera loops it at `fps`)."""
+    height, width = frames[0].shape[:2]
     with open(path, "wb") as f:
-        f.write(f"YUV4MPEG2 W{WIDTH} H{HEIGHT} F{CLIP_FPS}:1 Ip A1:1 C420\n".encode())
-        f.writelines(b"FRAME\n" + yuv for _ in range(frames))
+        f.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420\n".encode())
+        f.writelines(b"FRAME\n" + cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420).tobytes() for frame in frames)
     return path
+
+
+def real_clip(limit: int) -> list[np.ndarray]:
+    """The first `limit` frames of REAL_CLIP (a real 640x360 video of one face on a stage)."""
+    capture, frames = cv2.VideoCapture(str(REAL_CLIP)), []
+    while len(frames) < limit:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    capture.release()
+    return frames
 
 
 SCENES = {"astronaut": astronaut_scene, "fer2013": fer_scene}
@@ -463,7 +479,7 @@ def test_live_page_in_browser(scene_name: str, request: pytest.FixtureRequest) -
     started = time.monotonic()
     scene = SCENES[scene_name]()
     tmp: Path = request.getfixturevalue("tmp_path")
-    clip = write_y4m(tmp / "camera.y4m", scene.frame, CLIP_FPS * CLIP_SECONDS)
+    clip = write_y4m(tmp / "camera.y4m", [scene.frame] * (CLIP_FPS * CLIP_SECONDS))
     server: Server = request.getfixturevalue("server")
     def check(returned: np.ndarray, stats: dict) -> tuple[list[str], int]:
         """Assert what came back; a line per face for the report, and the labels agreeing with FER-2013's."""
@@ -525,7 +541,7 @@ def test_two_tabs_stream_at_once(request: pytest.FixtureRequest) -> None:
     started = time.monotonic()
     scene = fer_scene() if FER_NPZ.exists() else astronaut_scene()  # different faces: labels that differ
     tmp: Path = request.getfixturevalue("tmp_path")
-    clip = write_y4m(tmp / "camera.y4m", scene.frame, CLIP_FPS * CLIP_SECONDS)
+    clip = write_y4m(tmp / "camera.y4m", [scene.frame] * (CLIP_FPS * CLIP_SECONDS))
     server: Server = request.getfixturevalue("server")
     from playwright.sync_api import sync_playwright
 
@@ -545,9 +561,50 @@ def test_two_tabs_stream_at_once(request: pytest.FixtureRequest) -> None:
     for i, frame in enumerate(returned):
         cv2.imwrite(str(tmp / f"returned-{i}.png"), frame)
         labels.append(_labelled_known(frame, scene, tmp))
-    print(f"[two tabs] FPS {' and '.join(fps)} at once; labels shown {labels[0]} and {labels[1]}"
+    print(f"[two tabs] FPS as both first showed their faces (warming up; steady state: the real-clip test) {' and '.join(fps)} at once; labels shown {labels[0]} and {labels[1]}"
           + (f" (FER-2013: {[p.label for p in scene.faces]})" if scene.faces[0].label else "")
           + f"; {time.monotonic() - started:.0f} s")
+
+
+def test_real_clip_at_camera_rate(request: pytest.FixtureRequest) -> None:
+    """Fed a real clip (../shared/media's woman2.mp4: one face on a stage, a real background), one tab and then
+    two at once: each session labels the face and keeps streaming. Prints each session's server FPS in steady
+    state (the model loaded, MEASURE_S s of streaming) against the fake camera's rate: the issue's figure, printed
+    rather than asserted, as Chromium shares the 2 cores and timing is the bench's job."""
+    if not INSIDE:
+        _relay(request)
+        return
+    _check_isolated()
+    if not REAL_CLIP.exists():
+        pytest.skip(f"no real clip: {REAL_CLIP} is absent")
+    started = time.monotonic()
+    tmp: Path = request.getfixturevalue("tmp_path")
+    clip = write_y4m(tmp / "camera.y4m", real_clip(10 * CLIP_FPS))  # 10 s, looped by the camera
+    server: Server = request.getfixturevalue("server")
+    from playwright.sync_api import sync_playwright
+
+    def labelled(tab) -> None:
+        _wait_for_metric(tab, "Faces", lambda value: value == "1")
+        _wait_for_metric(tab, "Labels/s", lambda value: float(value) > 0)
+
+    def fps(tab) -> float:
+        return float(_wait_for_metric(tab, "FPS", lambda value: float(value) > 0))
+
+    with sync_playwright() as playwright, _browser(playwright, clip, tmp / "profile") as context:
+        first = context.pages[0] if context.pages else context.new_page()
+        _start(first, server.url)
+        labelled(first)
+        time.sleep(MEASURE_S)
+        alone = fps(first)
+        second = context.new_page()
+        _start(second, server.url)
+        labelled(second)
+        time.sleep(MEASURE_S)
+        both = [fps(first), fps(second)]
+        labels = [_wait_for_metric(tab, "Labels/s", lambda value: float(value) > 0) for tab in (first, second)]
+    print(f"[real clip] {REAL_CLIP.name} at {CLIP_FPS} FPS: server FPS {alone:.1f} with one tab "
+          f"({alone / CLIP_FPS:.2f}x the camera's); two tabs at once {both[0]:.1f} and {both[1]:.1f} "
+          f"(labels {labels[0]}/s and {labels[1]}/s); {time.monotonic() - started:.0f} s")
 
 
 # ---------------------------------------------------------------- checks and browser helpers
