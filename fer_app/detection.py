@@ -17,7 +17,7 @@ import numpy as np
 from fer_app.config import EQUALIZE_MODES, DetectorConfig
 from fer_app.types import Face
 
-__all__ = ["DEFAULT_CASCADE", "FaceDetector", "cascade_path", "crop_faces", "equalize", "square_box"]
+__all__ = ["DEFAULT_CASCADE", "FaceDetector", "cascade_path", "crop_faces", "equalize", "same_face", "square_box"]
 
 #: Cascade file used by default: a file name in OpenCV's cascade folder, or a path. Chosen on
 #: real photos, face-free photos and composites (327 faces, DetectorConfig defaults): `alt` had
@@ -183,7 +183,12 @@ def _suppress_overlaps(boxes: np.ndarray, strengths: np.ndarray) -> list[np.ndar
     return kept
 
 
-def _same_face(a: np.ndarray, b: np.ndarray) -> bool:
+def same_face(a: Face, b: Face) -> bool:
+    """Whether two detected faces overlap enough to be one face (the rule that merges a face's detections)."""
+    return _same_face(a.box, b.box)
+
+
+def _same_face(a: Sequence[float], b: Sequence[float]) -> bool:
     """Whether two (x, y, w, h) boxes overlap enough to be one face."""
     ix = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
     iy = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])

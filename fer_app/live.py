@@ -16,7 +16,6 @@ swaps the model or the settings from another thread; the change applies from the
 from __future__ import annotations
 
 import math
-import queue
 import statistics
 import threading
 import time
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field, replace
 import cv2
 import numpy as np
 
+from fer_app.background import Background
 from fer_app.config import LABEL_DWELL_S, LABEL_MARGIN, VIDEO_SCAN, DetectorConfig, ScanConfig
 from fer_app.detection import FaceDetector
 from fer_app.draw import DrawOptions, Rect, draw_predictions, draw_stats, stats_box
@@ -52,7 +52,9 @@ class LiveSettings:
 
     smoothing: exponential average weight of the past per track (0 = off). asynchronous: classify
     in a worker thread; None = automatic, in a worker while the median classification takes longer
-    than `async_above_ms` (back in the video thread below half of it). max_missed: frames a face
+    than `async_above_ms` (back in the video thread below half of it). Unless it is False, the full
+    face scans run in a thread of their own too (`fer_app.scan`); False: all in the video thread,
+    frame by frame, deterministically (the video CLI). max_missed: frames a face
     may go undetected before its track ends (a face seen again later gets a new track).
     mirror: test-time augmentation (the model's views of each face: mirror image, zoomed copies);
     None = the model's own setting in the video thread and off in the worker, where the model is
@@ -149,49 +151,14 @@ class _Pending:
     detector: FaceDetector | None = None
 
 
-class _Worker:
-    """One background thread classifying one batch at a time; its latest result waits to be taken."""
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self._clock = clock
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._busy = False
-        self._result: _Result | None = None
-        self.thread = threading.Thread(target=self._run, name="fer-app-classify", daemon=True)
-        self.thread.start()
-
-    @property
-    def busy(self) -> bool:
-        with self._lock:
-            return self._busy
-
-    def submit(self, job: _Job) -> None:
-        """Queue a batch; call only when not `busy` (one caller, the video thread)."""
-        with self._lock:
-            self._busy = True
-        self._jobs.put(job)
-
-    def take(self) -> _Result | None:
-        """The finished result not taken yet, if any."""
-        with self._lock:
-            result, self._result = self._result, None
-        return result
-
-    def close(self, timeout: float = 2.0) -> None:
-        self._jobs.put(None)
-        self.thread.join(timeout)
-
-    def _run(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            start = self._clock()
-            try:
-                probs, error = _predict(job.model, job.crops, job.mirror, job.views), None
-            except Exception as exc:  # noqa: BLE001 - reported through stats(); the stream goes on
-                probs, error = None, f"{type(exc).__name__}: {exc}"
-            result = _Result(job.generation, job.track_ids, probs, self._clock() - start, error, job.views)
-            with self._lock:
-                self._result, self._busy = result, False
+def _run_job(job: _Job, clock: Callable[[], float]) -> _Result:
+    """Classify a job's batch in the worker; an error is reported in the result (the stream goes on)."""
+    start = clock()
+    try:
+        probs, error = _predict(job.model, job.crops, job.mirror, job.views), None
+    except Exception as exc:  # noqa: BLE001 - reported through stats(); the stream goes on
+        probs, error = None, f"{type(exc).__name__}: {exc}"
+    return _Result(job.generation, job.track_ids, probs, clock() - start, error, job.views)
 
 
 class LivePipeline:
@@ -207,13 +174,13 @@ class LivePipeline:
         self._settings = settings or LiveSettings()
         self._model = model
         self._detector = FaceDetector(self._settings.detector)
-        self._scanner = Scanner(self._detector, self._settings.scan)
+        self._scanner = _scanner(self._detector, self._settings)
         self._tracker = FaceTracker(smoothing=self._settings.smoothing, max_missed=self._settings.max_missed,
                                     label_margin=self._settings.label_margin, label_dwell=self._settings.label_dwell)
         self._clock, self._t0 = clock, clock()
         self._lock = threading.Lock()
         self._pending: _Pending | None = None
-        self._worker: _Worker | None = None
+        self._worker: Background[_Result] | None = None
         self._generation = 0  # results of an older generation (model or mode since changed) are dropped
         self._auto_async, self._was_async = True, False
         self._recent_classify: deque[float] = deque(maxlen=_AUTO_WINDOW)
@@ -330,6 +297,7 @@ class LivePipeline:
         worker, self._worker = self._worker, None
         if worker is not None:
             worker.close()
+        self._scanner.close()
 
     def __enter__(self) -> LivePipeline:
         return self
@@ -394,8 +362,10 @@ class LivePipeline:
             if pending.settings is not None:
                 if pending.detector is not None:
                     self._detector = pending.detector
-                if pending.detector is not None or pending.settings.scan != self._settings.scan:
-                    self._scanner = Scanner(self._detector, pending.settings.scan)
+                if (pending.detector is not None or pending.settings.scan != self._settings.scan
+                        or (pending.settings.asynchronous is False) != (self._settings.asynchronous is False)):
+                    self._scanner.close()
+                    self._scanner = _scanner(self._detector, pending.settings)
                 self._settings = pending.settings
                 self._tracker.smoothing = self._settings.smoothing
                 self._tracker.max_missed = self._settings.max_missed
@@ -425,7 +395,8 @@ class LivePipeline:
             if not worker.busy:
                 # all views of every face at once would be slow here; one view each costs no more than none
                 mirror = settings.mirror if views is not None or settings.mirror is not None else False
-                worker.submit(_Job(self._generation, self._model, [np.array(c) for c in crops], ids, mirror, views))
+                job = _Job(self._generation, self._model, [np.array(c) for c in crops], ids, mirror, views)
+                worker.submit(lambda: _run_job(job, self._clock))
             return None
         start = self._clock()
         probs = _predict(self._model, crops, settings.mirror, views)
@@ -433,8 +404,8 @@ class LivePipeline:
         self._apply_result(_Result(self._generation, ids, probs, seconds, views=views), now)
         return seconds
 
-    def _start_worker(self) -> _Worker:
-        self._worker = _Worker(self._clock)
+    def _start_worker(self) -> Background[_Result]:
+        self._worker = Background("fer-app-classify")
         return self._worker
 
     def _apply_result(self, result: _Result, now: float) -> None:
@@ -509,6 +480,12 @@ class LivePipeline:
         with self._lock:
             self._overlay_drawn = (lines, rect)
         return lines, rect
+
+
+def _scanner(detector: FaceDetector, settings: LiveSettings) -> Scanner:
+    """The scan schedule for `settings`: full scans in the background unless everything is to run in the video
+    thread (`asynchronous=False`: the video CLI, deterministic)."""
+    return Scanner(detector, settings.scan, background=settings.asynchronous is not False)
 
 
 def _predict(model: Classifier, crops: list[np.ndarray], mirror: bool | None, views: list[int] | None) -> np.ndarray:

@@ -110,3 +110,111 @@ def test_window_scans_cannot_make_a_box_creep():
         sides += [(result.full, m.face.w) for m in matched]
     full_side = next(w for full, w in sides if full)
     assert all(full_side / 1.3 <= w <= full_side * 1.3 for _, w in sides), sides
+
+
+# --- full scans in the background (the live page) ------------------------------------------------------------
+
+
+def _gated(scanner: Scanner):
+    """Hold the scanner's background full scans at a gate; the frames they were given."""
+    import threading
+
+    gate, given = threading.Event(), []
+    detect = scanner._background_detector.detect
+
+    def held(frame, **kwargs):
+        given.append(frame)
+        assert gate.wait(30)
+        return detect(frame, **kwargs)
+
+    scanner._background_detector.detect = held
+    return gate, given
+
+
+def _wait_idle(scanner: Scanner) -> None:
+    import time
+
+    deadline = time.monotonic() + 30
+    while scanner._background is not None and scanner._background.busy:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_background_full_scans_never_hold_the_frame_and_join_when_done():
+    detector = FaceDetector(DETECTOR)
+    scanner, tracker = Scanner(detector, ScanConfig(full_every=3), background=True), FaceTracker()
+    gate, given = _gated(scanner)
+    kinds = []
+
+    def step(frame):
+        result = scanner.detect(frame, tracker.tracks)
+        matched = tracker.update(result.faces)
+        scanner.after(matched)
+        kinds.append("F" if result.full else "w")
+        return matched
+
+    (first,) = step(scene(moving(0)))  # nothing tracked: the full scan runs here, the face is found at once
+    assert kinds == ["F"] and given == []
+    for i in range(1, 6):  # a second face comes in: the windows follow the first, the full scan waits at the gate
+        matched = step(scene(moving(i), (420, 250)))
+        assert [m.id for m in matched] == [first.id] and kinds[-1] == "w"
+    assert len(given) == 1 and scanner._background.busy  # one full scan in flight, none queued behind it
+    gate.set()
+    _wait_idle(scanner)
+    matched = step(scene(moving(6), (420, 250)))  # the full scan's faces join this frame's
+    assert kinds[-1] == "F" and len(matched) == 2
+    ours = next(m for m in matched if m.id == first.id)
+    assert _near(ours.face, detector.detect(scene(moving(6)))[0], 0.1)  # the window's fresh box, not the scan's
+    assert given[0].flags.owndata  # the scan works on its own copy of the frame
+    (scanned,) = [f for f in detector.detect(given[0]) if f.x < 300]
+    assert scanner._sides[first.id] == max(scanned.w, scanned.h)  # its size anchored to the full scan's
+    thread = scanner._background.thread
+    scanner.close()
+    assert not thread.is_alive()
+
+
+def test_a_background_scan_older_than_a_full_scan_made_here_is_dropped():
+    detector = FaceDetector(DETECTOR)
+    scanner, tracker = Scanner(detector, ScanConfig(full_every=2), background=True), FaceTracker()
+    gate, given = _gated(scanner)
+    for i in range(3):  # found here, then windows; the due full scan goes to the background (held)
+        scanner.after(tracker.update(scanner.detect(scene(moving(i), (420, 250)), tracker.tracks).faces))
+    assert len(given) == 1
+    for _ in range(12):  # both faces leave; their tracks end; with nothing tracked the scans run here
+        scanner.after(tracker.update(scanner.detect(scene(), tracker.tracks).faces))
+    assert tracker.tracks == []
+    gate.set()
+    _wait_idle(scanner)
+    found = scanner.detect(scene(moving(9)), tracker.tracks)  # nothing tracked: a full scan here
+    assert found.full and len(found.faces) == 1
+    scanner.after(tracker.update(found.faces))
+    result = scanner.detect(scene(moving(10)), tracker.tracks)  # the held scan (two faces) ended long ago:
+    assert len(result.faces) == 1 and not result.full  # dropped, no ghost of the face at (420, 250)
+    scanner.close()
+
+
+def test_close_stops_the_background_thread_and_a_later_scan_starts_another():
+    scanner, tracker = Scanner(FaceDetector(DETECTOR), ScanConfig(full_every=2), background=True), FaceTracker()
+    for i in range(3):
+        scanner.after(tracker.update(scanner.detect(scene(moving(i)), tracker.tracks).faces))
+    thread = scanner._background.thread
+    scanner.close()
+    assert not thread.is_alive() and scanner._background is None
+    scanner.close()  # twice is fine
+    for i in range(3, 6):
+        scanner.after(tracker.update(scanner.detect(scene(moving(i)), tracker.tracks).faces))
+    assert scanner._background is not None and scanner._background.thread.is_alive()
+    scanner.close()
+
+
+def test_the_live_pipeline_scans_in_the_background_unless_all_is_synchronous():
+    from dataclasses import replace
+
+    from test_live import SYNC, FakeModel
+
+    from fer_app.live import LivePipeline
+
+    for asynchronous, background in ((False, False), (None, True), (True, True)):
+        with LivePipeline(FakeModel(), replace(SYNC, asynchronous=asynchronous)) as pipeline:
+            assert (pipeline._scanner._background_detector is not None) is background
+            assert pipeline._scanner._background_detector is not pipeline._scanner.detector
