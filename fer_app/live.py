@@ -363,7 +363,7 @@ class LivePipeline:
                 if pending.detector is not None:
                     self._detector = pending.detector
                 if (pending.detector is not None or pending.settings.scan != self._settings.scan
-                        or (pending.settings.asynchronous is False) != (self._settings.asynchronous is False)):
+                        or _scans_beside(pending.settings) != _scans_beside(self._settings)):
                     self._scanner.close()
                     self._scanner = _scanner(self._detector, pending.settings)
                 self._settings = pending.settings
@@ -482,10 +482,15 @@ class LivePipeline:
         return lines, rect
 
 
+def _scans_beside(settings: LiveSettings) -> bool:
+    """Full scans in the background, unless everything is to run in the video thread (`asynchronous=False`:
+    the video CLI, deterministic)."""
+    return settings.asynchronous is not False
+
+
 def _scanner(detector: FaceDetector, settings: LiveSettings) -> Scanner:
-    """The scan schedule for `settings`: full scans in the background unless everything is to run in the video
-    thread (`asynchronous=False`: the video CLI, deterministic)."""
-    return Scanner(detector, settings.scan, background=settings.asynchronous is not False)
+    """The scan schedule for `settings`."""
+    return Scanner(detector, settings.scan, background=_scans_beside(settings))
 
 
 def _predict(model: Classifier, crops: list[np.ndarray], mirror: bool | None, views: list[int] | None) -> np.ndarray:

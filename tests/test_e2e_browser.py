@@ -54,6 +54,7 @@ import cv2
 import numpy as np
 import pytest
 
+from fer_app.bench_footage import read_frames
 from fer_app.config import CLASSES, DEFAULT_MODEL, MODELS_DIR, DetectorConfig
 from fer_app.detection import FaceDetector
 from fer_app.draw import CLASS_COLOURS, PENDING_COLOUR
@@ -322,18 +323,6 @@ def write_y4m(path: Path, frames: Sequence[np.ndarray], fps: int = CLIP_FPS) -> 
     return path
 
 
-def real_clip(limit: int) -> list[np.ndarray]:
-    """The first `limit` frames of REAL_CLIP (a real 640x360 video of one face on a stage)."""
-    capture, frames = cv2.VideoCapture(str(REAL_CLIP)), []
-    while len(frames) < limit:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(frame)
-    capture.release()
-    return frames
-
-
 SCENES = {"astronaut": astronaut_scene, "fer2013": fer_scene}
 
 
@@ -579,7 +568,7 @@ def test_real_clip_at_camera_rate(request: pytest.FixtureRequest) -> None:
         pytest.skip(f"no real clip: {REAL_CLIP} is absent")
     started = time.monotonic()
     tmp: Path = request.getfixturevalue("tmp_path")
-    clip = write_y4m(tmp / "camera.y4m", real_clip(10 * CLIP_FPS))  # 10 s, looped by the camera
+    clip = write_y4m(tmp / "camera.y4m", read_frames(REAL_CLIP, 10 * CLIP_FPS))  # 10 s, looped by the camera
     server: Server = request.getfixturevalue("server")
     from playwright.sync_api import sync_playwright
 
