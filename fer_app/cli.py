@@ -136,21 +136,34 @@ def _load_splits(args: argparse.Namespace):
     return load_dataset(args.data, ferplus=getattr(args, "ferplus", None), on_error=args.on_error)
 
 
+def _train_twins(splits: dict, split: str):
+    """The faces of `split` with a pixel-identical twin in the train split (None without one)."""
+    from fer_app.data import twins_in
+
+    return twins_in(splits[split], splits["train"]) if split != "train" and "train" in splits else None
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from fer_app.data import DataError
-    from fer_app.evaluate import evaluate
+    from fer_app.evaluate import evaluate, save_val_report
     from fer_app.metrics import format_report
-    from fer_app.model import load_model
+    from fer_app.model import load_model, model_dir
 
     splits = _load_splits(args)
     split = _split_name(args.split)
     if split not in splits:
         raise DataError(f"{args.data}: no {args.split!r} split (has: {', '.join(splits)})")
+    if args.card and (split != "val" or args.runtime != "torch"):
+        raise ValueError("--card writes a model card's val metrics: it needs --split val --runtime torch "
+                         "(the card's figures are torch fp32's)")
     faces = splits[split]
     model = load_model(args.model, clip_source=args.clip, runtime=args.runtime, threads=args.threads)
     bar = _progress_bar(len(faces), f"evaluating {model.name}")
-    report = evaluate(model, faces, report=lambda done, total: bar.update(done - bar.n))
+    report = evaluate(model, faces, report=lambda done, total: bar.update(done - bar.n),
+                      twins=_train_twins(splits, split))
     bar.close()
+    if args.card:
+        save_val_report(model_dir(args.model), dict(report))
     report["model"], report["split"], report["skipped_rows"] = model.name, split, faces.skipped
     from fer_app.runtimes import runtime_choice
 
@@ -396,7 +409,7 @@ def cmd_tta(args: argparse.Namespace) -> int:
         bar.update(done - bar.n)
 
     report = select_tta(folder, splits["val"], max_views=args.max_views, write=not args.dry_run,
-                        progress=progress, **kwargs)
+                        progress=progress, twins=_train_twins(splits, "val"), **kwargs)
     bar.close()
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -582,6 +595,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="PrivateTest", help="Training/PublicTest/PrivateTest (or train/val/test)")
     model_args(p)
     p.add_argument("--json", action="store_true", help="print JSON (accuracy, macro_f1, per_class, confusion, n)")
+    p.add_argument("--card", action="store_true", help="write these val metrics into the model's folder "
+                   "(config.json, confusion.png, model card); needs --split val --runtime torch")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("train", help="train the compact model or fine-tune CLIP, or a head on frozen embeddings",

@@ -263,6 +263,13 @@ def split_for_validation(faces: FaceSet, fraction: float, seed: int) -> tuple[Fa
     return train, val
 
 
+def twins_in(faces: FaceSet, other: FaceSet) -> np.ndarray:
+    """(N,) bool: which images of `faces` have a pixel-identical image in `other` (FER-2013's val has
+    about 280 such twins in train: a score on them measures memory, not generalisation)."""
+    seen = {image.tobytes() for image in np.ascontiguousarray(other.images)}
+    return np.array([image.tobytes() in seen for image in np.ascontiguousarray(faces.images)], dtype=bool)
+
+
 # ----------------------------------------------------------------------------- shared helpers
 
 class _Problems:

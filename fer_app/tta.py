@@ -12,8 +12,6 @@ model selection: the test split stays unseen.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -23,8 +21,9 @@ import numpy as np
 import torch
 
 from fer_app.data import FaceSet
-from fer_app.metrics import classification_report, confusion_png
-from fer_app.modelcard import tta_line, tta_section, validation_section, with_section
+from fer_app.evaluate import save_val_report
+from fer_app.metrics import classification_report
+from fer_app.modelcard import tta_line, tta_section, with_section
 
 #: Zoom sets tried by default: the face at 90-110% of its size.
 CANDIDATES: tuple[tuple[float, ...], ...] = ((), (0.95,), (1.05,), (0.9,), (0.95, 1.05), (0.9, 1.1))
@@ -98,9 +97,10 @@ def score_candidates(model, val: FaceSet, candidates: Sequence[Sequence[float]],
 
 def select_tta(folder: Path, val: FaceSet, *, candidates: Sequence[Sequence[float]] = CANDIDATES,
                max_views: int = MAX_VIEWS, min_gain: float = MIN_GAIN, write: bool = True,
-               progress: Callable[[int, int], None] | None = None) -> TtaReport:
-    """Score `candidates` on `val`, choose one (see the module docstring) and, if `write`, save it."""
-    from fer_app.model import CARD_FILE, CONFIG_FILE, load_model, read_config
+               progress: Callable[[int, int], None] | None = None, twins: np.ndarray | None = None) -> TtaReport:
+    """Score `candidates` on `val`, choose one (see the module docstring) and, if `write`, save it.
+    `twins`: val faces with a pixel-identical twin in train (`data.twins_in`), reported apart in the card."""
+    from fer_app.model import load_model, read_config
 
     folder = Path(folder)
     if len(val) == 0:
@@ -113,7 +113,7 @@ def select_tta(folder: Path, val: FaceSet, *, candidates: Sequence[Sequence[floa
     if any(not 0.5 <= z <= 2.0 for c in allowed for z in c):
         raise TtaError("zoom factors must be in [0.5, 2]")
     probs = score_candidates(model, val, allowed, progress=progress)
-    reports = {c: classification_report(val.labels, p.argmax(1), tuple(model.classes)) for c, p in probs.items()}
+    reports = {c: classification_report(val.labels, p.argmax(1), tuple(model.classes), twins) for c, p in probs.items()}
     scored = [Candidate(c, (1 + len(c)) * flip_factor, round(r["accuracy"], 4), round(r["macro_f1"], 4))
               for c, r in reports.items()]
     best = max(scored, key=lambda s: (s.accuracy, -s.views))
@@ -122,23 +122,17 @@ def select_tta(folder: Path, val: FaceSet, *, candidates: Sequence[Sequence[floa
     report = TtaReport(val.source, len(val), model.tta_flip, max_views, before, chosen, scored,
                        changed=write and chosen != before)
     if report.changed:
-        _write(folder, report, reports[chosen], CONFIG_FILE, CARD_FILE, read_config(folder))
+        _write(folder, report, reports[chosen], read_config(folder))
     return report
 
 
-def _write(folder: Path, report: TtaReport, val_report: dict, config_file: str, card_file: str, cfg: dict) -> None:
+def _write(folder: Path, report: TtaReport, val_report: dict, cfg: dict) -> None:
     """Rewrite config.json, confusion.png and the model card for the chosen views (config last)."""
     cfg["tta_zooms"] = list(report.chosen)
     cfg[CONFIG_KEY] = report.to_dict()
-    cfg.setdefault("metrics", {})["val"] = val_report
-    card_path = folder / card_file
-    card = card_path.read_text() if card_path.is_file() else None
-    if card is not None:
-        card = with_section(with_section(card, validation_section(val_report)), tta_section(cfg[CONFIG_KEY]))
-        card = re.sub(r"^- test-time augmentation.*$", lambda _: tta_line(cfg), card, count=1, flags=re.MULTILINE)
-    tmp = folder / (config_file + ".tmp")
-    tmp.write_text(json.dumps(cfg, indent=2))
-    (folder / "confusion.png").write_bytes(confusion_png(val_report["confusion"]))
-    if card is not None:
-        card_path.write_text(card)
-    os.replace(tmp, folder / config_file)
+
+    def edit(card: str) -> str:
+        card = with_section(card, tta_section(cfg[CONFIG_KEY]))
+        return re.sub(r"^- test-time augmentation.*$", lambda _: tta_line(cfg), card, count=1, flags=re.MULTILINE)
+
+    save_val_report(folder, val_report, cfg, edit)

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import make_faces
 from fer_app.cli import main
+from fer_app.modelcard import VALIDATION_TITLE
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
@@ -93,6 +94,32 @@ def test_evaluate_missing_split_and_bad_rows(capsys, tiny_model, tmp_path):
     assert code == 1 and "fer2013.csv" in err and "line" in err
     code, out, _ = run(capsys, "evaluate", str(data), "--model", str(tiny_model), "--on-error", "skip", "--split", "train")
     assert code == 0
+
+
+def test_evaluate_reports_val_without_its_train_twins_and_writes_the_card(capsys, tiny_model, tmp_path):
+    train, val = make_faces(2, 5), make_faces(3, 6)
+    val.images[:4] = train.images[:4]  # four val faces with a pixel-identical twin in train
+    data = write_fer2013_csv(tmp_path / "fer2013.csv", {"train": train, "val": val})
+    code, out, _ = run(capsys, "evaluate", str(data), "--split", "val", "--model", str(tiny_model), "--json")
+    rep = json.loads(out)
+    assert code == 0 and rep["n"] == 21
+    assert rep["without_twins"]["twins"] == 4 and rep["without_twins"]["n"] == 17
+    code, out, _ = run(capsys, "evaluate", str(data), "--split", "train", "--model", str(tiny_model), "--json")
+    assert code == 0 and "without_twins" not in json.loads(out)  # train is what twins are looked up in
+
+    card = tiny_model / "README.md"
+    card.write_text(f"# tiny\n\n{VALIDATION_TITLE}\nold\n\n## Limitations\nsome\n")
+    code, _, err = run(capsys, "evaluate", str(data), "--split", "val", "--model", str(tiny_model), "--card")
+    assert code == 1 and "--runtime torch" in err  # auto could run int8: the card's figures are fp32's
+    code, out, _ = run(capsys, "evaluate", str(data), "--split", "val", "--model", str(tiny_model), "--card",
+                       "--runtime", "torch")
+    assert code == 0
+    cfg = json.loads((tiny_model / "config.json").read_text())
+    assert cfg["metrics"]["val"]["n"] == 21 and cfg["metrics"]["val"]["without_twins"]["n"] == 17
+    assert "model" not in cfg["metrics"]["val"]  # the metrics only, not the command's extras
+    text = card.read_text()
+    assert "without the 4 with a pixel-identical twin in train: n = 17" in text and "old\n" not in text
+    assert text.index(VALIDATION_TITLE) < text.index("## Limitations")
 
 
 def test_train_cli_saves_model_with_card(capsys, models_dir, tmp_path):

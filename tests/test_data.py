@@ -21,6 +21,7 @@ from fer_app.data import (
     load_ferplus,
     load_folders,
     split_for_validation,
+    twins_in,
 )
 
 EXPORT_PY = Path(__file__).resolve().parents[2] / "shared/data/export.py"
@@ -424,3 +425,16 @@ def test_export_py_formats_read_back(tmp_path):
         np.testing.assert_array_equal(from_ferplus[split].images, by_row(arrays, split, "x")[keep])
         assert from_ferplus[split].excluded == int((~keep).sum())
         np.testing.assert_allclose(from_ferplus[split].soft_labels.sum(1), 1, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- twins_in
+
+def test_twins_in_marks_only_pixel_identical_images():
+    train = FaceSet(images=faces(6), labels=np.arange(6) % 7)
+    near = train.images[2].copy()
+    near[0, 0] ^= 1  # one pixel off: not a twin
+    val_images = np.stack([train.images[4], near, faces(9)[8], train.images[0]])
+    val = FaceSet(images=val_images, labels=np.array([0, 1, 2, 3]))  # labels play no part
+    assert twins_in(val, train).tolist() == [True, False, False, True]
+    assert twins_in(val, FaceSet(images=np.zeros((0, 48, 48), np.uint8), labels=np.zeros(0, np.int64))).tolist() \
+        == [False] * 4

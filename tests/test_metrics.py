@@ -102,6 +102,22 @@ def test_format_report_layout() -> None:
     ])
 
 
+def test_twins_are_scored_apart_and_the_whole_set_stays_whole() -> None:
+    twins = np.array([False, True, True, False, False, False, True])  # faces 1, 2 (a taken for b) and 6 (c for d)
+    report = classification_report(np.array(Y_TRUE), np.array(Y_PRED), ABC, twins)
+    assert report["n"] == 7 and report["accuracy"] == pytest.approx(3 / 7)  # all faces, as without twins
+    rest = report["without_twins"]  # faces 0, 3, 4, 5: a->a, b->b, b->c, c->c
+    assert rest["twins"] == 3 and rest["n"] == 4 and rest["accuracy"] == pytest.approx(3 / 4)
+    assert rest["recall"] == pytest.approx({"a": 1.0, "b": 0.5, "c": 1.0, "d": 0.0})
+    # F1: a 1, b 2/3 (precision 1, recall 1/2), c 2/3 (precision 1/2, recall 1); d never true: left out
+    assert rest["macro_f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+    assert format_report(report).splitlines()[1] == (
+        "without the 3 with a pixel-identical twin in train: n = 4   accuracy = 0.7500   macro-F1 = 0.7778")
+    for none in (None, np.zeros(7, bool)):
+        plain = classification_report(np.array(Y_TRUE), np.array(Y_PRED), ABC, none)
+        assert "without_twins" not in plain and "twin" not in format_report(plain)
+
+
 def test_format_report_prints_rows_as_true_classes(report: dict) -> None:
     text = format_report(report)
     lines = text.splitlines()

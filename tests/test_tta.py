@@ -82,16 +82,20 @@ def test_select_tta_writes_the_choice_and_its_metrics(tiny_model: Path, tiny_spl
     card = tiny_model / "README.md"
     card.write_text(f"# tiny\n\n## Model\n- test-time augmentation: old line\n\n{VALIDATION_TITLE}\nold\n\n"
                     "## Limitations\nsome\n")
-    report = select_tta(tiny_model, val, candidates=[(), (0.9,)])
+    twins = np.arange(len(val)) < 3  # the first three: as if they had twins in train
+    report = select_tta(tiny_model, val, candidates=[(), (0.9,)], twins=twins)
     assert report.chosen == (0.9,) and report.changed and report.before == ()
 
     cfg = json.loads((tiny_model / "config.json").read_text())
     assert cfg["tta_zooms"] == [0.9] and cfg[CONFIG_KEY]["n"] == len(val) and cfg[CONFIG_KEY]["chosen"] == [0.9]
-    assert cfg["metrics"]["val"]["accuracy"] == 1.0
+    assert cfg["metrics"]["val"]["accuracy"] == 1.0 and cfg["metrics"]["val"]["n"] == len(val)
+    assert cfg["metrics"]["val"]["without_twins"]["twins"] == 3
+    assert cfg["metrics"]["val"]["without_twins"]["n"] == len(val) - 3
     assert load_model(tiny_model, runtime="torch").tta_zooms == (0.9,)
     text = card.read_text()
     assert text.count(TTA_TITLE) == 1 and text.index(TTA_TITLE) < text.index("## Limitations")
     assert "accuracy = 1.0000" in text and "old\n" not in text and "old line" not in text
+    assert f"without the 3 with a pixel-identical twin in train: n = {len(val) - 3}" in text
     assert "zoomed views [0.9]" in text and "| [0.9] | 4 | 100.00% |" in text
 
 
