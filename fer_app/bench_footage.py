@@ -32,7 +32,7 @@ import numpy as np
 from fer_app import config
 from fer_app.config import VIDEO_DETECTOR, ScanConfig
 
-MEDIA_DIR = config.PROJECT_ROOT.parent / "shared" / "media"
+MEDIA_DIR = config.MEDIA_DIR
 PEERS_DIR = config.PROJECT_ROOT.parent / "shared" / "peers"
 #: The peer's venv (`../shared/peers/setup-fer-peer`); FER_PEER_PYTHON overrides.
 PEER_PYTHON = Path(os.environ.get("FER_PEER_PYTHON", Path.home() / ".cache" / "fer-peer-venv" / "bin" / "python"))

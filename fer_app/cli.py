@@ -426,6 +426,34 @@ def cmd_tta(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_robustness(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    import numpy as np
+
+    from fer_app.config import VIDEO_DETECTOR, DetectorConfig
+    from fer_app.data import DataError
+    from fer_app.model import load_model
+    from fer_app.robustness import MARGINS, format_recrop, recrop_report
+
+    splits = _load_splits(args)
+    split = _split_name(args.split)
+    if split not in splits:
+        raise DataError(f"{args.data}: no {args.split!r} split (has: {', '.join(splits)})")
+    faces = splits[split]
+    if args.count and args.count < len(faces):  # evenly spread over the split, every class kept in proportion
+        picks = np.linspace(0, len(faces) - 1, args.count).astype(int)
+        faces = replace(faces, images=faces.images[picks], labels=faces.labels[picks], soft_labels=None)
+    model = load_model(args.model, clip_source=args.clip, runtime=args.runtime, threads=args.threads)
+    bar = _progress_bar(len(faces), "pasting, detecting, cropping", unit="face")
+    report = recrop_report(model, faces, margins=args.margins or MARGINS, seed=args.seed,
+                           detector=DetectorConfig() if args.detector == "photo" else VIDEO_DETECTOR,
+                           progress=lambda done, total: bar.update(done - bar.n))
+    bar.close()
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_recrop(report))
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------- models / fetch-clip
 
 
@@ -688,6 +716,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads for the check")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("robustness", help="the model on faces framed as the app frames them: pasted into real "
+                       "photos, found by the Haar detector, cropped with each margin",
+                       description="Pastes each face of DATA's split into a random part of a real photo or video "
+                       "frame of ../shared/media (scaled to 100-220 px, feathered edge), detects it with the app's "
+                       "detector and crops it with each --margins value; prints accuracy, macro-F1 and per-class "
+                       "recall of those crops beside the faces as given, over the faces found.")
+    data_args(p)
+    p.add_argument("--split", default="val", help="the split to measure on (default val: choices are made on val)")
+    model_args(p)
+    p.add_argument("--count", type=int, default=0, help="faces, evenly spread over the split (default: all)")
+    p.add_argument("--margins", type=float, nargs="+", help="crop margins to try (default -0.1 -0.05 0 0.05 0.1 0.15 0.2; negative: inside the box)")
+    p.add_argument("--detector", choices=("video", "photo"), default="video",
+                   help="the live/video detector settings (default) or the photo page's")
+    p.add_argument("--seed", type=int, default=0, help="seed of the scenes (backgrounds, places, sizes)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_robustness)
 
     p = sub.add_parser("tta", help="choose a model's test-time augmentation views (zoomed copies) on val",
                        description="Scores zoom sets (the face at 90-110%% of its size, each with its mirror image "

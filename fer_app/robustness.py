@@ -1,0 +1,204 @@
+"""The model on faces framed the way the app frames them, not the way FER-2013 did.
+
+FER-2013's faces come cropped and centred by its makers. In the app a face is a Haar box, cut out
+with a margin (`crop_faces`) from a photo or a webcam frame. `recrop_report` measures the gap:
+each labelled face is scaled up and pasted, with a feathered edge, at a random place and size into
+a random part of a real photo or video frame (`../shared/media`), found there by the app's
+detector, and cropped with each of several margins. The report gives accuracy, macro-F1 and
+per-class recall on those crops, next to the same faces as given, over the faces the detector found
+(IoU >= 0.3 with the pasted square). The crop margin is chosen on val with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from fer_app.config import MEDIA_DIR, VIDEO_DETECTOR, DetectorConfig
+from fer_app.data import FaceSet
+from fer_app.detection import FaceDetector, crop_faces
+from fer_app.metrics import classification_report
+from fer_app.model import Classifier
+from fer_app.tracking import iou
+from fer_app.types import Face
+
+#: Crop margins tried by default (a fraction of the box side on each side; the app's is `DetectorConfig.margin`).
+MARGINS: tuple[float, ...] = (-0.1, -0.05, 0.0, 0.05, 0.1, 0.15, 0.2)
+SCENE_SIZE = (640, 360)
+#: Side of a pasted face in scene pixels (a webcam face at 640 px is about 100-250 px).
+SIDES = (100, 220)
+#: The pasted face fades into the scene over this fraction of its side on each edge (a narrow seam: a
+#: wider fade would blank the outer part of the face, which crops with a margin reach).
+FEATHER = 0.04
+#: A detection is the pasted face when its IoU with the pasted square is at least this.
+MIN_IOU = 0.3
+
+
+class RobustnessError(ValueError):
+    """The measurement cannot be made (no backgrounds, no faces)."""
+
+
+@dataclass
+class CropRow:
+    """Scores of one way of framing the found faces."""
+
+    framing: str
+    margin: float | None
+    accuracy: float
+    macro_f1: float
+    recall: dict[str, float]
+
+
+@dataclass
+class RecropReport:
+    """`recrop_report`'s result: how many faces were pasted and found, and a row per framing."""
+
+    source: str
+    faces: int
+    found: int
+    backgrounds: int
+    detector: str
+    #: Median side of the found Haar box over the pasted face's (FER-2013's frame): below 1, the box is inside.
+    box_ratio: float | None = None
+    rows: list[CropRow] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def best_margin(self) -> float:
+        """The margin whose crops score highest (accuracy, then macro-F1; ties: the smaller margin)."""
+        cropped = [r for r in self.rows if r.margin is not None]
+        return max(cropped, key=lambda r: (r.accuracy, r.macro_f1, -r.margin)).margin
+
+
+def real_backgrounds(media_dir: Path | None = None, frames_per_video: int = 4) -> list[np.ndarray]:
+    """BGR photos of `media_dir/photos` and a few frames of each video in `media_dir/videos` (default
+    `config.MEDIA_DIR`)."""
+    media_dir = MEDIA_DIR if media_dir is None else Path(media_dir)
+    out = [image for path in sorted(media_dir.glob("photos/**/*.jpg"))
+           if (image := cv2.imread(str(path))) is not None]
+    for path in sorted(media_dir.glob("videos/*.mp4")):
+        capture = cv2.VideoCapture(str(path))
+        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        for index in np.linspace(0, max(total - 1, 0), frames_per_video).astype(int):
+            capture.set(cv2.CAP_PROP_POS_FRAMES, int(index))
+            ok, frame = capture.read()
+            if ok:
+                out.append(frame)
+        capture.release()
+    return out
+
+
+def _feather(side: int) -> np.ndarray:
+    """(side, side, 1) float32 weights: 1 inside, falling to 0 over `FEATHER` of the side at each edge."""
+    ramp = np.clip((np.minimum(np.arange(side), side - 1 - np.arange(side)) + 0.5) / max(1.0, FEATHER * side), 0, 1)
+    return np.outer(ramp, ramp).astype(np.float32)[..., None]
+
+
+def paste_scene(face: np.ndarray, background: np.ndarray, rng: np.random.Generator,
+                size: tuple[int, int] = SCENE_SIZE) -> tuple[np.ndarray, Face]:
+    """A `size` BGR scene: a random part of `background` with the grey `face` pasted into it at a
+    random place and size (`SIDES`); returns the scene and the pasted square."""
+    width, height = size
+    bh, bw = background.shape[:2]
+    scale = rng.uniform(0.6, 1.0) * min(bw / width, bh / height)
+    cw, ch = max(1, int(width * scale)), max(1, int(height * scale))
+    x0, y0 = int(rng.integers(0, bw - cw + 1)), int(rng.integers(0, bh - ch + 1))
+    scene = cv2.resize(background[y0:y0 + ch, x0:x0 + cw], (width, height), interpolation=cv2.INTER_AREA)
+    side = int(rng.integers(SIDES[0], min(SIDES[1], height) + 1))
+    x, y = int(rng.integers(0, width - side + 1)), int(rng.integers(0, height - side + 1))
+    big = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC).astype(np.float32)[..., None]
+    alpha = _feather(side)
+    region = scene[y:y + side, x:x + side].astype(np.float32)
+    scene[y:y + side, x:x + side] = np.clip(alpha * big + (1 - alpha) * region + 0.5, 0, 255).astype(np.uint8)
+    return scene, Face(x, y, side, side)
+
+
+def _found(detector: FaceDetector, scene: np.ndarray, pasted: Face) -> Face | None:
+    """The detection that is the pasted face (highest IoU, at least `MIN_IOU`), or None."""
+    best = max(detector.detect(scene), key=lambda d: iou(d, pasted), default=None)
+    return best if best is not None and iou(best, pasted) >= MIN_IOU else None
+
+
+def _row(framing: str, margin: float | None, labels: np.ndarray, probs: np.ndarray,
+         classes: tuple[str, ...]) -> CropRow:
+    report = classification_report(labels, probs.argmax(1), classes)
+    return CropRow(framing, margin, round(report["accuracy"], 4), round(report["macro_f1"], 4),
+                   {c: round(m["recall"], 4) for c, m in report["per_class"].items()})
+
+
+def recrop_report(model: Classifier, faces: FaceSet, *, backgrounds: Sequence[np.ndarray] | None = None,
+                  margins: Sequence[float] = MARGINS, detector: DetectorConfig = VIDEO_DETECTOR, seed: int = 0,
+                  batch_size: int = 256, progress: Callable[[int, int], None] | None = None) -> RecropReport:
+    """Paste each face of `faces` into a real scene, detect it with `detector`, crop it with each margin
+    and score the crops (see the module docstring). Deterministic for a seed."""
+    backgrounds = real_backgrounds() if backgrounds is None else list(backgrounds)
+    if not backgrounds:
+        raise RobustnessError(f"no background photos or videos (looked in {MEDIA_DIR})")
+    if len(faces) == 0:
+        raise RobustnessError("no faces to paste")
+    if any(m <= -0.5 for m in margins):
+        raise RobustnessError("crop margins must be above -0.5 (a negative margin crops inside the Haar box)")
+    finder = FaceDetector(detector)
+    rng = np.random.default_rng(seed)
+    classes = tuple(model.classes)
+    kept: list[int] = []
+    ratios: list[float] = []
+    crops: dict[float, list[np.ndarray]] = {float(m): [] for m in margins}
+    probs: dict[float, list[np.ndarray]] = {m: [] for m in crops}
+
+    def classify_pending() -> None:
+        for m, pending in crops.items():
+            if pending:
+                probs[m].append(model.predict_proba(pending))
+                pending.clear()
+
+    for i in range(len(faces)):
+        background = backgrounds[int(rng.integers(len(backgrounds)))]
+        scene, pasted = paste_scene(faces.images[i], background, rng)
+        box = _found(finder, scene, pasted)
+        if box is not None:
+            kept.append(i)
+            ratios.append(max(box.w, box.h) / pasted.w)
+            for m in crops:
+                crops[m].append(np.ascontiguousarray(crop_faces(scene, [box], m)[0]))
+        if len(crops[next(iter(crops))]) >= batch_size:
+            classify_pending()
+        if progress:
+            progress(i + 1, len(faces))
+    classify_pending()
+    report = RecropReport(faces.source, len(faces), len(kept), len(backgrounds),
+                          f"{'photo' if detector == DetectorConfig() else 'video'} detector {detector}")
+    if not kept:
+        return report
+    report.box_ratio = round(float(np.median(ratios)), 3)
+    labels = faces.labels[kept]
+    given = np.concatenate([model.predict_proba(list(faces.images[kept[j:j + batch_size]]))
+                            for j in range(0, len(kept), batch_size)])
+    report.rows.append(_row("as given (FER-2013's framing)", None, labels, given, classes))
+    for m in crops:
+        report.rows.append(_row(f"Haar box + margin {m:g}", m, labels, np.concatenate(probs[m]), classes))
+    return report
+
+
+def format_recrop(report: RecropReport) -> str:
+    """The report as a table: a row per framing, accuracy, macro-F1 and recall of each class."""
+    rows = report.rows
+    classes = list(rows[0].recall) if rows else []
+    lines = [f"{report.faces} faces of {report.source or 'the data'} pasted into {report.backgrounds} real "
+             f"photos/frames; found by the {report.detector}: {report.found} "
+             f"({report.found / max(1, report.faces):.1%})"
+             + (f"; Haar box side {report.box_ratio:.2f}x the face's FER-2013 frame (median)" if report.box_ratio else ""),
+             ""]
+    if not rows:
+        return "\n".join(lines + ["no face was found: nothing to score"])
+    lines.append(f"{'framing':<32}{'accuracy':>9}{'macro-F1':>9}" + "".join(f"{c[:7]:>9}" for c in classes))
+    for r in rows:
+        lines.append(f"{r.framing:<32}{r.accuracy:>9.2%}{r.macro_f1:>9.3f}"
+                     + "".join(f"{r.recall[c]:>9.3f}" for c in classes))
+    lines += ["", f"(recall per class; best margin: {report.best_margin():g})"]
+    return "\n".join(lines)
