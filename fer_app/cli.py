@@ -200,8 +200,9 @@ def _train_config(args: argparse.Namespace):
                        weight_decay=args.weight_decay, schedule=args.schedule, label_smoothing=args.label_smoothing,
                        balance=args.balance, augment=not args.no_augment, tta_flip=not args.no_tta,
                        patience=args.patience, seed=args.seed, device=args.device, precision=args.precision,
-                       threads=args.threads,
-                       clip_source=args.clip)
+                       threads=args.threads, clip_source=args.clip, soft_targets=args.soft_targets,
+                       teachers=tuple(args.teacher or ()), kd_weight=args.kd_weight,
+                       kd_temperature=args.kd_temperature, mixup=args.mixup)
 
 
 def _load_streamed(args: argparse.Namespace, verbose: bool = True):
@@ -325,7 +326,8 @@ def train_command(cfg, sources: Sequence, *, name: str | None = None, workdir: P
         argv += ["--mix", f"{source.path}:{source.weight:g}"]
     argv += ["--name", name] if name else []
     argv += ["--workdir", str(workdir)] if workdir else []
-    flags = {"widths": "--widths", "convs_per_stage": "--convs", "init_from": "--init-from", "clip_source": "--clip"}
+    flags = {"widths": "--widths", "convs_per_stage": "--convs", "init_from": "--init-from", "clip_source": "--clip",
+             "teachers": "--teacher"}
     switches = {"augment": "--no-augment", "tta_flip": "--no-tta"}
     default = TrainConfig()
     for f in fields(TrainConfig):
@@ -657,6 +659,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--balance", choices=("none", "sqrt", "inverse"), default="sqrt",
                    help="class weights against imbalance (disgust is rare)")
+    p.add_argument("--soft-targets", choices=("none", "ferplus"), default="none",
+                   help="ferplus: train on the faces' FER+ vote shares (the dev npz has them, or --ferplus CSV)")
+    p.add_argument("--teacher", nargs="+", metavar="MODEL", help="distil: the mean probabilities of these saved "
+                   "models (e.g. trained with other seeds or shapes) are soft targets; computed once per run and "
+                   "cached in --workdir")
+    p.add_argument("--kd-weight", type=float, default=0.5, help="share of the loss on the teachers' targets")
+    p.add_argument("--kd-temperature", type=float, default=2.0, help="distillation temperature")
+    p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
+                   help="mixup: blend pairs of faces and their targets by Beta(ALPHA, ALPHA) (0: off; 0.2 typical)")
     p.add_argument("--no-augment", action="store_true", help="turn off flips/affine/jitter/erasing")
     p.add_argument("--no-tta", action="store_true", help="don't average with the mirror image at prediction")
     p.add_argument("--patience", type=int, default=0, help="early stopping after N epochs without val gain (0: off)")

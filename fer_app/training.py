@@ -15,6 +15,8 @@ sees; val is sharded and its counts summed; rank 0 alone reports, checkpoints an
 in memory (`FaceSet`) is indexed directly; streamed data (`fer_app.streaming.StreamingSet`) comes
 through a DataLoader with worker processes. On CUDA: AMP (bf16, or fp16 with a gradient scaler),
 in-memory faces moved to the GPU once, streamed batches from pinned memory, channels-last.
+Soft targets (FER+ vote shares, distillation from saved teacher models, mixup: `fer_app.targets`)
+replace the plain cross-entropy when asked for, for data in memory.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from fer_app import distributed
+from fer_app import distributed, targets
 from fer_app.augment import AugmentConfig, augment
 from fer_app.config import APP_HOME, CLASSES, MODELS_DIR
 from fer_app.data import DataError, FaceSet, Splits
@@ -41,6 +43,7 @@ from fer_app.encoders.compact import CompactEncoder
 from fer_app.heads import Head
 from fer_app.metrics import classification_report, confusion_png
 from fer_app.model import Classifier, ModelError, build_encoder, load_model, save_model
+from fer_app.targets import SOFT_TARGETS
 
 
 class TrainingError(RuntimeError):
@@ -74,9 +77,16 @@ class TrainConfig:
     #                                     has it, fp16 on other CUDA GPUs, else fp32
     threads: int = 0                    # CPU threads (0 = torch's default)
     clip_source: str | None = None
+    # soft targets (fer_app.targets): FER+ vote shares, distillation from saved models, mixup
+    soft_targets: str = "none"          # "none" or "ferplus" (the train faces' FER+ vote shares)
+    teachers: tuple[str, ...] = ()      # saved models whose mean probabilities are soft targets
+    kd_weight: float = 0.5              # share of the loss given to the teachers' targets
+    kd_temperature: float = 2.0         # distillation temperature
+    mixup: float = 0.0                  # mixup's Beta(alpha, alpha); 0 = off
 
     def __post_init__(self) -> None:
         self.widths, self.convs_per_stage = tuple(self.widths), tuple(self.convs_per_stage)
+        self.teachers = tuple(str(t) for t in self.teachers)
         choices = {"encoder": ("compact", "clip-vit-b32"), "mode": ("full", "head"), "head": ("linear", "mlp"),
                    "optimizer": ("sgd", "adamw"), "schedule": ("onecycle", "cosine", "constant"),
                    "balance": ("none", "sqrt", "inverse"), "precision": ("auto", "fp32", "bf16", "fp16")}
@@ -85,6 +95,15 @@ class TrainConfig:
                 raise ValueError(f"{key} must be one of {', '.join(allowed)} (got {getattr(self, key)!r})")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs, batch_size and lr must be positive")
+        if self.soft_targets not in SOFT_TARGETS:
+            raise ValueError(f"soft_targets must be one of {', '.join(SOFT_TARGETS)} (got {self.soft_targets!r})")
+        if not 0.0 <= self.kd_weight <= 1.0 or self.kd_temperature <= 0 or self.mixup < 0:
+            raise ValueError("kd_weight must be in [0, 1], kd_temperature > 0 and mixup >= 0")
+
+    @property
+    def soft(self) -> bool:
+        """Whether the run trains on soft targets (`fer_app.targets`) instead of plain cross-entropy."""
+        return self.soft_targets != "none" or bool(self.teachers) or self.mixup > 0
 
 
 @dataclass
@@ -420,17 +439,21 @@ class _InMemory:
     """Faces (uint8) or embeddings held in one tensor, batched by index; on CUDA moved to the GPU once
     (FER-2013's 28k faces are 66 MB), so a batch is an index on the device."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, device: torch.device, ctx: distributed.Context) -> None:
-        self.x, self.y, self.device, self.ctx = x, y, device, ctx
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, device: torch.device, ctx: distributed.Context,
+                 soft: torch.Tensor | None = None) -> None:
+        self.x, self.y, self.device, self.ctx, self.soft = x, y, device, ctx, soft
         if device.type == "cuda":
             self.x, self.y = x.to(device), y.to(device)
+            self.soft = None if soft is None else soft.to(device)
 
     def steps(self, batch_size: int) -> int:
         return math.ceil(math.ceil(len(self.y) / self.ctx.world_size) / batch_size)
 
-    def _take(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+    def _take(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, torch.Tensor | None]:
+        """A batch: inputs, labels, no mask (all rows good), soft targets (None without)."""
         idx = idx.to(self.x.device)
-        return self.x[idx].to(self.device), self.y[idx].to(self.device), None
+        soft = None if self.soft is None else self.soft[idx].to(self.device)
+        return self.x[idx].to(self.device), self.y[idx].to(self.device), None, soft
 
     def train_batches(self, batch_size: int, seed: int, epoch: int):
         for idx in _shard_order(len(self.y), self.ctx, seed, epoch).split(batch_size):
@@ -469,7 +492,7 @@ class _Streamed:
     def steps(self, batch_size: int) -> int:
         return math.ceil(math.ceil(len(self.dataset) / self.ctx.world_size) / batch_size)
 
-    def _checked(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _checked(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, None]:
         """Batch on the device; unreadable files (label -1) stop the run naming the file, or are masked
         out of the loss and metrics ("skip"; the mask is returned, None when all are good)."""
         xb, yb, idx = batch
@@ -482,7 +505,7 @@ class _Streamed:
             self.bad += int(bad.sum())
             mask = (~bad).to(self.device)
             yb = yb.clamp_min(0)
-        return (xb.to(self.device, non_blocking=self.pin), yb.to(self.device, non_blocking=self.pin), mask)
+        return (xb.to(self.device, non_blocking=self.pin), yb.to(self.device, non_blocking=self.pin), mask, None)
 
     def train_batches(self, batch_size: int, seed: int, epoch: int):
         from torch.utils.data import DistributedSampler
@@ -519,7 +542,7 @@ def _evaluate(forward: Callable[[torch.Tensor], torch.Tensor], batches, ctx: dis
     loss_sum = torch.zeros((), dtype=torch.float64)
     confusion = torch.zeros(k * k, dtype=torch.float64)
     with torch.inference_mode():
-        for xb, yb, mask in batches:
+        for xb, yb, mask, _ in batches:
             if prepare is not None:
                 xb = prepare(xb)
             probs = torch.softmax(forward(xb), 1)
@@ -544,6 +567,27 @@ def _step_loss(logits: torch.Tensor, yb: torch.Tensor, mask: torch.Tensor | None
     return (per * mask).sum() / (weights[yb] * mask).sum().clamp_min(1e-12)
 
 
+def _soft_targets(cfg: TrainConfig, train_set: FaceSet, workdir: Path, ctx: distributed.Context, callback: Callback,
+                  started: float) -> torch.Tensor:
+    """(N, C) or (N, 2C) soft targets of the train faces: base, then the teachers' (rank 0 computes and
+    caches them in the work folder; the other ranks read its cache)."""
+    base = targets.base_targets(train_set, cfg.soft_targets, cfg.label_smoothing)
+    if not cfg.teachers:
+        return base
+    progress = Progress("teachers", 1, 1, 0, 1)
+
+    def report(done: int, total: int) -> None:
+        progress.step, progress.steps, progress.elapsed = done, total, time.perf_counter() - started
+        callback.on_progress(progress)
+
+    if not ctx.is_main:
+        distributed.barrier(ctx)
+    teach = targets.teacher_targets(cfg.teachers, train_set, workdir, report=report)
+    if ctx.is_main:
+        distributed.barrier(ctx)
+    return torch.cat([base, teach], 1)
+
+
 def _best_file(workdir: Path, epoch: int) -> Path:
     return workdir / f"best-{epoch:04d}.safetensors"
 
@@ -566,6 +610,8 @@ def train(cfg: TrainConfig, splits: Splits, *, name: str | None = None, workdir:
     if name and (models_dir or MODELS_DIR).joinpath(name).exists() and not overwrite:
         raise ModelError(f"model {name!r} exists; choose another name or allow overwriting")
     streamed = not hasattr(train_set, "images") or not hasattr(val_set, "images")
+    if streamed and cfg.soft:
+        raise TrainingError("soft targets (FER+ votes, teachers, mixup) need the data in memory, not streamed")
     if streamed and cfg.mode == "head":
         raise TrainingError("head mode trains on cached embeddings of data held in memory; streamed data "
                             "trains in full mode")
@@ -626,7 +672,8 @@ def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, 
         train_data: _InMemory | _Streamed = _Streamed(train_set, device, ctx, workers)
         val_data: _InMemory | _Streamed = _Streamed(val_set, device, ctx, workers)
     else:
-        train_data = _InMemory(x_train, y_train, device, ctx)
+        train_data = _InMemory(x_train, y_train, device, ctx, _soft_targets(cfg, train_set, workdir, ctx, callback,
+                                                                            started) if cfg.soft else None)
         val_data = _InMemory(x_val, torch.from_numpy(val_set.labels.astype(np.int64)), device, ctx)
     net.to(device)
     amp = amp_dtype(cfg.precision, device)
@@ -668,7 +715,8 @@ def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, 
     config_json = json.loads(json.dumps(asdict(cfg)))
     if resume and ckpt.is_file():
         meta = _load_checkpoint(ckpt, net, opt, scaler)
-        if meta.get("config") != config_json:
+        # a checkpoint from before a setting existed ran with its default
+        if {**json.loads(json.dumps(asdict(TrainConfig()))), **meta.get("config", {})} != config_json:
             raise TrainingError(f"{ckpt}: the checkpoint was made with other settings; start a new run "
                                 f"(another work folder) or resume with the same settings")
         if meta.get("world_size", 1) != ctx.world_size:
@@ -698,7 +746,7 @@ def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, 
         gen.manual_seed(cfg.seed * 1_000_003 + epoch * 7_919 + ctx.rank)
         net.train()
         sums = torch.zeros(3, dtype=torch.float64)  # loss * n, correct, seen
-        for b, (xb, yb, mask) in enumerate(train_data.train_batches(batch_size, cfg.seed, epoch)):
+        for b, (xb, yb, mask, tb) in enumerate(train_data.train_batches(batch_size, cfg.seed, epoch)):
             if distributed.any_rank(ctx, callback.should_stop()):
                 stopped = True
                 break
@@ -710,8 +758,16 @@ def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, 
                 xb = model.encoder.normalize(xb)
                 if cfg.augment:
                     xb = augment(xb, aug_cfg, gen)
-            logits = train_forward(xb)
-            loss = _step_loss(logits, yb, mask, weights, cfg.label_smoothing)
+            if tb is None:
+                logits = train_forward(xb)
+                loss = _step_loss(logits, yb, mask, weights, cfg.label_smoothing)
+            else:  # soft targets: [base | teachers'] columns
+                k = len(CLASSES)
+                base, teach, sample_w = tb[:, :k], (tb[:, k:] if tb.shape[1] > k else None), weights[yb]
+                if cfg.mixup > 0:
+                    xb, (base, teach), sample_w = targets.mixup(xb, [base, teach], sample_w, cfg.mixup, gen)
+                logits = train_forward(xb)
+                loss = targets.soft_loss(logits, base, teach, sample_w, cfg.kd_weight, cfg.kd_temperature)
             if not torch.isfinite(loss):
                 raise TrainingError(f"training diverged at epoch {epoch}, batch {b + 1} (loss {loss.item()}); "
                                     f"try a lower learning rate. The last checkpoint ({ckpt}) and saved models "

@@ -1,0 +1,175 @@
+"""fer_app.targets and the engine's soft-target runs: FER+ vote shares, distillation, mixup (tiny data)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import TINY_COMPACT, make_faces
+from fer_app.cli import main
+from fer_app.config import CLASSES
+from fer_app.data import FaceSet
+from fer_app.model import load_model
+from fer_app.targets import base_targets, mixup, sharpen, smoothed_one_hot, soft_loss, teacher_targets
+from fer_app.training import TrainConfig, TrainingError, class_weights, train
+from test_training import interrupted_and_resumed
+
+K = len(CLASSES)
+
+
+def test_soft_loss_on_smoothed_labels_is_the_engines_cross_entropy():
+    logits = torch.randn(12, K, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 2, 3, 4, 5, 6, 6, 5, 3, 3, 1])
+    weights = class_weights(labels.numpy(), "sqrt")
+    expected = F.cross_entropy(logits, labels, weight=weights)  # class weights: each sample weighs its label's
+    got = soft_loss(logits, smoothed_one_hot(labels, 0.0), None, weights[labels], 0.5, 2.0)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    expected = F.cross_entropy(logits, labels, label_smoothing=0.1)  # smoothing: the same targets as torch's
+    got = soft_loss(logits, smoothed_one_hot(labels, 0.1), None, torch.ones(12), 0.5, 2.0)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert smoothed_one_hot(labels, 0.1).sum(1).allclose(torch.ones(12))
+
+
+def test_distillation_term_at_its_temperature():
+    logits = torch.randn(5, K, generator=torch.Generator().manual_seed(1))
+    teacher = torch.softmax(torch.randn(5, K, generator=torch.Generator().manual_seed(2)), 1)
+    base = smoothed_one_hot(torch.tensor([0, 1, 2, 3, 4]), 0.0)
+    ones = torch.ones(5)
+    kd = -(sharpen(teacher, 3.0) * F.log_softmax(logits / 3.0, 1)).sum(1).mean() * 9
+    assert soft_loss(logits, base, teacher, ones, 1.0, 3.0).item() == pytest.approx(kd.item(), rel=1e-5)
+    plain = soft_loss(logits, base, None, ones, 0.0, 3.0)
+    half = soft_loss(logits, base, teacher, ones, 0.5, 3.0)
+    assert half.item() == pytest.approx(0.5 * plain.item() + 0.5 * kd.item(), rel=1e-5)
+    assert soft_loss(logits, base, teacher, ones, 0.0, 3.0).item() == pytest.approx(plain.item())
+
+
+def test_sharpen_is_softmax_at_a_temperature():
+    logits = torch.tensor([[2.0, 0.5, -1.0, 0, 0, 0, 0]])
+    assert sharpen(torch.softmax(logits, 1), 2.0).allclose(torch.softmax(logits / 2.0, 1), atol=1e-6)
+    assert sharpen(torch.softmax(logits, 1), 1.0).allclose(torch.softmax(logits, 1), atol=1e-6)
+
+
+def test_ferplus_shares_replace_the_label_where_there_are_votes():
+    faces = make_faces(1, 0)
+    shares = np.full((K, K), np.nan, np.float32)
+    shares[0] = [0.6, 0, 0.4, 0, 0, 0, 0]  # face 0: angry 6 votes, fear 4
+    shares[1] = [0, 0, 0, 0, 0, 0, 0]      # no votes counted: the label
+    faces = replace(faces, soft_labels=shares)
+    out = base_targets(faces, "ferplus", 0.1)
+    assert out[0].tolist() == pytest.approx([0.6, 0, 0.4, 0, 0, 0, 0])
+    assert out[1].tolist() == pytest.approx(smoothed_one_hot(torch.tensor([faces.labels[1]]), 0.1)[0].tolist())
+    assert out[2:].allclose(smoothed_one_hot(torch.from_numpy(faces.labels[2:]), 0.1))
+    assert base_targets(faces, "none", 0.0).argmax(1).tolist() == faces.labels.tolist()
+    with pytest.raises(ValueError, match="FER\\+ votes"):
+        base_targets(make_faces(1, 0), "ferplus", 0.1)
+
+
+def test_mixup_blends_inputs_targets_and_weights_alike():
+    x = torch.arange(4 * 2, dtype=torch.float32).reshape(4, 2)
+    base = smoothed_one_hot(torch.tensor([0, 1, 2, 3]), 0.0)
+    w = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    torch.manual_seed(5)
+    mx, (mb, mt), mw = mixup(x, [base, None], w, 0.4, torch.Generator().manual_seed(9))
+    torch.manual_seed(5)
+    lam = float(torch.distributions.Beta(0.4, 0.4).sample())
+    perm = torch.randperm(4, generator=torch.Generator().manual_seed(9))
+    assert 0 <= lam <= 1 and mt is None
+    assert mx.allclose(lam * x + (1 - lam) * x[perm]) and mw.allclose(lam * w + (1 - lam) * w[perm])
+    assert mb.allclose(lam * base + (1 - lam) * base[perm]) and mb.sum(1).allclose(torch.ones(4))
+    same, (b0,), w0 = mixup(x, [base], w, 0.0, torch.Generator())  # alpha 0: off
+    assert same.equal(x) and b0.equal(base) and w0.equal(w)
+
+
+class _Fixed:
+    """A stand-in teacher: the same probabilities for every face."""
+
+    def __init__(self, probs) -> None:
+        self.probs = np.asarray(probs, np.float32)
+
+    def predict_proba(self, crops):
+        return np.tile(self.probs, (len(crops), 1))
+
+
+def test_teacher_targets_average_the_teachers_and_are_cached(tmp_path: Path):
+    faces = make_faces(2, 0)
+    one, two = np.eye(K)[0], np.eye(K)[3]
+    loaded = []
+    teachers = {"a": _Fixed(one), "b": _Fixed(two)}
+    probs = teacher_targets(["a", "b"], faces, tmp_path, load=lambda n: loaded.append(n) or teachers[n],
+                            batch_size=5)
+    assert probs.shape == (len(faces), K) and probs[:, 0].allclose(torch.full((len(faces),), 0.5))
+    assert probs[:, 3].allclose(torch.full((len(faces),), 0.5)) and loaded == ["a", "b"]
+    again = teacher_targets(["a", "b"], faces, tmp_path, load=lambda n: pytest.fail("cached: nothing to load"))
+    assert again.equal(probs)
+    other = teacher_targets(["a"], faces, tmp_path, load=lambda n: teachers[n])  # another ensemble: its own entry
+    assert other[:, 0].allclose(torch.ones(len(faces)))
+
+
+def _rolled(splits: dict) -> dict:
+    """The same faces, every label moved to the next class: a teacher trained on it is wrong on purpose."""
+    return {s: replace(f, labels=(f.labels + 1) % K) for s, f in splits.items()}
+
+
+def test_a_student_distilled_from_a_teacher_learns_what_the_teacher_says(models_dir, tiny_splits, tmp_path):
+    train(TrainConfig(**{**TINY_COMPACT, "epochs": 6}), _rolled(tiny_splits), name="rolled",
+          workdir=tmp_path / "teacher")
+    teacher = load_model("rolled", runtime="torch")
+    val = tiny_splits["val"]
+    says = teacher.predict_proba(list(val.images)).argmax(1)
+    assert (says == (val.labels + 1) % K).mean() > 0.5  # the teacher learned the rolled labels
+    cfg = TrainConfig(**{**TINY_COMPACT, "epochs": 6}, teachers=("rolled",), kd_weight=1.0, kd_temperature=1.0)
+    # trained on the true labels with all the loss on the teacher (val rolled too, or the best epoch on val
+    # would be the one least like the teacher): it follows the teacher, not the labels
+    student = train(cfg, {"train": tiny_splits["train"], "val": _rolled(tiny_splits)["val"]}, name="student",
+                    workdir=tmp_path / "student")
+    thinks = load_model("student", runtime="torch").predict_proba(list(val.images)).argmax(1)
+    assert (thinks == says).mean() > 0.5 and (thinks == val.labels).mean() < 0.3
+    assert student.report["accuracy"] > 0.5  # on the rolled val
+    plain = train(TrainConfig(**{**TINY_COMPACT, "epochs": 6}), {"train": tiny_splits["train"],
+                  "val": _rolled(tiny_splits)["val"]}, workdir=tmp_path / "plain")
+    assert plain.report["accuracy"] < 0.3  # without the teacher the same run learns the true labels
+    assert list((tmp_path / "student").glob("teachers-*.safetensors"))  # cached for a resume
+
+
+def test_mixup_and_ferplus_runs_learn_and_resume_exactly(models_dir, tiny_splits, tmp_path):
+    train_set = tiny_splits["train"]
+    votes = np.eye(K, dtype=np.float32)[train_set.labels] * 0.8 + 0.2 / K  # mostly the label
+    splits = {**tiny_splits, "train": replace(train_set, soft_labels=votes)}
+    cfg = TrainConfig(**{**TINY_COMPACT, "epochs": 3}, soft_targets="ferplus", mixup=0.2)
+    resumed = interrupted_and_resumed(cfg, splits, tmp_path)
+    assert resumed.report["accuracy"] > 0.5
+    with pytest.raises(ValueError, match="soft_targets"):
+        TrainConfig(soft_targets="votes")
+    with pytest.raises(ValueError, match="kd_weight"):
+        TrainConfig(kd_weight=1.5)
+
+
+def test_soft_targets_refuse_streamed_data(tmp_path):
+    from fer_app.streaming import StreamingSet
+
+    files = StreamingSet([str(tmp_path / "a.png")], np.array([0]))  # never read: refused before
+    with pytest.raises(TrainingError, match="in memory"):
+        train(TrainConfig(mixup=0.2), {"train": files, "val": files}, workdir=tmp_path)
+
+
+def test_cli_train_with_a_teacher(capsys, tiny_model: Path, tmp_path: Path):
+    from test_cli import write_fer2013_csv
+
+    data = write_fer2013_csv(tmp_path / "fer2013.csv", {"train": make_faces(12, 1), "val": make_faces(4, 2)})
+    code = main(["train", str(data), "--name", "distilled", "--widths", "8", "16", "--convs", "1", "1",
+                 "--epochs", "2", "--batch-size", "16", "--threads", "1", "--teacher", "tiny", "--kd-weight", "0.7",
+                 "--mixup", "0.2", "--workdir", str(tmp_path / "w")])
+    assert code == 0
+    settings = load_model("distilled").meta["training"]["config"]
+    assert settings["teachers"] == ["tiny"] and settings["kd_weight"] == 0.7 and settings["mixup"] == 0.2
+    assert "--teacher tiny" in (tiny_model.parent / "distilled" / "README.md").read_text()
+
+
+def test_faceset_without_soft_labels_is_untouched_by_default(tiny_splits):
+    assert not TrainConfig().soft and TrainConfig(mixup=0.1).soft and TrainConfig(teachers=("x",)).soft
+    assert isinstance(tiny_splits["train"], FaceSet)
