@@ -1115,13 +1115,13 @@ class _AutoSelection:
         if best is None:  # torch always passes against itself; only a broken reference gets here
             raise RuntimeUnavailable("no runtime passed the accuracy check, not even torch")
         ms, runtime, chosen, result = best
-        reason = self._reason(runtime, ms, result, report)
+        reason = self._reason(result, report)
         self._store(runtime, reason, report)
         self.progress(f"runtime auto: chose {runtime} ({reason})")
         return _with_choice(chosen, RuntimeChoice(runtime, "auto", reason, report))
 
     @staticmethod
-    def _reason(runtime: str, ms: float, result: CheckResult, report: dict[str, dict]) -> str:
+    def _reason(result: CheckResult, report: dict[str, dict]) -> str:
         timed = ", ".join(f"{r} {v['ms_per_face']:.2f}" for r, v in report.items() if "ms_per_face" in v)
         refused = [r for r, v in report.items() if "check" in v and not v["check"]["passed"]]
         text = (f"fastest passing the accuracy check here: cosine {result.cosine_mean:.4f}, top-1 "

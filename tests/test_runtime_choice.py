@@ -39,14 +39,15 @@ from fer_app.runtimes import (
 
 
 class Tiny(Encoder):
-    """8x8 grey pixels through one linear layer, plus `shift` (a runtime that drifts by it), as `runtime`."""
+    """8x8 grey pixels through one linear layer, then `shift` added or `transform` applied (a runtime that
+    drifts on purpose), as `runtime`."""
 
     embed_dim = 16
 
     def __init__(self, encoder_id: str = "tiny", runtime: str = TORCH, shift: torch.Tensor | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, transform=None) -> None:
         super().__init__()
-        self.encoder_id, self.runtime, self.shift = encoder_id, runtime, shift
+        self.encoder_id, self.runtime, self.shift, self.transform = encoder_id, runtime, shift, transform
         self.linear = nn.Linear(64, self.embed_dim)
         with torch.no_grad():
             self.linear.weight.copy_(torch.randn(self.embed_dim, 64, generator=torch.Generator().manual_seed(seed)))
@@ -63,12 +64,13 @@ class Tiny(Encoder):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         out = self.linear(pixels.reshape(len(pixels), -1))
-        return out if self.shift is None else out + self.shift
+        out = out if self.shift is None else out + self.shift
+        return out if self.transform is None else self.transform(out)
 
 
-def _twin(base: Tiny, runtime: str, shift: torch.Tensor | None = None) -> Tiny:
-    """`base`'s weights in another "runtime", optionally drifting by `shift`."""
-    twin = Tiny(base.encoder_id, runtime, shift)
+def _twin(base: Tiny, runtime: str, shift: torch.Tensor | None = None, transform=None) -> Tiny:
+    """`base`'s weights in another "runtime", optionally drifting by `shift` or `transform`."""
+    twin = Tiny(base.encoder_id, runtime, shift, transform=transform)
     twin.load_state_dict(base.state_dict())
     return twin
 
@@ -112,7 +114,9 @@ def test_the_reference_passes_against_itself_without_running_again(crops: CheckC
     assert result.passed and result.cosine_mean == pytest.approx(1.0) and result.cosine_min == pytest.approx(1.0)
     assert result.top1_agreement == 1.0 and result.n == 40 and result.runtime == TORCH
     assert result.labels_seen == int(check.labels.unique().numel()) > 1 and result.crops == "random crops"
-    assert result.error is None and "passes" in result.summary() and "40 crops" in result.summary()
+    assert result.error is None and result.head == check.head_name and 0 <= result.seconds < 60
+    assert result.summary().startswith(f"{TORCH}: passes (cosine mean 1.0000") and "40 crops" in result.summary()
+    assert check.head_name.startswith("a fixed random linear head")
     same = check(_twin(reference, ONNX_FP32))  # another object with the same numbers: embedded, passes
     assert same.passed and same.runtime == ONNX_FP32 and same.seconds >= 0
 
@@ -152,18 +156,26 @@ def test_check_runtimes_checks_each_in_order_and_reports_what_could_not_be_built
 
     def load(encoder, runtime, **kwargs):
         loaded.append((runtime, kwargs["threads"], kwargs["cache_dir"]))
+        assert kwargs["progress"] is say and kwargs["shipped"] == {ONNX_INT8_STATIC: Path("s.onnx")}
         if runtime == ONNX_INT8:
             raise RuntimeUnavailable("no int8 here")
         shift = torch.full((16,), 50.0) if runtime == TORCH_INT8 else None
         return _twin(encoder, runtime, shift)
 
+    def say(message: str) -> None:
+        pass
+
     monkeypatch.setattr(runtimes, "load_runtime", load)
-    results = check_runtimes(reference, [ONNX_FP32, ONNX_INT8, TORCH_INT8], crops=crops, threads=3,
-                             cache_dir=Path("c"), progress=None)
+    head = nn.Linear(16, 7)
+    results = check_runtimes(reference, [ONNX_FP32, ONNX_INT8, TORCH_INT8], crops=crops, head=head, threads=3,
+                             cache_dir=Path("c"), progress=say, shipped={ONNX_INT8_STATIC: Path("s.onnx")})
+    assert all(r.head == "the model's head" and r.crops == "random crops" for r in results)
+    assert results[0].n == len(crops.crops)
     assert [r.runtime for r in results] == [ONNX_FP32, ONNX_INT8, TORCH_INT8]
     assert [r.passed for r in results] == [True, False, False]
     assert results[1].error == "no int8 here" and results[1].n == 0
     assert results[2].error is None and results[2].cosine_mean < runtimes.COSINE_MIN  # drifted: checked, fails
+    assert results[2].summary().startswith(f"{TORCH_INT8}: FAILS (cosine mean")
     assert loaded == [(ONNX_FP32, 3, Path("c")), (ONNX_INT8, 3, Path("c")), (TORCH_INT8, 3, Path("c"))]
     with pytest.raises(ValueError, match="unknown runtime"):
         check_runtimes(reference, ["tensorrt"], crops=crops)
@@ -292,3 +304,172 @@ def test_auto_says_when_the_shipped_reference_is_stale(fake_runtimes, crops, tmp
     fresh: list[str] = []
     _auto(Tiny(seed=0), crops, tmp_path / "fresh", [TORCH, ONNX_FP32], fresh, _reference(Tiny(seed=0), crops))
     assert not any("other weights" in m or "differs" in m for m in fresh)
+
+
+# ------------------------------------------------------------------------------ the check's two conditions
+
+READ = 7  # the check head below reads the first 7 embedding dimensions; a large common part sits in the last
+
+
+def _reading_head(reference: Tiny, crops: CheckCrops) -> nn.Linear:
+    """A head reading the first READ dimensions, centred on the reference's mean (so its labels vary)."""
+    mean = runtimes.embed(reference, crops.crops)[:, :READ].mean(0)
+    head = nn.Linear(16, 7)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.weight[:, :READ] = torch.eye(READ)
+        head.bias.copy_(-mean)
+    return head
+
+
+def _common(e: torch.Tensor) -> torch.Tensor:
+    return torch.cat([e[:, :-1], e[:, -1:] + 300.0], 1)  # what every face shares dominates the cosine
+
+
+def _flipped(e: torch.Tensor) -> torch.Tensor:
+    """Every label changed (the read part reversed around its mean), the cosine barely moved."""
+    e = _common(e)
+    read = e[:, :READ]
+    return torch.cat([2 * read.mean(0, keepdim=True) - read, e[:, READ:]], 1)
+
+
+def _drifted(e: torch.Tensor) -> torch.Tensor:
+    """Every label kept, the cosine lost: a large part where the head does not read."""
+    e = _common(e)
+    return torch.cat([e[:, :-2], e[:, -2:-1] + 900.0, e[:, -1:]], 1)
+
+
+def test_the_check_needs_both_the_cosine_and_the_labels(crops):
+    reference = Tiny(transform=_common)
+    check = AccuracyCheck(reference, crops, head=_reading_head(reference, crops))
+    assert check.labels.unique().numel() > 2
+    flipped = check(_twin(reference, "flip", transform=_flipped))
+    assert flipped.cosine_mean >= runtimes.COSINE_MIN and flipped.top1_agreement < runtimes.TOP1_MIN
+    assert not flipped.passed  # the cosine alone would pass it
+    drifted = check(_twin(reference, "drift", transform=_drifted))
+    assert drifted.top1_agreement == 1.0 and drifted.cosine_mean < runtimes.COSINE_MIN
+    assert not drifted.passed  # the labels alone would pass it
+
+
+def test_the_check_thresholds_are_inclusive(crops, monkeypatch):
+    reference = Tiny()
+    near = _twin(reference, ONNX_FP32, shift=torch.full((16,), 0.3))
+    check = AccuracyCheck(reference, crops)
+    result = check(near)
+    exact = float(torch.nn.functional.cosine_similarity(runtimes.embed(near, crops.crops), check.reference,
+                                                        dim=1).mean())  # the check's own figure, unrounded
+    monkeypatch.setattr(runtimes, "COSINE_MIN", exact)
+    monkeypatch.setattr(runtimes, "TOP1_MIN", result.top1_agreement)
+    assert check(near).passed  # exactly at both
+    monkeypatch.setattr(runtimes, "TOP1_MIN", result.top1_agreement + 1e-3)
+    assert not check(near).passed
+    monkeypatch.setattr(runtimes, "TOP1_MIN", result.top1_agreement)
+    monkeypatch.setattr(runtimes, "COSINE_MIN", result.cosine_mean + 1e-6)
+    assert not check(near).passed
+
+
+# ------------------------------------------------------------------------------ explicit and pinned runtimes
+
+@pytest.fixture()
+def loads(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    calls: list[tuple] = []
+
+    def load(encoder, runtime, **kwargs):
+        calls.append((encoder, runtime, kwargs))
+        return _twin(encoder, runtime)
+
+    monkeypatch.setattr(runtimes, "load_runtime", load)
+    return calls
+
+
+def test_an_explicit_runtime_is_built_as_asked_and_not_checked(loads, tmp_path):
+    encoder = Tiny()
+    say = [].append
+    chosen = select_runtime(encoder, ONNX_INT8, threads=3, cache_dir=tmp_path, progress=say,
+                            shipped={ONNX_INT8_STATIC: Path("s.onnx")})
+    assert loads == [(encoder, ONNX_INT8, {"threads": 3, "cache_dir": tmp_path, "progress": say,
+                                           "shipped": {ONNX_INT8_STATIC: Path("s.onnx")}})]
+    choice = runtime_choice(chosen)
+    assert runtime_name(chosen) == ONNX_INT8 and (choice.runtime, choice.how) == (ONNX_INT8, "asked")
+    assert choice.reason == "asked for; not checked" and choice.candidates == {}
+    assert not list(tmp_path.rglob("auto-*.json"))
+
+
+def test_the_environment_pins_what_auto_means_and_nothing_else(loads, tmp_path, monkeypatch):
+    monkeypatch.setenv(runtimes.ENV_RUNTIME, f" {ONNX_FP32} ")
+    choice = runtime_choice(select_runtime(Tiny(), AUTO, cache_dir=tmp_path))
+    assert (choice.runtime, choice.how) == (ONNX_FP32, "pinned")
+    assert choice.reason == f"pinned by {runtimes.ENV_RUNTIME}={ONNX_FP32}"
+    asked = runtime_choice(select_runtime(Tiny(), TORCH_INT8, cache_dir=tmp_path))  # an explicit one wins
+    assert (asked.runtime, asked.how, asked.reason) == (TORCH_INT8, "asked", "asked for; not checked")
+    monkeypatch.setenv(runtimes.ENV_RUNTIME, "tensorrt")
+    with pytest.raises(ValueError, match="tensorrt"):
+        select_runtime(Tiny(), AUTO, cache_dir=tmp_path)
+
+
+def test_auto_in_the_environment_is_auto(fake_runtimes, crops, tmp_path, monkeypatch):
+    monkeypatch.setenv(runtimes.ENV_RUNTIME, AUTO)
+    fake_runtimes.update({TORCH: (4.0, None, None), ONNX_FP32: (1.0, None, None)})
+    choice = runtime_choice(_auto(Tiny(), crops, tmp_path, [TORCH, ONNX_FP32]))
+    assert (choice.runtime, choice.how) == (ONNX_FP32, "auto")
+
+
+# ------------------------------------------------------------------------------ more of auto's choice
+
+def test_auto_checks_on_the_shipped_reference_crops_with_the_models_head(fake_runtimes, crops, tmp_path):
+    fake_runtimes.update({TORCH: (4.0, None, None), ONNX_FP32: (1.0, None, None)})
+    own = CheckCrops(crops.crops[:10], "the model's own crops")
+    batch = _reference(Tiny(), own)
+    head = nn.Linear(16, 7)
+    chosen = select_runtime(Tiny(), AUTO, cache_dir=tmp_path, check_crops=crops, head=head, threads=1,
+                            candidates=[TORCH, ONNX_FP32], progress=None, reference=batch)
+    check = runtime_choice(chosen).candidates[ONNX_FP32]["check"]
+    assert check["n"] == 10 and check["crops"] == "the model's own crops" and check["head"] == "the model's head"
+
+
+def test_auto_goes_on_past_what_it_cannot_use(fake_runtimes, crops, tmp_path, monkeypatch):
+    drift = torch.full((16,), 50.0)
+    fake_runtimes.update({TORCH: (4.0, None, None), ONNX_FP32: (0.5, None, OSError("disk full")),
+                          TORCH_INT8: (0.5, drift, None), ONNX_INT8: (9.0, None, None), "openvino-fp32": (1.0, None, None),
+                          "openvino-bf16": (0.2, drift, None)})
+    monkeypatch.setattr(runtimes, "unavailable_reason", lambda r: "openvino is not installed" if r == ONNX_INT8 else None)
+    timed: list[tuple[str, tuple]] = []
+
+    def score(encoder, pixels, repeats=5):
+        timed.append((runtime_name(encoder), tuple(pixels.shape)))
+        return fake_runtimes[runtime_name(encoder)][0]
+
+    monkeypatch.setattr(runtimes, "speed_score", score)
+    messages: list[str] = []
+    order = [TORCH, ONNX_FP32, ONNX_INT8, TORCH_INT8, "openvino-fp32", "openvino-bf16"]
+    chosen = _auto(Tiny(), crops, tmp_path, order, messages)
+    choice = runtime_choice(chosen)
+    assert choice.runtime == runtime_name(chosen) == "openvino-fp32"  # after a break, a skip and a refusal
+    assert choice.candidates[ONNX_INT8] == {"skipped": "openvino is not installed"}
+    assert choice.candidates[ONNX_FP32] == {"skipped": "OSError: disk full"}
+    assert [name for name, _ in timed] == [TORCH, "openvino-fp32"]  # a refused runtime is never timed
+    assert all(shape == (8, 1, 8, 8) for _, shape in timed)  # on the first 8 crops
+    assert messages[0].startswith(f"runtime auto: checking and timing {', '.join(order)} on 40 face crops")
+    assert f"runtime auto: {ONNX_INT8} is not available (openvino is not installed)" in messages
+    assert choice.reason.endswith("ms per face torch 4.00, openvino-fp32 1.00; refused: torch-int8, openvino-bf16")
+    decision = json.loads(next(tmp_path.rglob("auto-*.json")).read_text())
+    assert decision["candidates"] == json.loads(json.dumps(choice.candidates))
+
+
+def test_auto_needs_the_full_gain_not_a_hair_less(fake_runtimes, crops, tmp_path):
+    at_gain = 10.0 * (1 - runtimes.AUTO_MIN_GAIN)  # exactly the least gain that would count... is not enough
+    fake_runtimes.update({TORCH: (10.0, None, None), ONNX_FP32: (at_gain, None, None)})
+    choice = runtime_choice(_auto(Tiny(), crops, tmp_path, [TORCH, ONNX_FP32]))
+    assert choice.runtime == TORCH and "refused" not in choice.reason
+    assert choice.reason.endswith(f"ms per face torch 10.00, onnx-fp32 {at_gain:.2f}")
+    assert choice.reason.startswith("fastest passing the accuracy check here: cosine 1.0000, top-1 100.0%")
+
+
+def test_auto_compares_the_shipped_reference_with_torch_here(fake_runtimes, crops, tmp_path):
+    fake_runtimes.update({TORCH: (4.0, None, None), ONNX_FP32: (4.0, None, None)})
+    encoder = Tiny()
+    here = runtimes.embed(encoder, crops.crops)
+    moved = _reference(encoder, crops, here + torch.randn(here.shape, generator=torch.Generator().manual_seed(3)))
+    messages: list[str] = []
+    _auto(encoder, crops, tmp_path, [TORCH, ONNX_FP32], messages, moved)  # the same weights, other embeddings
+    assert any("differs from the stored embeddings" in m for m in messages)
