@@ -353,3 +353,47 @@ def test_detect_near_maps_its_windows_back_like_detect(astronaut: np.ndarray) ->
     assert iou(shifted, big) > 0.7, (shifted, big)  # off-centre in its window: x and y mapped back each on its own
     (bottom,) = detector.detect_near(frame, [full[0]], window=3.0)  # a window clipped by the frame's bottom
     assert iou(bottom, full[0]) > 0.7
+
+
+class _CascadeSpy:
+    """Stands in for the cascade: records each call (the image's shape and the arguments) and answers
+    with `boxes` (x, y, w, h in the window) of `neighbours` strength."""
+
+    def __init__(self, boxes=(), neighbours: int = 7) -> None:
+        self.calls: list[tuple[tuple[int, ...], dict]] = []
+        self.boxes, self.neighbours = [list(b) for b in boxes], neighbours
+
+    def detectMultiScale2(self, image, **kwargs):  # noqa: N802 - OpenCV's name
+        self.calls.append((image.shape, kwargs))
+        return np.array(self.boxes, np.int32).reshape(-1, 4), np.full((len(self.boxes), 1), self.neighbours)
+
+
+def test_detect_near_scans_the_window_over_the_sizes_near_the_track() -> None:
+    config = DetectorConfig(detection_width=400, scale_factor=1.2, min_neighbors=3, min_face=40)
+    detector = FaceDetector(config)
+    spy = detector._classifier = _CascadeSpy(boxes=[(10, 5, 40, 40)])
+    frame = np.random.default_rng(0).integers(0, 256, (400, 800), dtype=np.uint8)  # a 0.5x copy: 400 x 200
+    (found,) = detector.detect_near(frame, [Face(200, 100, 100, 80)], window=0.5, scale_range=1.3)
+    # side 50 px in the copy, a window of 25 px more on every side: x 75-175, y 25-115
+    assert spy.calls == [((90, 100), {"scaleFactor": 1.2, "minNeighbors": 3, "minSize": (38, 38),
+                                      "maxSize": (65, 65)})]  # sizes 50 / 1.3 to 50 x 1.3
+    assert found == Face(170, 60, 80, 80)  # (75 + 10, 25 + 5, 40, 40) in the copy, doubled
+
+
+def test_detect_near_clips_windows_and_skips_those_that_cannot_hold_a_face() -> None:
+    detector = FaceDetector(DetectorConfig(detection_width=400, min_face=40))
+    spy = detector._classifier = _CascadeSpy()
+    frame = np.zeros((400, 800), np.uint8)
+    assert detector.detect_near(frame, [Face(0, 0, 100, 100)], window=0.5) == []  # found nothing
+    assert spy.calls[0][0] == (75, 75)  # clipped at the top-left corner: 0 to 50 + 25
+    lo = spy.calls[0][1]["minSize"][0]
+    assert lo == max(20, int(50 / 1.3))  # the smallest face: min_face (40 px = 20 in the copy) or the range
+    spy.calls.clear()
+    assert detector.detect_near(frame, [Face(700, 300, 100, 100)], window=0.5) == []
+    assert spy.calls[0][0] == (75, 75)  # clipped at the bottom-right corner
+    spy.calls.clear()
+    assert detector.detect_near(frame, [Face(300, 100, 20, 20)]) == []  # 10 px in the copy: below min_face
+    assert detector.detect_near(frame, [Face(300, 100, 60, 60)], window=0.0, scale_range=1.0) == []
+    assert spy.calls == [((30, 30), {"scaleFactor": 1.15, "minNeighbors": 4, "minSize": (30, 30),
+                                     "maxSize": (30, 30)})]  # only the 60 px track was scanned, at its size
+    assert detector.detect_near(frame, []) == []

@@ -114,7 +114,7 @@ def test_the_reference_passes_against_itself_without_running_again(crops: CheckC
     assert result.passed and result.cosine_mean == pytest.approx(1.0) and result.cosine_min == pytest.approx(1.0)
     assert result.top1_agreement == 1.0 and result.n == 40 and result.runtime == TORCH
     assert result.labels_seen == int(check.labels.unique().numel()) > 1 and result.crops == "random crops"
-    assert result.error is None and result.head == check.head_name and 0 <= result.seconds < 60
+    assert result.error is None and result.head == check.head_name and 0 <= result.seconds < 1  # 40 tiny crops
     assert result.summary().startswith(f"{TORCH}: passes (cosine mean 1.0000") and "40 crops" in result.summary()
     assert check.head_name.startswith("a fixed random linear head")
     same = check(_twin(reference, ONNX_FP32))  # another object with the same numbers: embedded, passes

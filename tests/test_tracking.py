@@ -287,6 +287,23 @@ def test_label_changes_only_when_another_class_clearly_leads_after_the_dwell() -
     assert CLASSES[track.label] == "fear" and track.label_changes == 2
 
 
+def test_label_hysteresis_switches_exactly_at_the_margin_and_the_dwell() -> None:
+    def run(margin: float, dwell: float = 1.5, at: float = 1.5) -> tuple[str, float]:
+        tracker = FaceTracker(smoothing=0.2, label_margin=margin, label_dwell=dwell)
+        (track,) = tracker.update([Face(0, 0, 80, 80)])
+        tracker.add_probabilities(track.id, probs("happy"), now=0.0)
+        tracker.add_probabilities(track.id, mix("sad", 0.9, "happy", 0.05), now=at)
+        p = track.probabilities
+        return CLASSES[track.label], float(p[CLASSES.index("sad")] - p[CLASSES.index("happy")])
+
+    _, lead = run(0.99)  # the lead sad takes over happy (the same whatever the margin)
+    assert 0 < lead < 0.99
+    assert run(lead)[0] == "sad"  # a lead of exactly the margin is enough
+    assert run(float(np.nextafter(lead, 1)))[0] == "happy"  # a hair more is not
+    assert run(lead, dwell=1.5, at=1.5)[0] == "sad"  # held exactly the dwell: it may change
+    assert run(lead, dwell=1.5, at=1.4999)[0] == "happy"
+
+
 def test_hysteresis_off_and_smoothing_off_follow_the_top_class() -> None:
     for tracker in (FaceTracker(label_margin=0.0, label_dwell=0.0, smoothing=0.0001), FaceTracker(smoothing=0.0)):
         (track,) = tracker.update([Face(0, 0, 80, 80)])
