@@ -197,7 +197,7 @@ class JobStatus:
     title: str
     run_name: str
     state: str                         # RUNNING, FINISHED, STOPPED or FAILED
-    phase: str                         # "start", "embed", "train", "compare", "done"
+    phase: str                         # "start", "embed", "teachers", "train", "compare", "done"
     epoch: int
     epochs: int
     step: int
