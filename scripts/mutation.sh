@@ -38,7 +38,9 @@ import re, sys
 module, tests = sys.argv[1], sys.argv[2]
 text = open("pyproject.toml").read()
 section = (f'[tool.mutmut]\nsource_paths = ["fer_app"]\nonly_mutate = ["fer_app/{module}.py"]\n'
-           f'pytest_add_cli_args_test_selection = [{tests}]\nalso_copy = ["assets", "models"]\n')
+           f'pytest_add_cli_args_test_selection = [{tests}]\nalso_copy = ["assets", "models"]\n'
+           # workers forked from a process that ran torch or ONNX Runtime can deadlock in their thread pools
+           'process_isolation = "forkserver"\n')
 text = re.sub(r"\[tool\.mutmut\].*?(?=\n\[|\Z)", section, text, flags=re.S)
 open("pyproject.toml", "w").write(text)
 EOF

@@ -15,7 +15,8 @@ from fer_app.evaluate import evaluate
 from fer_app.model import ModelError, load_model, save_model
 from fer_app.modelcard import QUANTIZED_TITLE
 from fer_app import runtimes
-from fer_app.quantize import (CONFIG_KEY, ONNX_INT8_STATIC, QUANTIZED_FILE, SAFE_WEIGHT_MAX, QuantizeError,
+from fer_app.quantize import (CONFIG_KEY, DEFAULT_CALIBRATION, ONNX_INT8_STATIC, QUANTIZED_FILE, SAFE_WEIGHT_MAX,
+                              QuantizeError,
                               calibration_sample, quantize_model, weight_range)
 from test_cli import write_fer2013_csv
 
@@ -37,6 +38,15 @@ def test_quantized_model_is_used_under_auto_and_agrees(tiny_model: Path, tiny_sp
     (tiny_model / "README.md").write_text("# tiny\n\n## Validation metrics\n...\n\n## Limitations\nsome\n")
     report = quantize_model(tiny_model, tiny_splits["train"], tiny_splits["val"], min_agreement=0.0, threads=1)
     assert (tiny_model / QUANTIZED_FILE).stat().st_size > 1000
+    train = tiny_splits["train"]
+    assert report.file == QUANTIZED_FILE and "static" in report.method
+    assert report.calibration == {"n": len(calibration_sample(train, DEFAULT_CALIBRATION)), "source": train.source,
+                                  "per_class": "equal"}
+    assert report.weight_range == list(weight_range(tiny_model / QUANTIZED_FILE))
+    reference = runtimes.read_reference(tiny_model)  # the gate checked on the batch it ships
+    assert report.reference_check["passed"] and report.reference_check["n"] == len(reference.crops.crops)
+    assert report.reference_check["crops"].startswith(f"{len(reference.crops.crops)} reference crops")
+    assert report.val["source"] == tiny_splits["val"].source and report.val["n"] == len(tiny_splits["val"])
     saved = json.loads((tiny_model / "config.json").read_text())[CONFIG_KEY]
     assert saved == json.loads(json.dumps(report.to_dict()))
     assert report.val["accuracy_fp32"] == pytest.approx(evaluate(torch_model, tiny_splits["val"])["accuracy"], abs=1e-4)
@@ -57,7 +67,8 @@ def test_quantized_model_is_used_under_auto_and_agrees(tiny_model: Path, tiny_sp
     card = (tiny_model / "README.md").read_text()
     assert card.count(QUANTIZED_TITLE) == 1 and f"int8 {report.val['accuracy_int8']:.2%}" in card
     assert card.index(QUANTIZED_TITLE) < card.index("## Limitations")
-    quantize_model(tiny_model, tiny_splits["train"], None, threads=1)  # again: the section is replaced
+    again = quantize_model(tiny_model, tiny_splits["train"], None, threads=1)  # again: the section is replaced
+    assert again.val is None and json.loads((tiny_model / "config.json").read_text())[CONFIG_KEY]["val"] is None
     assert (tiny_model / "README.md").read_text().count(QUANTIZED_TITLE) == 1
 
 
@@ -230,6 +241,35 @@ def test_the_gate_without_val_checks_the_reference_batch(tiny_model: Path, tiny_
     with pytest.raises(QuantizeError, match="fails the accuracy check on the reference batch"):
         quantize_model(tiny_model, tiny_splits["train"], None, threads=1)
     assert not (tiny_model / QUANTIZED_FILE).exists() and not (tiny_model / runtimes.REFERENCE_FILE).exists()
+
+
+@pytest.mark.parametrize("span", [(-SAFE_WEIGHT_MAX - 1, 10), (-10, SAFE_WEIGHT_MAX + 1)])
+def test_the_gate_refuses_int8_weights_beyond_the_safe_range(tiny_model: Path, tiny_splits, monkeypatch, span):
+    import fer_app.quantize as quantize
+
+    seen = []
+
+    def measured(path: Path) -> tuple[int, int]:  # the range of the file just written, as if it were this
+        seen.append((path, path.is_file()))
+        return span
+
+    monkeypatch.setattr(quantize, "weight_range", measured)
+    with pytest.raises(QuantizeError, match=f"beyond \\+-{SAFE_WEIGHT_MAX}.*not kept"):
+        quantize_model(tiny_model, tiny_splits["train"], None, threads=1)
+    assert seen == [(tiny_model / "encoder.int8.tmp", True)]  # the new file, before it is kept
+    assert not (tiny_model / QUANTIZED_FILE).exists() and not (tiny_model / runtimes.REFERENCE_FILE).exists()
+
+
+def test_quantize_needs_calibration_faces_and_takes_one(tiny_model: Path, tiny_splits):
+    train = tiny_splits["train"]
+    none = type(train)(images=train.images[:0], labels=train.labels[:0], source="nothing")
+    with pytest.raises(QuantizeError, match="no calibration faces"):
+        quantize_model(tiny_model, none, None, threads=1)
+    one = type(train)(images=train.images[:1], labels=train.labels[:1], source="one face")
+    try:  # one face is calibration, if a poor one: kept, or refused by the accuracy check, never "no faces"
+        assert quantize_model(tiny_model, one, None, threads=1).calibration["n"] == 1
+    except QuantizeError as exc:
+        assert "fails the accuracy check" in str(exc)
 
 
 # ------------------------------------------------------------------ the bundled model's files
