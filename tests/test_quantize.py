@@ -31,6 +31,22 @@ def test_calibration_sample_is_stratified_and_reproducible():
     assert len(sample) == 70
     np.testing.assert_array_equal(sample, calibration_sample(faces, 70))
     assert len(calibration_sample(faces, 10_000)) == len(faces)
+    assert len(calibration_sample(faces, 7)) == 7  # one of each of the 7 classes
+    one_class = type(faces)(images=faces.images[faces.labels == 3], labels=faces.labels[faces.labels == 3])
+    assert len(calibration_sample(one_class, 3)) == 3
+    empty = calibration_sample(type(faces)(images=faces.images[:0], labels=faces.labels[:0]), 5)
+    assert empty.shape == (0, 48, 48) and empty.dtype == np.uint8
+
+
+def test_weight_range_of_a_file_without_int8_weights_is_zero(tmp_path: Path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph), str(tmp_path / "plain.onnx"))
+    assert weight_range(tmp_path / "plain.onnx") == (0, 0)
 
 
 def test_quantized_model_is_used_under_auto_and_agrees(tiny_model: Path, tiny_splits):
