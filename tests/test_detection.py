@@ -371,13 +371,13 @@ class _CascadeSpy:
 def test_detect_near_scans_the_window_over_the_sizes_near_the_track() -> None:
     config = DetectorConfig(detection_width=400, scale_factor=1.2, min_neighbors=3, min_face=40)
     detector = FaceDetector(config)
-    spy = detector._classifier = _CascadeSpy(boxes=[(10, 5, 40, 40)])
+    spy = detector._classifier = _CascadeSpy(boxes=[(10, 5, 40, 36)])
     frame = np.random.default_rng(0).integers(0, 256, (400, 800), dtype=np.uint8)  # a 0.5x copy: 400 x 200
-    (found,) = detector.detect_near(frame, [Face(200, 100, 100, 80)], window=0.5, scale_range=1.3)
+    (found,) = detector.detect_near(frame, [Face(200, 100, 100, 80)])  # the defaults: window 0.5, range 1.3
     # side 50 px in the copy, a window of 25 px more on every side: x 75-175, y 25-115
     assert spy.calls == [((90, 100), {"scaleFactor": 1.2, "minNeighbors": 3, "minSize": (38, 38),
                                       "maxSize": (65, 65)})]  # sizes 50 / 1.3 to 50 x 1.3
-    assert found == Face(170, 60, 80, 80)  # (75 + 10, 25 + 5, 40, 40) in the copy, doubled
+    assert found == Face(170, 60, 80, 72)  # (75 + 10, 25 + 5, 40, 36) in the copy, doubled
 
 
 def test_detect_near_clips_windows_and_skips_those_that_cannot_hold_a_face() -> None:
@@ -396,4 +396,10 @@ def test_detect_near_clips_windows_and_skips_those_that_cannot_hold_a_face() -> 
     assert detector.detect_near(frame, [Face(300, 100, 60, 60)], window=0.0, scale_range=1.0) == []
     assert spy.calls == [((30, 30), {"scaleFactor": 1.15, "minNeighbors": 4, "minSize": (30, 30),
                                      "maxSize": (30, 30)})]  # only the 60 px track was scanned, at its size
+    spy.calls.clear()
+    # windows cut by the right and the bottom border to 35 px, under the 38 px smallest face: skipped, and
+    # a track after a skipped one is still scanned
+    tracks = [Face(780, 100, 100, 100), Face(300, 380, 100, 100), Face(300, 100, 100, 100)]
+    assert detector.detect_near(frame, tracks, window=0.5) == []
+    assert [shape for shape, _ in spy.calls] == [(100, 100)]
     assert detector.detect_near(frame, []) == []
