@@ -143,16 +143,23 @@ def _train_twins(splits: dict, split: str):
     return twins_in(splits[split], splits["train"]) if split != "train" and "train" in splits else None
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
+def _split_of(args: argparse.Namespace) -> tuple[dict, str]:
+    """The splits of args.data and the name of args.split among them (a DataError naming the file if absent)."""
     from fer_app.data import DataError
-    from fer_app.evaluate import evaluate, save_val_report
-    from fer_app.metrics import format_report
-    from fer_app.model import load_model, model_dir
 
     splits = _load_splits(args)
     split = _split_name(args.split)
     if split not in splits:
         raise DataError(f"{args.data}: no {args.split!r} split (has: {', '.join(splits)})")
+    return splits, split
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from fer_app.evaluate import evaluate, save_val_report
+    from fer_app.metrics import format_report
+    from fer_app.model import load_model, model_dir
+
+    splits, split = _split_of(args)
     if args.card and (split != "val" or args.runtime != "torch"):
         raise ValueError("--card writes a model card's val metrics: it needs --split val --runtime torch "
                          "(the card's figures are torch fp32's)")
@@ -434,14 +441,10 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     import numpy as np
 
     from fer_app.config import VIDEO_DETECTOR, DetectorConfig
-    from fer_app.data import DataError
     from fer_app.model import load_model
     from fer_app.robustness import MARGINS, format_recrop, recrop_report
 
-    splits = _load_splits(args)
-    split = _split_name(args.split)
-    if split not in splits:
-        raise DataError(f"{args.data}: no {args.split!r} split (has: {', '.join(splits)})")
+    splits, split = _split_of(args)
     faces = splits[split]
     if args.count and args.count < len(faces):  # evenly spread over the split, every class kept in proportion
         picks = np.linspace(0, len(faces) - 1, args.count).astype(int)

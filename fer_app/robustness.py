@@ -21,6 +21,7 @@ import numpy as np
 from fer_app.config import MEDIA_DIR, VIDEO_DETECTOR, DetectorConfig
 from fer_app.data import FaceSet
 from fer_app.detection import FaceDetector, crop_faces
+from fer_app.evaluate import predict_faces
 from fer_app.metrics import classification_report
 from fer_app.model import Classifier
 from fer_app.tracking import iou
@@ -177,8 +178,7 @@ def recrop_report(model: Classifier, faces: FaceSet, *, backgrounds: Sequence[np
         return report
     report.box_ratio = round(float(np.median(ratios)), 3)
     labels = faces.labels[kept]
-    given = np.concatenate([model.predict_proba(list(faces.images[kept[j:j + batch_size]]))
-                            for j in range(0, len(kept), batch_size)])
+    given = predict_faces(model, FaceSet(images=faces.images[kept], labels=labels), batch_size)
     report.rows.append(_row("as given (FER-2013's framing)", None, labels, given, classes))
     for m in crops:
         report.rows.append(_row(f"Haar box + margin {m:g}", m, labels, np.concatenate(probs[m]), classes))

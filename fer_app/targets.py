@@ -79,17 +79,13 @@ def teacher_targets(teachers: Sequence[str], faces: FaceSet, cache_dir: Path, *,
             return load_file(str(path))["probs"]
         except Exception:  # noqa: BLE001 - a damaged cache is rebuilt, never trusted
             path.unlink(missing_ok=True)
+    from fer_app.evaluate import predict_faces
+
     load = load or (lambda name: load_model(name, runtime="torch"))
     total = np.zeros((len(faces), len(CLASSES)), np.float64)
-    steps, done = len(teachers) * len(faces), 0
-    for name in teachers:
-        model = load(name)
-        for i in range(0, len(faces), batch_size):
-            chunk = list(faces.images[i:i + batch_size])
-            total[i:i + len(chunk)] += model.predict_proba(chunk)
-            done += len(chunk)
-            if report:
-                report(done, steps)
+    for k, name in enumerate(teachers):
+        each = (lambda done, n, k=k: report(k * n + done, len(teachers) * n)) if report else None
+        total += predict_faces(load(name), faces, batch_size, each)
     probs = torch.from_numpy((total / len(teachers)).astype(np.float32))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")

@@ -567,6 +567,17 @@ def _step_loss(logits: torch.Tensor, yb: torch.Tensor, mask: torch.Tensor | None
     return (per * mask).sum() / (weights[yb] * mask).sum().clamp_min(1e-12)
 
 
+def _phase_report(phase: str, callback: Callback, started: float) -> Callable[[int, int], None]:
+    """A (done, total) progress function for a phase before the epochs (embeddings, teachers)."""
+    progress = Progress(phase, 1, 1, 0, 1)
+
+    def report(done: int, total: int) -> None:
+        progress.step, progress.steps, progress.elapsed = done, total, time.perf_counter() - started
+        callback.on_progress(progress)
+
+    return report
+
+
 def _soft_targets(cfg: TrainConfig, train_set: FaceSet, workdir: Path, ctx: distributed.Context, callback: Callback,
                   started: float) -> torch.Tensor:
     """(N, C) or (N, 2C) soft targets of the train faces: base, then the teachers' (rank 0 computes and
@@ -574,15 +585,10 @@ def _soft_targets(cfg: TrainConfig, train_set: FaceSet, workdir: Path, ctx: dist
     base = targets.base_targets(train_set, cfg.soft_targets, cfg.label_smoothing)
     if not cfg.teachers:
         return base
-    progress = Progress("teachers", 1, 1, 0, 1)
-
-    def report(done: int, total: int) -> None:
-        progress.step, progress.steps, progress.elapsed = done, total, time.perf_counter() - started
-        callback.on_progress(progress)
-
     if not ctx.is_main:
         distributed.barrier(ctx)
-    teach = targets.teacher_targets(cfg.teachers, train_set, workdir, report=report)
+    teach = targets.teacher_targets(cfg.teachers, train_set, workdir,
+                                    report=_phase_report("teachers", callback, started))
     if ctx.is_main:
         distributed.barrier(ctx)
     return torch.cat([base, teach], 1)
@@ -645,12 +651,7 @@ def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, 
     head_only = cfg.mode == "head"
     y_train = torch.from_numpy(train_set.labels.astype(np.int64))
     if head_only:
-        progress = Progress("embed", 1, 1, 0, 1)
-
-        def report(done: int, total: int) -> None:
-            progress.step, progress.steps, progress.elapsed = done, total, time.perf_counter() - started
-            callback.on_progress(progress)
-
+        report = _phase_report("embed", callback, started)
         cache = APP_HOME / "cache" / "embeddings"
         if not ctx.is_main:  # rank 0 embeds and caches; the others read its cache (or embed themselves)
             distributed.barrier(ctx)
