@@ -306,7 +306,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         callback = ProgressFile(args.progress_file, args.stop_file, callback)
     result = train(cfg, splits, name=args.name, workdir=args.workdir, resume=args.resume, callback=callback,
                    overwrite=args.overwrite, card=lambda r: render_card(args.name, r.model.config(), command),
-                   workers=args.workers, models_dir=args.models_dir)
+                   workers=args.workers, models_dir=args.models_dir, extra_meta={"command": command})
     if not main_rank:
         return EXIT_OK
     rep = result.report
@@ -432,6 +432,23 @@ def cmd_tta(args: argparse.Namespace) -> int:
         print(f"{folder}: tta_zooms set to {list(report.chosen)}; val metrics, confusion matrix and model card updated")
     else:
         print(f"{folder}: unchanged" + (" (--dry-run)" if args.dry_run and report.chosen != report.before else ""))
+    return EXIT_OK
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from fer_app import runs
+    from fer_app.model import model_dir, read_config
+
+    folder = model_dir(args.model)
+    rows = runs.runs_of(read_config(folder))
+    for workdir in args.add:
+        rows = runs.add_run(folder, runs.from_workdir(workdir))
+    if args.json:
+        print(json.dumps([asdict(r) for r in rows], indent=2))
+    else:
+        print(runs.runs_section(rows))
     return EXIT_OK
 
 
@@ -762,6 +779,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="score only; leave the model folder as it is")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_tta)
+
+    p = sub.add_parser("runs", help="a model's table of training runs (recipe, epochs, hours, val figures)",
+                       description="Prints every run behind a model: those of the models it started from and "
+                       "learned from, then its own. --add records a run that shipped nothing (a tried recipe) "
+                       "from its work folder's checkpoint into the model's config and card.")
+    p.add_argument("model", metavar="MODEL", help="model name under models/ or a model folder")
+    p.add_argument("--add", nargs="+", default=[], metavar="WORKDIR", help="training work folder(s) to add")
+    p.add_argument("--json", action="store_true", help="print the table as JSON")
+    p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("models", help="list the models you can use, and the runtime each runs in here",
                        description="Each model, its encoder and val accuracy; for compact models (and all with "

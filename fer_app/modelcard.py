@@ -7,6 +7,7 @@ import platform
 import torch
 
 from fer_app.metrics import format_report
+from fer_app.runs import runs_of, runs_section
 
 
 def render_card(name: str, cfg: dict, command: str) -> str:
@@ -30,7 +31,7 @@ def render_card(name: str, cfg: dict, command: str) -> str:
         "",
         "## Reproduce",
         "```",
-        command,
+        *reproduce_commands(cfg, command),
         "```",
         "",
         "## Data",
@@ -45,6 +46,7 @@ def render_card(name: str, cfg: dict, command: str) -> str:
         f"torch {torch.__version__}",
         f"- settings: `{training.get('config')}`",
         "",
+        *([runs_section(runs_of(cfg))] if cfg.get("runs") else []),
         validation_section(report),
         "## Limitations",
         "FER-2013 is 48x48 grey internet faces with noisy labels (human accuracy about 65%); "
@@ -54,6 +56,13 @@ def render_card(name: str, cfg: dict, command: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def reproduce_commands(cfg: dict, command: str) -> list[str]:
+    """The commands that make a model: those of the shipped runs it was built from (its table of runs), then
+    its own `command`."""
+    earlier = [r.command for r in runs_of(cfg)[:-1] if r.command and r.model] if cfg.get("runs") else []
+    return [c for i, c in enumerate(earlier) if c not in earlier[:i] and c != command] + [command]
 
 
 VALIDATION_TITLE = "## Validation metrics (model selection split; the test split was never used)"

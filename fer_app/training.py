@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from fer_app import distributed, targets
+from fer_app import distributed, runs, targets
 from fer_app.augment import AugmentConfig, augment
 from fer_app.config import APP_HOME, CLASSES, MODELS_DIR
 from fer_app.data import DataError, FaceSet, Splits
@@ -805,7 +805,8 @@ def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, 
                 "config": config_json, "epoch": epoch, "best_acc": best_acc, "best_epoch": best_epoch,
                 "stale": stale, "history": [asdict(h) for h in history], "world_size": ctx.world_size,
                 "resumes": resumes, "best_file": _best_file(workdir, best_epoch).name,
-                "best_sha256": tensors_digest(best_state), "seconds": time.perf_counter() - started}, scaler)
+                "best_sha256": tensors_digest(best_state), "seconds": time.perf_counter() - started,
+                "device": device_name(device)}, scaler)
             for old in workdir.glob("best-*.safetensors"):  # only the committed best is kept
                 if old.name != _best_file(workdir, best_epoch).name:
                     old.unlink(missing_ok=True)
@@ -837,6 +838,9 @@ def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, 
                      "history": [asdict(h) for h in history], **(extra_meta or {})},
         "metrics": {"val": report},
     })
+    own = runs.record(model.meta["training"], name)  # the table of runs: the parents' and teachers' runs, then this
+    parents = [*([cfg.init_from] if cfg.init_from else []), *cfg.teachers]
+    model.meta["runs"] = [asdict(r) for r in runs.merged(runs.ancestors(parents), [own])]
     result = TrainResult(model, history, report, None, stopped, seconds, device_name(device))
     if name and ctx.is_main:
         result.saved_to = save_model(model, name, models_dir=models_dir, overwrite=overwrite,
