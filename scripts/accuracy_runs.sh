@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The runs toward issue #12's model (>= 73.5% val, same network as the bundled one), resumable step by step:
+# run it again after any interruption (a session's end, a lost GPU) and it goes on where it stopped.
+#
+#   1. teachers: the bundled shape with other seeds, and a wider net (teachers may cost more; the
+#      shipped student may not), each a full run into runs/acc/models/ (never models/);
+#   2. the student: the bundled shape, distilled from all the teachers (and the bundled model),
+#      on a longer schedule; saved as models/$STUDENT for `tta`, `quantize` and `evaluate --card`.
+#   3. every run, the ones that ship and the ones that don't, goes into the student's table of runs.
+#
+#   bash scripts/accuracy_runs.sh                          # all of it (days on 2 CPU cores; minutes per run on a GPU)
+#   EPOCHS=120 SEEDS="1 2" WIDE=0 bash scripts/accuracy_runs.sh
+#   DATA=tiny.npz EPOCHS=1 STUDENT_EPOCHS=1 bash scripts/accuracy_runs.sh   # a smoke test of the steps
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+DATA=${DATA:-../shared/data/fer2013-trainval.npz}
+EPOCHS=${EPOCHS:-120}                  # each teacher
+STUDENT_EPOCHS=${STUDENT_EPOCHS:-150}
+SEEDS=${SEEDS:-"1 2 3"}
+WIDE=${WIDE:-1}                        # 1: also a wider teacher (widths 64 128 256 512)
+STUDENT=${STUDENT:-compact-fer2013-kd}
+ROOT=${ROOT:-runs/acc}
+THREADS=${THREADS:-0}
+SHAPE=(--widths 40 80 160 320 --convs 1 2 2 2)
+COMMON=(--balance none --threads "$THREADS")
+mkdir -p "$ROOT/models"
+
+lscpu | grep -E 'Model name|Flags' | sed 's/^Flags: */flags: /' || true
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+
+# One run: skipped once its model is saved; resumed from its checkpoint when one is there.
+run() {  # NAME MODELS_DIR ARGS...
+  local name=$1 dir=$2; shift 2
+  if [ -f "$dir/$name/config.json" ]; then echo "== $name: saved already"; return; fi
+  local resume=(); [ -f "$ROOT/work/$name/checkpoint.safetensors" ] && resume=(--resume)
+  echo "== $name ($(date -u +%FT%TZ))"
+  "$PY" -m fer_app train "$DATA" --name "$name" --models-dir "$dir" --workdir "$ROOT/work/$name" \
+    "${COMMON[@]}" "${resume[@]}" "$@"
+}
+
+teachers=(models/compact-fer2013)
+for seed in $SEEDS; do
+  run "teacher-s$seed" "$ROOT/models" "${SHAPE[@]}" --epochs "$EPOCHS" --seed "$seed"
+  teachers+=("$ROOT/models/teacher-s$seed")
+done
+if [ "$WIDE" = 1 ]; then
+  run teacher-wide "$ROOT/models" --widths 64 128 256 512 --convs 2 2 2 2 --epochs "$EPOCHS" --seed 11
+  teachers+=("$ROOT/models/teacher-wide")
+fi
+for t in "${teachers[@]}"; do  # each teacher's own val figure, with its TTA views as saved
+  "$PY" -m fer_app evaluate "$DATA" --split val --runtime torch --model "$t" --json |
+    "$PY" -c 'import json,sys; d=json.load(sys.stdin); print(d["model"], round(d["accuracy"], 4), round(d["macro_f1"], 4))'
+done
+run "$STUDENT" models "${SHAPE[@]}" --epochs "$STUDENT_EPOCHS" --teacher "${teachers[@]}" \
+  --kd-weight 0.7 --kd-temperature 2
+"$PY" -m fer_app tta "$STUDENT" "$DATA"
+"$PY" -m fer_app runs "$STUDENT"
+echo "next: python -m fer_app quantize $STUDENT $DATA; python -m fer_app evaluate $DATA --split val --runtime torch --model $STUDENT --card"
