@@ -835,7 +835,7 @@ def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, 
                      "epochs_run": len(history), "best_epoch": best_epoch, "seconds": round(seconds, 1),
                      "device": device_name(device), "precision": PRECISION_NAMES[amp],
                      "processes": ctx.world_size, **({"resumed_after_epochs": resumes} if resumes else {}),
-                     "history": [asdict(h) for h in history], **(extra_meta or {})},
+                     "history": [asdict(h) for h in history], "command": None, **(extra_meta or {})},
         "metrics": {"val": report},
     })
     own = runs.record(model.meta["training"], name)  # the table of runs: the parents' and teachers' runs, then this
