@@ -3,8 +3,6 @@ writing a model's val metrics into its folder (config.json, confusion.png, the m
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +10,7 @@ import numpy as np
 
 from fer_app.data import FaceSet
 from fer_app.metrics import classification_report, confusion_png
-from fer_app.model import CARD_FILE, CONFIG_FILE, Classifier, read_config
+from fer_app.model import CARD_FILE, Classifier, read_config, write_config
 from fer_app.modelcard import validation_section, with_section
 
 
@@ -49,9 +47,7 @@ def save_val_report(folder: Path, val_report: dict, cfg: dict | None = None,
     if card is not None:
         card = with_section(card, validation_section(val_report))
         card = edit_card(card) if edit_card else card
-    tmp = folder / (CONFIG_FILE + ".tmp")
-    tmp.write_text(json.dumps(cfg, indent=2))
     (folder / "confusion.png").write_bytes(confusion_png(val_report["confusion"]))
     if card is not None:
         card_path.write_text(card)
-    os.replace(tmp, folder / CONFIG_FILE)
+    write_config(folder, cfg)

@@ -193,6 +193,13 @@ def model_dir(name_or_path: str | Path, models_dir: Path | None = None) -> Path:
     return (models_dir or MODELS_DIR) / str(name_or_path)
 
 
+def write_config(folder: Path, cfg: dict) -> None:
+    """Replace a model folder's config.json atomically (a reader sees the old file or the new, never half)."""
+    tmp = Path(folder) / (CONFIG_FILE + ".tmp")
+    tmp.write_text(json.dumps(cfg, indent=2))
+    os.replace(tmp, Path(folder) / CONFIG_FILE)
+
+
 def read_config(folder: Path) -> dict:
     path = folder / CONFIG_FILE
     try:

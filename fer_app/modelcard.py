@@ -61,7 +61,7 @@ def render_card(name: str, cfg: dict, command: str) -> str:
 def reproduce_commands(cfg: dict, command: str) -> list[str]:
     """The commands that make a model: those of the shipped runs it was built from (its table of runs), then
     its own `command`."""
-    earlier = [r.command for r in runs_of(cfg)[:-1] if r.command and r.model] if cfg.get("runs") else []
+    earlier = [r.command for r in runs_of(cfg)[:-1] if r.command and r.model]
     return [c for i, c in enumerate(earlier) if c not in earlier[:i] and c != command] + [command]
 
 

@@ -12,7 +12,6 @@ its mirror image), so runs compare on one footing; TTA views chosen afterwards a
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -137,7 +136,7 @@ def runs_section(rows: list[RunRecord]) -> str:
 
 def add_run(folder: Path, row: RunRecord) -> list[RunRecord]:
     """Append a run to a saved model's table (config.json and card); returns the table."""
-    from fer_app.model import CARD_FILE, CONFIG_FILE, read_config
+    from fer_app.model import CARD_FILE, read_config, write_config
     from fer_app.modelcard import with_section
 
     folder = Path(folder)
@@ -147,7 +146,5 @@ def add_run(folder: Path, row: RunRecord) -> list[RunRecord]:
     card = folder / CARD_FILE
     if card.is_file():
         card.write_text(with_section(card.read_text(), runs_section(rows)))
-    tmp = folder / (CONFIG_FILE + ".tmp")  # config last, atomically
-    tmp.write_text(json.dumps(cfg, indent=2))
-    os.replace(tmp, folder / CONFIG_FILE)
+    write_config(folder, cfg)  # config last
     return rows
