@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fer_app.config import DEFAULT_MODEL, EQUALIZE_MODES
+from fer_app.config import DEFAULT_MODEL, EQUALIZE_MODES, STILLS_MODEL
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 #: For help texts: `fer_app.runtimes.RUNTIMES` (a test keeps the two in step).
@@ -33,10 +33,10 @@ def _progress_bar(total: int | None, desc: str, unit: str = "img"):
 def cmd_predict(args: argparse.Namespace) -> int:
     from fer_app.detection import FaceDetector
     from fer_app.imageio import load_image_with_size
-    from fer_app.model import load_model
+    from fer_app.model import load_model, stills_model
     from fer_app.pipeline import analyze_image
 
-    model = load_model(args.model, clip_source=args.clip, runtime=args.runtime, threads=args.threads)
+    model = load_model(args.model or stills_model(), clip_source=args.clip, runtime=args.runtime, threads=args.threads)
     detector = FaceDetector(_detector_config(args))
     results, status = [], EXIT_OK
     for path in args.images:
@@ -452,6 +452,17 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from fer_app.ensemble import save_ensemble
+
+    folder = save_ensemble(args.members, args.name, models_dir=args.models_dir, overwrite=args.overwrite,
+                           command=_command(args))
+    print(f"saved {folder} ({len(args.members)} members, the mean of their logits)")
+    print(f"next: python -m fer_app tta {args.name} DATA (its TTA views, chosen on val); "
+          f"python -m fer_app evaluate DATA --split val --runtime torch --model {args.name} --card")
+    return EXIT_OK
+
+
 def cmd_robustness(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -579,9 +590,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      "face detection (Haar) + encoder (compact CNN or CLIP ViT-B/32) + head.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def model_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name in models/ or a folder (default "
-                       f"{DEFAULT_MODEL}; 'clip-vit-b32-zero-shot' for CLIP from text prompts)")
+    def model_args(p: argparse.ArgumentParser, *, stills: bool = False) -> None:
+        default = f"{STILLS_MODEL}, the accurate model for photos, when it is in models/, else {DEFAULT_MODEL}" \
+            if stills else DEFAULT_MODEL
+        p.add_argument("--model", default=None if stills else DEFAULT_MODEL, help=f"model name in models/ or a "
+                       f"folder (default {default}; 'clip-vit-b32-zero-shot' for CLIP from text prompts)")
         p.add_argument("--clip", default=None, metavar="PATH", help="folder (or HF hub id) of CLIP ViT-B/32 "
                        "weights (default models/clip-vit-base-patch32, then the HF cache)")
         runtime_args(p)
@@ -610,7 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="detect faces in images and classify their expressions",
                        description="Per face: box (x, y, w, h), label and the 7 probabilities.")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    model_args(p)
+    model_args(p, stills=True)
     p.add_argument("--json", action="store_true", help="print JSON")
     detector_args(p)
     p.set_defaults(func=cmd_predict)
@@ -788,6 +801,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--add", nargs="+", default=[], metavar="WORKDIR", help="training work folder(s) to add")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
     p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("ensemble", help="combine saved compact models into one (the mean of their logits): an "
+                       "accurate model for photos", description="Saves models/NAME: the members' networks side by "
+                       "side and one linear head that averages their logits, with a card listing the members and "
+                       "their runs. Costs the members' compute together per view.")
+    p.add_argument("name", metavar="NAME", help="the new model's name under models/")
+    p.add_argument("members", nargs="+", metavar="MODEL", help="2 or more compact models (names or folders)")
+    p.add_argument("--models-dir", type=Path, default=None, help="where to save (default models/)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing models/NAME")
+    p.set_defaults(func=cmd_ensemble, argv=None)
 
     p = sub.add_parser("models", help="list the models you can use, and the runtime each runs in here",
                        description="Each model, its encoder and val accuracy; for compact models (and all with "

@@ -17,6 +17,9 @@ MEDIA_DIR = PROJECT_ROOT.parent / "shared" / "media"
 MODELS_DIR = Path(os.environ.get("FER_APP_MODELS", PROJECT_ROOT / "models"))
 #: The bundled offline default model.
 DEFAULT_MODEL = "compact-fer2013"
+#: The accurate model for photos (`fer_app.ensemble`: several networks per view): the default of the Photo
+#: page and of `python -m fer_app predict` when it is in models/; live video keeps DEFAULT_MODEL.
+STILLS_MODEL = "compact-fer2013-ensemble"
 #: Default local folder for the CLIP ViT-B/32 weights (transformers `save_pretrained` layout).
 CLIP_HUB_ID = "openai/clip-vit-base-patch32"
 CLIP_LOCAL_DIR = MODELS_DIR / "clip-vit-base-patch32"

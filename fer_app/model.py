@@ -23,7 +23,7 @@ import re
 import secrets
 import shutil
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,9 +35,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from fer_app.config import CLASSES, DEFAULT_MODEL, MODELS_DIR
+from fer_app.config import CLASSES, DEFAULT_MODEL, MODELS_DIR, STILLS_MODEL
 from fer_app.encoders.base import Encoder
 from fer_app.encoders.compact import INPUT_SIZE, CompactEncoder
+from fer_app.encoders.ensemble import SHARED_KEYS, EnsembleEncoder
 from fer_app.heads import Head
 
 CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "config.json", "model.safetensors", "README.md"
@@ -46,7 +47,7 @@ FORMAT = "fer-app-model/1"
 CLIP_ZERO_SHOT = "clip-vit-b32-zero-shot"
 #: The config entry with the sha256 of model.safetensors: recorded by `save_model`, checked on load.
 DIGEST_KEY = "weights_sha256"
-ENCODER_TYPES = (CompactEncoder.encoder_id, "clip-vit-b32")
+ENCODER_TYPES = (CompactEncoder.encoder_id, "clip-vit-b32", EnsembleEncoder.encoder_id)
 HEAD_TYPES = ("linear", "mlp", "zero-shot", "personal")
 _log = logging.getLogger(__name__)
 
@@ -228,6 +229,23 @@ def _is_number(value: object, low: float = -math.inf, high: float = math.inf) ->
         and low <= value <= high
 
 
+def _check_compact(enc: dict, bad: Callable[[str], ModelError]) -> None:
+    """Check a compact encoder's config entry (`bad(what)` makes the ModelError)."""
+    widths = enc.get("widths", [32, 64, 128, 256])
+    if not (isinstance(widths, list) and widths and len(widths) <= 8 and all(_is_int(w) and w <= 4096
+                                                                              for w in widths)):
+        raise bad(f"encoder 'widths' must be a list of 1 to 8 channel counts (1-4096), got {_short(widths)}")
+    convs = enc.get("convs_per_stage", 2)
+    if not ((_is_int(convs) and convs <= 16) or (isinstance(convs, list) and len(convs) == len(widths)
+                                                  and all(_is_int(n) and n <= 16 for n in convs))):
+        raise bad(f"encoder 'convs_per_stage' must be 1-16 or a list of those, one per width, got {_short(convs)}")
+    for key, low, high, default in (("dropout", 0.0, 0.99, 0.3), ("mean", 0.0, 1.0, 0.5), ("std", 1e-6, 1.0, 0.25)):
+        if not _is_number(enc.get(key, default), low, high):
+            raise bad(f"encoder {key!r} must be a number in [{low:g}, {high:g}], got {_short(enc[key])}")
+    if enc.get("input_size", INPUT_SIZE) != INPUT_SIZE:
+        raise bad(f"encoder 'input_size' must be {INPUT_SIZE}, got {_short(enc['input_size'])}")
+
+
 def validate_config(cfg: object, path: Path) -> None:
     """Check a model config completely (types and sizes of every entry load_model uses), so that a
     malformed one is a ModelError naming `path`, never a traceback at load or prediction time."""
@@ -250,19 +268,17 @@ def validate_config(cfg: object, path: Path) -> None:
         raise bad(f"'encoder' must be an object with a 'type' ({', '.join(ENCODER_TYPES)}), got {_short(enc)}")
     kind = enc.get("type")
     if kind == CompactEncoder.encoder_id:
-        widths = enc.get("widths", [32, 64, 128, 256])
-        if not (isinstance(widths, list) and widths and len(widths) <= 8 and all(_is_int(w) and w <= 4096
-                                                                                  for w in widths)):
-            raise bad(f"encoder 'widths' must be a list of 1 to 8 channel counts (1-4096), got {_short(widths)}")
-        convs = enc.get("convs_per_stage", 2)
-        if not ((_is_int(convs) and convs <= 16) or (isinstance(convs, list) and len(convs) == len(widths)
-                                                      and all(_is_int(n) and n <= 16 for n in convs))):
-            raise bad(f"encoder 'convs_per_stage' must be 1-16 or a list of those, one per width, got {_short(convs)}")
-        for key, low, high, default in (("dropout", 0.0, 0.99, 0.3), ("mean", 0.0, 1.0, 0.5), ("std", 1e-6, 1.0, 0.25)):
-            if not _is_number(enc.get(key, default), low, high):
-                raise bad(f"encoder {key!r} must be a number in [{low:g}, {high:g}], got {_short(enc[key])}")
-        if enc.get("input_size", INPUT_SIZE) != INPUT_SIZE:
-            raise bad(f"encoder 'input_size' must be {INPUT_SIZE}, got {_short(enc['input_size'])}")
+        _check_compact(enc, bad)
+    elif kind == EnsembleEncoder.encoder_id:
+        members = enc.get("members")
+        if not (isinstance(members, list) and 2 <= len(members) <= 16 and all(isinstance(m, dict) for m in members)):
+            raise bad(f"ensemble encoder 'members' must be a list of 2 to 16 encoder configs, got {_short(members)}")
+        for m in members:
+            if m.get("type") != CompactEncoder.encoder_id:
+                raise bad(f"ensemble members must be compact encoders, got {_short(m.get('type'))}")
+            _check_compact(m, bad)
+            if any(m.get(k) != members[0].get(k) for k in SHARED_KEYS):
+                raise bad(f"ensemble members must share {', '.join(SHARED_KEYS)}, got {_short(m)}")
     elif kind == "clip-vit-b32":
         if not isinstance(enc.get("source"), (str, type(None))):
             raise bad(f"encoder 'source' must be a folder or hub id, got {_short(enc['source'])}")
@@ -370,8 +386,10 @@ def load_state(module: nn.Module, tensors: dict[str, torch.Tensor], path: Path) 
 
 
 def owns_encoder_weights(encoder_cfg: dict) -> bool:
-    """Whether a model's own weights file holds its encoder's weights: compact, or a fine-tuned CLIP."""
-    return encoder_cfg.get("type") == CompactEncoder.encoder_id or bool(encoder_cfg.get("fine_tuned", False))
+    """Whether a model's own weights file holds its encoder's weights: compact (or an ensemble of those), or a
+    fine-tuned CLIP."""
+    return encoder_cfg.get("type") in (CompactEncoder.encoder_id, EnsembleEncoder.encoder_id) \
+        or bool(encoder_cfg.get("fine_tuned", False))
 
 
 def build_encoder(cfg: dict, *, clip_source: str | Path | None = None, allow_download: bool = False,
@@ -389,6 +407,8 @@ def build_encoder(cfg: dict, *, clip_source: str | Path | None = None, allow_dow
 
         encoder = load_clip_encoder(clip_source or cfg.get("source"), allow_download=allow_download)
         encoder.fine_tuned = bool(cfg.get("fine_tuned", False))
+    elif kind == EnsembleEncoder.encoder_id:
+        encoder = EnsembleEncoder.from_config(cfg)
     else:
         raise ModelError(f"unknown encoder type {kind!r}")
     return encoder if runtime == "torch" else _in_runtime(encoder, runtime, threads)
@@ -749,6 +769,11 @@ def list_models(models_dir: Path | None = None, *, include_zero_shot: bool = Tru
         except Exception:  # noqa: BLE001 - no CLIP weights (or no transformers): simply not listed
             pass
     return out
+
+
+def stills_model(models_dir: Path | None = None) -> str:
+    """The model photos use by default: `STILLS_MODEL` (the accurate one) when models/ has it, else `DEFAULT_MODEL`."""
+    return STILLS_MODEL if (model_dir(STILLS_MODEL, models_dir) / CONFIG_FILE).is_file() else DEFAULT_MODEL
 
 
 def _is_model_folder(folder: Path) -> bool:

@@ -23,7 +23,7 @@ def render_card(name: str, cfg: dict, command: str) -> str:
         cfg.get("description", "A facial-expression classifier trained with fer-app."),
         "",
         "## Model",
-        f"- encoder: `{enc.get('type')}` {'(' + ', '.join(f'{k}={v}' for k, v in enc.items() if k != 'type') + ')' if enc else ''}",
+        encoder_line(enc),
         f"- head: `{cfg.get('head', {}).get('type')}`; classes (FER-2013 order): {', '.join(cfg.get('classes', []))}",
         tta_line(cfg),
         "- files: `model.safetensors` (weights), `config.json` (this information, machine-readable), "
@@ -34,18 +34,24 @@ def render_card(name: str, cfg: dict, command: str) -> str:
         *reproduce_commands(cfg, command),
         "```",
         "",
-        "## Data",
     ]
-    for split, d in data.items():
-        lines.append(f"- {split}: {d.get('n')} faces from `{d.get('source')}`; per class {d.get('counts')}")
+    if data:
+        lines.append("## Data")
+        lines += [f"- {split}: {d.get('n')} faces from `{d.get('source')}`; per class {d.get('counts')}"
+                  for split, d in data.items()]
+        lines.append("")
+    if training:
+        lines += [
+            "## Training",
+            f"- epochs run: {training.get('epochs_run')} (best val epoch {training.get('best_epoch')}); "
+            f"time {hours:.2f} h on {training.get('device')}; {platform.processor() or platform.machine()}, "
+            f"torch {torch.__version__}",
+            f"- settings: `{training.get('config')}`",
+            "",
+        ]
+    if cfg.get("ensemble"):
+        lines.append(members_section(cfg["ensemble"]))
     lines += [
-        "",
-        "## Training",
-        f"- epochs run: {training.get('epochs_run')} (best val epoch {training.get('best_epoch')}); "
-        f"time {hours:.2f} h on {training.get('device')}; {platform.processor() or platform.machine()}, "
-        f"torch {torch.__version__}",
-        f"- settings: `{training.get('config')}`",
-        "",
         *([runs_section(runs_of(cfg))] if cfg.get("runs") else []),
         validation_section(report),
         "## Limitations",
@@ -56,6 +62,26 @@ def render_card(name: str, cfg: dict, command: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def encoder_line(enc: dict) -> str:
+    """The model card's line on the encoder: its type and settings (an ensemble: its members' shapes)."""
+    if enc.get("type") == "ensemble":
+        shapes = "; ".join(f"widths={m.get('widths')}, convs={m.get('convs_per_stage')}" for m in enc.get("members", []))
+        return f"- encoder: `ensemble` of {len(enc.get('members', []))} compact nets ({shapes})"
+    settings = ", ".join(f"{k}={v}" for k, v in enc.items() if k != "type")
+    return f"- encoder: `{enc.get('type')}` ({settings})" if enc else "- encoder: ?"
+
+
+def members_section(entry: dict) -> str:
+    """The model card's section on an ensemble's members (`fer_app.ensemble`)."""
+    lines = ["## Members", f"Combined as the {entry.get('combine', 'mean of the members logits')}; each member's "
+             "own val figure as in its card (torch fp32, its TTA views).", "",
+             "| member | val accuracy | weights sha256 |", "|---|---|---|"]
+    for m in entry.get("members", []):
+        acc = "–" if m.get("val_accuracy") is None else f"{m['val_accuracy']:.2%}"
+        lines.append(f"| {m.get('name')} | {acc} | `{str(m.get('weights_sha256'))[:16]}…` |")
+    return "\n".join(lines) + "\n"
 
 
 def reproduce_commands(cfg: dict, command: str) -> list[str]:

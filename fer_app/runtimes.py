@@ -100,6 +100,8 @@ KNOWN_RUNTIMES: tuple[str, ...] = RUNTIMES + SHIPPED_RUNTIMES
 CANDIDATES: dict[str, tuple[str, ...]] = {
     "compact": (TORCH, ONNX_INT8_STATIC),
     "clip-vit-b32": (TORCH, ONNX_FP32, OPENVINO_FP32, OPENVINO_BF16, TORCH_INT8, ONNX_INT8),
+    # An ensemble of compact nets (the accurate model for photos): torch, as its members run in it.
+    "ensemble": (TORCH,),
 }
 #: A less exact runtime must be at least this much faster (share of ms per face) than the best more
 #: exact one that passed, or `auto` keeps the more exact one: within timing noise int8 is not worth it.

@@ -296,6 +296,33 @@ def test_photo_upload_gives_faces_and_downloads(tiny_model: Path) -> None:
     assert [b.label for b in at.get("download_button")] == ["Download annotated PNG", "Download JSON result"]
 
 
+def test_photo_starts_on_the_accurate_model_and_a_picked_model_is_kept(tiny_model: Path, monkeypatch) -> None:
+    """The Photo page starts on `STILLS_MODEL` (the accurate ensemble) when models/ has it, the other pages on
+    the default; a model the user picks is kept across pages."""
+    import shutil
+
+    import fer_app.config as config
+
+    shutil.copytree(tiny_model, tiny_model.parent / "tiny-accurate")
+    monkeypatch.setattr(config, "STILLS_MODEL", "tiny-accurate")
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    shown = {}
+    for page in ("video", "photo"):
+        at.switch_page(str(PAGES / f"{page}.py"))
+        at.run()
+        assert not at.exception, at.exception
+        shown[page] = at.sidebar.selectbox(key="model").value
+    assert shown == {"video": "tiny", "photo": "tiny-accurate"}
+    at.sidebar.selectbox(key="model").set_value("tiny")
+    at.run()
+    for page in ("video", "photo"):
+        at.switch_page(str(PAGES / f"{page}.py"))
+        at.run()
+        assert not at.exception, at.exception
+        assert at.sidebar.selectbox(key="model").value == "tiny", page
+
+
 def test_photo_faces_are_numbered_and_all_classes_shown_in_the_app_order(tiny_model: Path) -> None:
     """Two faces: numbered 1, 2 left to right in the table and the charts (the same numbers are drawn on
     the image, `test_draw`); the table's columns are narrow enough for all 7 classes; bars in CLASSES order."""

@@ -42,8 +42,11 @@ def require_model(info: ModelInfo | None) -> Classifier:
     raise AssertionError("unreachable")  # st.stop() raises
 
 
-def model_picker(key: str = "model") -> ModelInfo | None:
-    """Sidebar select box over `list_models()` (re-read on every run, so new models appear at once)."""
+def model_picker(key: str = "model", default: str = DEFAULT_MODEL) -> ModelInfo | None:
+    """Sidebar select box over `list_models()` (re-read on every run, so new models appear at once).
+
+    It starts on `default` (else DEFAULT_MODEL, else the first usable model); a model the user picks is kept
+    across pages instead."""
     models = list_models()
     if not models:
         st.sidebar.error("No model found in models/. Train one on the Training page or with "
@@ -51,14 +54,13 @@ def model_picker(key: str = "model") -> ModelInfo | None:
         return None
     names = [m.name for m in models]
     usable = [m.name for m in models if m.usable]
-    default = names.index(DEFAULT_MODEL if DEFAULT_MODEL in usable else usable[0]) if usable else 0
-    kept = st.session_state.get(f"{key}-kept")  # the choice outlives the page (a widget's state does not)
-    if kept in names:
-        default = names.index(kept)
+    first = next((n for n in (default, DEFAULT_MODEL) if n in usable), usable[0] if usable else None)
+    kept = st.session_state.get(f"{key}-kept")  # the user's pick (`_keep_choice`) outlives the page
+    st.session_state[key] = kept if kept in names else first or names[0]  # else this page's own default
     labels = {m.name: m.name + (" (unusable)" if m.problem else f" ({figure_label(m)})" if figure_label(m) else "")
               for m in models}
-    name = st.sidebar.selectbox("Model", names, index=default, key=key, format_func=labels.__getitem__)
-    st.session_state[f"{key}-kept"] = name
+    name = st.sidebar.selectbox("Model", names, key=key, format_func=labels.__getitem__,
+                                on_change=_keep_choice, args=(key,))
     picked = next(m for m in models if m.name == name)
     if picked.problem:
         st.sidebar.error(f"This model cannot be used: {picked.problem}")
@@ -66,6 +68,10 @@ def model_picker(key: str = "model") -> ModelInfo | None:
         st.sidebar.caption("CLIP ViT-B/32 is not available: put its weights in `models/clip-vit-base-patch32/` "
                            "(`python -m fer_app fetch-clip` when online).")
     return picked
+
+
+def _keep_choice(key: str) -> None:
+    st.session_state[f"{key}-kept"] = st.session_state[key]
 
 
 def figure_label(info: ModelInfo) -> str:

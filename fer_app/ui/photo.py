@@ -9,6 +9,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from fer_app.config import STILLS_MODEL
 from fer_app.draw import class_colour, draw_predictions, text_scale
 from fer_app.imageio import ImageError, encode_png, load_image
 from fer_app.pipeline import analyze_image
@@ -37,7 +38,7 @@ def probability_chart(classes: tuple[str, ...], probabilities) -> alt.Chart:
 st.title("Photo")
 st.caption("Upload a photo or take one with your camera: every face is detected and its expression classified.")
 
-info = common.model_picker()
+info = common.model_picker(default=STILLS_MODEL)  # the accurate model, when models/ has it
 detector_config = common.detector_settings()
 model = common.require_model(info)
 detector = common.cached_detector(detector_config)

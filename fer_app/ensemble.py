@@ -1,0 +1,68 @@
+"""Ensembles of saved models: several compact models combined into one saved model.
+
+The members' encoders run side by side (`fer_app.encoders.ensemble.EnsembleEncoder`) and one linear head
+averages their logits: each member's head, scaled by 1/N, in its own block of columns. The result is an
+ordinary model folder: `load_model`, TTA (`python -m fer_app tta`), `evaluate --card` and `--teacher`
+work on it as on any model. It costs N networks per view, so it is meant for photos and the CLI (the
+accurate model, `config.STILLS_MODEL`), not the live page.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from fer_app import runs
+from fer_app.encoders.compact import CompactEncoder
+from fer_app.encoders.ensemble import EnsembleEncoder
+from fer_app.heads import Head
+from fer_app.model import DIGEST_KEY, Classifier, ModelError, load_model, model_dir, read_config, save_model
+from fer_app.modelcard import render_card
+
+
+def combine(models: Sequence[Classifier], *, name: str = "") -> Classifier:
+    """One classifier whose logits are the mean of the members' logits (members: compact encoders with
+    linear heads, the same classes). Its TTA views are the first member's; `fer_app.tta` chooses them anew."""
+    if len(models) < 2:
+        raise ModelError(f"an ensemble needs at least 2 models, got {len(models)}")
+    for m in models:
+        if not isinstance(m.encoder, CompactEncoder) or m.head.kind != "linear":
+            raise ModelError(f"{m.name}: ensemble members must be compact models with a linear head (this one: "
+                             f"{m.encoder.encoder_id} encoder, {m.head.kind} head)")
+        if m.classes != models[0].classes:
+            raise ModelError(f"{m.name}: classes {m.classes} differ from {models[0].name}'s {models[0].classes}")
+    try:
+        encoder = EnsembleEncoder([copy.deepcopy(m.encoder) for m in models])
+    except ValueError as exc:
+        raise ModelError(str(exc)) from None
+    head = Head(encoder.embed_dim, len(models[0].classes), "linear")
+    n = len(models)
+    with torch.no_grad():
+        head.net[-1].weight.copy_(torch.cat([m.head.net[-1].weight for m in models], dim=1) / n)
+        head.net[-1].bias.copy_(torch.stack([m.head.net[-1].bias for m in models]).mean(0))
+    return Classifier(encoder, head, name=name, classes=models[0].classes, tta_flip=models[0].tta_flip,
+                      tta_zooms=models[0].tta_zooms).eval()
+
+
+def save_ensemble(members: Sequence[str], name: str, *, models_dir: Path | None = None,
+                  overwrite: bool = False, command: str = "") -> Path:
+    """Combine the saved models `members` (names or folders) and save the ensemble as models/`name`, with
+    its card: the members (their val figures and weights' sha256) and the table of their runs."""
+    models = [load_model(m, models_dir=models_dir, runtime="torch") for m in members]
+    model = combine(models, name=name)
+    configs = [read_config(model_dir(m, models_dir)) for m in members]
+    entry = {"combine": "mean of the members' logits",
+             "members": [{"name": m.name, DIGEST_KEY: c.get(DIGEST_KEY),
+                          "val_accuracy": c.get("metrics", {}).get("val", {}).get("accuracy")}
+                         for m, c in zip(models, configs)]}
+    model.meta = {"description": f"Ensemble of {len(models)} compact models ({', '.join(m.name for m in models)}): "
+                                 "the mean of their logits. About {0}x the compute of one; for photos.".format(len(models)),
+                  "ensemble": entry,
+                  "runs": [asdict(r) for r in runs.merged(*(runs.runs_of(c) for c in configs))]}
+    command = command or f"python -m fer_app ensemble {name} {' '.join(members)}"
+    return save_model(model, name, models_dir=models_dir, overwrite=overwrite,
+                      card=render_card(name, model.config(), command))

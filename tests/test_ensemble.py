@@ -1,0 +1,113 @@
+"""Ensembles of saved models (fer_app.ensemble, fer_app.encoders.ensemble): one model whose logits are the
+mean of its members' logits, saved, loaded, checked and used like any other."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fer_app.config import CLASSES
+from fer_app.encoders.compact import CompactEncoder
+from fer_app.ensemble import combine, save_ensemble
+from fer_app.heads import Head
+from fer_app.model import Classifier, ModelError, load_model, save_model
+
+
+def _member(seed: int, widths=(8, 16), mean: float = 0.5, head: str = "linear") -> Classifier:
+    torch.manual_seed(seed)
+    enc = CompactEncoder(widths, (1, 1), mean=mean)
+    return Classifier(enc, Head(enc.embed_dim, len(CLASSES), head), name=f"m{seed}", tta_flip=True).eval()
+
+
+def _crops(n: int = 5) -> list[np.ndarray]:
+    rng = np.random.default_rng(3)
+    return [rng.integers(0, 255, (48 + 7 * i, 44 + 5 * i), dtype=np.uint8) for i in range(n)]
+
+
+def test_ensemble_logits_are_the_mean_of_the_members_logits():
+    members = [_member(0), _member(1, widths=(12, 24))]  # other shapes may join: only preprocessing is shared
+    ensemble = combine(members, name="ens")
+    pixels = members[0].encoder.preprocess(_crops())
+    with torch.inference_mode():
+        expected = torch.stack([m(pixels) for m in members]).mean(0)
+        torch.testing.assert_close(ensemble(pixels), expected, atol=1e-5, rtol=1e-5)
+    assert ensemble.encoder.embed_dim == 16 + 24
+    probs = ensemble.predict_proba(_crops())  # with the members' TTA (the face and its mirror image)
+    assert probs.shape == (5, 7) and ensemble.tta_flip
+    assert not np.allclose(probs, members[0].predict_proba(_crops()), atol=1e-3)
+
+
+def test_saved_ensemble_loads_and_predicts_as_combined(models_dir):
+    for seed in (0, 1, 2):
+        save_model(_member(seed), f"m{seed}", models_dir=models_dir)
+    folder = save_ensemble(["m0", "m1", "m2"], "ens", models_dir=models_dir)
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["encoder"]["type"] == "ensemble" and len(cfg["encoder"]["members"]) == 3
+    assert [m["name"] for m in cfg["ensemble"]["members"]] == ["m0", "m1", "m2"]
+    loaded = load_model("ens", models_dir=models_dir)  # runtime auto: torch, the ensemble's only candidate
+    from fer_app.runtimes import runtime_choice
+
+    assert runtime_choice(loaded.encoder).runtime == "torch"
+    direct = combine([load_model(f"m{s}", models_dir=models_dir, runtime="torch") for s in (0, 1, 2)])
+    np.testing.assert_allclose(loaded.predict_proba(_crops()), direct.predict_proba(_crops()), atol=1e-5)
+    card = (folder / "README.md").read_text()
+    assert "## Members" in card and "| m2 |" in card and "python -m fer_app ensemble ens m0 m1 m2" in card
+    assert "`ensemble` of 3 compact nets" in card
+
+
+def test_members_that_cannot_be_combined_are_refused_by_name(models_dir):
+    with pytest.raises(ModelError, match="at least 2"):
+        combine([_member(0)])
+    with pytest.raises(ModelError, match="m1: ensemble members must be compact models with a linear head"):
+        combine([_member(0), _member(1, head="mlp")])
+    with pytest.raises(ModelError, match="preprocesses differently"):
+        combine([_member(0), _member(1, mean=0.4)])
+    save_model(_member(0), "m0", models_dir=models_dir)
+    with pytest.raises(ModelError, match="no model 'missing'"):
+        save_ensemble(["m0", "missing"], "ens", models_dir=models_dir)
+    assert not (models_dir / "ens").exists()
+
+
+def test_malformed_ensemble_config_is_named(models_dir):
+    save_model(_member(0), "m0", models_dir=models_dir)
+    save_model(_member(1), "m1", models_dir=models_dir)
+    folder = save_ensemble(["m0", "m1"], "ens", models_dir=models_dir)
+    cfg = json.loads((folder / "config.json").read_text())
+    for members, match in ((["x"], "'members' must be a list of 2 to 16"),
+                           ([{"type": "clip-vit-b32"}] * 2, "members must be compact"),
+                           ([cfg["encoder"]["members"][0], {**cfg["encoder"]["members"][1], "std": 0.3}],
+                            "must share input_size, mean, std")):
+        bad = dict(cfg, encoder={"type": "ensemble", "members": members})
+        (folder / "config.json").write_text(json.dumps(bad))
+        with pytest.raises(ModelError, match=match) as err:
+            load_model("ens", models_dir=models_dir)
+        assert str(folder / "config.json") in str(err.value)
+
+
+def test_ensemble_teaches_a_student(models_dir, tiny_splits):
+    """An ensemble is a model like any other: `--teacher` distils from it."""
+    from fer_app.training import TrainConfig, train
+    from conftest import TINY_COMPACT
+
+    for seed in (0, 1):
+        save_model(_member(seed), f"m{seed}", models_dir=models_dir)
+    save_ensemble(["m0", "m1"], "ens", models_dir=models_dir)
+    cfg = TrainConfig(**{**TINY_COMPACT, "epochs": 1}, teachers=(str(models_dir / "ens"),), kd_weight=0.5)
+    result = train(cfg, tiny_splits, name="student", workdir=models_dir.parent / "run")
+    assert load_model("student", models_dir=models_dir).predict_proba(_crops(2)).shape == (2, 7)
+    assert list(result.saved_to.parent.glob("student"))
+
+
+def test_cli_ensemble(capsys, models_dir):
+    from fer_app.cli import main
+
+    for seed in (0, 1):
+        save_model(_member(seed), f"m{seed}", models_dir=models_dir)
+    assert main(["ensemble", "ens", "m0", "m1", "--models-dir", str(models_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "2 members" in out and "python -m fer_app tta ens" in out
+    assert main(["ensemble", "ens", "m0", "m1", "--models-dir", str(models_dir)]) == 1  # exists: one-line error
+    assert "exists" in capsys.readouterr().err
