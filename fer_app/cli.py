@@ -59,6 +59,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"model": model.name, "results": results}, indent=2, allow_nan=False))
         return status
+    print(f"model {model.name}")
     for r in results:
         if "error" in r:
             continue

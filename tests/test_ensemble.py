@@ -111,3 +111,20 @@ def test_cli_ensemble(capsys, models_dir):
     assert "2 members" in out and "python -m fer_app tta ens" in out
     assert main(["ensemble", "ens", "m0", "m1", "--models-dir", str(models_dir)]) == 1  # exists: one-line error
     assert "exists" in capsys.readouterr().err
+
+
+def test_photos_default_to_the_stills_model_when_it_is_there(capsys, models_dir, monkeypatch):
+    import fer_app.model as model_module
+    from fer_app.config import DEFAULT_MODEL
+
+    monkeypatch.setattr(model_module, "STILLS_MODEL", "ens")
+    assert model_module.stills_model() == DEFAULT_MODEL  # not in models/: the bundled default
+    for seed in (0, 1):
+        save_model(_member(seed), f"m{seed}", models_dir=models_dir)
+    save_ensemble(["m0", "m1"], "ens", models_dir=models_dir)
+    assert model_module.stills_model() == "ens"
+    from fer_app.cli import main
+    from fer_app.config import PROJECT_ROOT
+
+    assert main(["predict", str(PROJECT_ROOT / "assets" / "astronaut.png"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == "ens"
