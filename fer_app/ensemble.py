@@ -20,7 +20,7 @@ from fer_app import runs
 from fer_app.encoders.compact import CompactEncoder
 from fer_app.encoders.ensemble import EnsembleEncoder
 from fer_app.heads import Head
-from fer_app.model import DIGEST_KEY, Classifier, ModelError, load_model, model_dir, read_config, save_model
+from fer_app.model import DIGEST_KEY, Classifier, ModelError, load_model, save_model
 from fer_app.modelcard import render_card
 
 
@@ -54,13 +54,13 @@ def save_ensemble(members: Sequence[str], name: str, *, models_dir: Path | None 
     its card: the members (their val figures and weights' sha256) and the table of their runs."""
     models = [load_model(m, models_dir=models_dir, runtime="torch") for m in members]
     model = combine(models, name=name)
-    configs = [read_config(model_dir(m, models_dir)) for m in members]
+    configs = [{**m.meta, "name": m.name} for m in models]  # what load_model read of each config.json
     entry = {"combine": "mean of the members' logits",
-             "members": [{"name": m.name, DIGEST_KEY: c.get(DIGEST_KEY),
-                          "val_accuracy": c.get("metrics", {}).get("val", {}).get("accuracy")}
-                         for m, c in zip(models, configs)]}
-    model.meta = {"description": f"Ensemble of {len(models)} compact models ({', '.join(m.name for m in models)}): "
-                                 "the mean of their logits. About {0}x the compute of one; for photos.".format(len(models)),
+             "members": [{"name": c["name"], DIGEST_KEY: c.get(DIGEST_KEY),
+                          "val_accuracy": c.get("metrics", {}).get("val", {}).get("accuracy")} for c in configs]}
+    n = len(models)
+    model.meta = {"description": f"Ensemble of {n} compact models ({', '.join(c['name'] for c in configs)}): the mean "
+                                 f"of their logits. About {n}x the compute of one; for photos.",
                   "ensemble": entry,
                   "runs": [asdict(r) for r in runs.merged(*(runs.runs_of(c) for c in configs))]}
     command = command or f"python -m fer_app ensemble {name} {' '.join(members)}"
