@@ -86,8 +86,11 @@ def members_section(entry: dict) -> str:
 
 def reproduce_commands(cfg: dict, command: str) -> list[str]:
     """The commands that make a model: those of the shipped runs it was built from (its table of runs), then
-    its own `command`."""
-    earlier = [r.command for r in runs_of(cfg)[:-1] if r.command and r.model]
+    its own `command`. A trained model's last run is its own; an ensemble's runs are all its members'."""
+    runs = runs_of(cfg)
+    if runs and runs[-1].model == cfg.get("name"):
+        runs = runs[:-1]
+    earlier = [r.command for r in runs if r.command and r.model]
     return [c for i, c in enumerate(earlier) if c not in earlier[:i] and c != command] + [command]
 
 

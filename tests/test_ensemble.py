@@ -101,6 +101,19 @@ def test_ensemble_teaches_a_student(models_dir, tiny_splits):
     assert list(result.saved_to.parent.glob("student"))
 
 
+def test_ensemble_card_lists_every_members_command(models_dir, tiny_splits):
+    """The card's Reproduce block: each member's training command (the last member's too), then the ensemble's."""
+    from fer_app.training import TrainConfig, train
+    from conftest import TINY_COMPACT
+
+    for seed in (0, 1):
+        train(TrainConfig(**{**TINY_COMPACT, "epochs": 1, "seed": seed}), tiny_splits, name=f"t{seed}",
+              workdir=models_dir.parent / f"t{seed}", extra_meta={"command": f"python -m fer_app train T{seed}"})
+    folder = save_ensemble(["t0", "t1"], "ens", models_dir=models_dir, command="python -m fer_app ensemble ens t0 t1")
+    block = (folder / "README.md").read_text().split("## Reproduce\n```\n")[1].split("```")[0].splitlines()
+    assert block == ["python -m fer_app train T0", "python -m fer_app train T1", "python -m fer_app ensemble ens t0 t1"]
+
+
 def test_cli_ensemble(capsys, models_dir):
     from fer_app.cli import main
 
