@@ -431,6 +431,8 @@ def cmd_tta(args: argparse.Namespace) -> int:
         print(f"{list(c.zooms) or 'none'!s:<14}{c.views:>6}{c.accuracy:>10.2%}{c.macro_f1:>10.3f}{mark}")
     if report.changed:
         print(f"{folder}: tta_zooms set to {list(report.chosen)}; val metrics, confusion matrix and model card updated")
+    elif report.recorded:
+        print(f"{folder}: tta_zooms kept at {list(report.chosen)}; the choice, val metrics and model card recorded")
     else:
         print(f"{folder}: unchanged" + (" (--dry-run)" if args.dry_run and report.chosen != report.before else ""))
     return EXIT_OK

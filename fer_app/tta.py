@@ -47,7 +47,9 @@ class Candidate:
 
 @dataclass(frozen=True)
 class TtaReport:
-    """What `select_tta` scored and chose (`changed`: whether the model folder was rewritten)."""
+    """What `select_tta` scored and chose. `changed`: the views changed; `recorded`: the model folder was
+    rewritten (the views changed, or they had never been chosen on this model's val: a model's first
+    selection is always recorded, with its scores, in config.json and the card)."""
 
     source: str
     n: int
@@ -57,6 +59,7 @@ class TtaReport:
     chosen: tuple[float, ...]
     candidates: list[Candidate]
     changed: bool
+    recorded: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -119,10 +122,12 @@ def select_tta(folder: Path, val: FaceSet, *, candidates: Sequence[Sequence[floa
     best = max(scored, key=lambda s: (s.accuracy, -s.views))
     current = next(s for s in scored if s.zooms == before)
     chosen = best.zooms if best.accuracy >= current.accuracy + min_gain else before
+    cfg = read_config(folder)
     report = TtaReport(val.source, len(val), model.tta_flip, max_views, before, chosen, scored,
-                       changed=write and chosen != before)
-    if report.changed:
-        _write(folder, report, reports[chosen], read_config(folder))
+                       changed=write and chosen != before,
+                       recorded=write and (chosen != before or CONFIG_KEY not in cfg))
+    if report.recorded:
+        _write(folder, report, reports[chosen], cfg)
     return report
 
 

@@ -100,9 +100,15 @@ def test_select_tta_writes_the_choice_and_its_metrics(tiny_model: Path, tiny_spl
 
 
 def test_select_tta_keeps_the_model_unless_a_candidate_is_clearly_better(tiny_model: Path, tiny_splits):
-    config = (tiny_model / "config.json").read_text()
+    (tiny_model / "README.md").write_text("# tiny\n\n## Model\n- test-time augmentation: old line\n")
     report = select_tta(tiny_model, tiny_splits["val"], min_gain=2.0)  # no accuracy gain can reach 2.0
-    assert report.chosen == () and not report.changed
+    assert report.chosen == () and not report.changed and report.recorded  # its first choice: recorded
+    cfg = json.loads((tiny_model / "config.json").read_text())
+    assert cfg["tta_zooms"] == [] and cfg[CONFIG_KEY]["chosen"] == [] and len(cfg[CONFIG_KEY]["candidates"]) > 1
+    assert "## Test-time augmentation" in (tiny_model / "README.md").read_text()
+    config = (tiny_model / "config.json").read_text()
+    again = select_tta(tiny_model, tiny_splits["val"], min_gain=2.0)
+    assert not again.changed and not again.recorded  # chosen and recorded already: nothing rewritten
     assert select_tta(tiny_model, tiny_splits["val"], max_views=2).candidates[0].zooms == ()  # only the mirror fits
     assert not select_tta(tiny_model, tiny_splits["val"], min_gain=-1.0, write=False).changed
     assert (tiny_model / "config.json").read_text() == config
