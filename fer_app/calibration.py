@@ -222,14 +222,18 @@ class CaptureRecorder:
         session = CalibrationSession(name, root, per_class)
         return cls(session, CaptureScheduler(per_class=per_class, counts=session.counts(), **scheduler_options))
 
-    def on_frame(self, frame: np.ndarray, faces: Sequence[Face], now: float | None = None) -> CaptureStep:
-        """The step for this frame; when it says grab, the largest face's crop is stored."""
+    def on_frame(self, frame: np.ndarray, faces: Sequence[Face], now: float | None = None,
+                 crop: Callable[[np.ndarray, Sequence[Face]], list[np.ndarray]] | None = None) -> CaptureStep:
+        """The step for this frame; when it says grab, the largest face's crop is stored, cut by `crop` (the
+        live pipeline's, so captures are framed as the classifier sees faces; default: `crop_faces` with
+        this recorder's margin)."""
         now = self._clock() if now is None else now
         face = max(faces, key=lambda f: f.area, default=None)
         with self._lock:
             step = self.scheduler.tick(now, face is not None)
             if step.grab and face is not None and step.label is not None:
-                self.session.add(step.label, crop_faces(frame, [face], self.margin)[0])
+                cut = crop(frame, [face]) if crop is not None else crop_faces(frame, [face], self.margin)
+                self.session.add(step.label, cut[0])
                 self.scheduler.record(step.label)
                 step = replace(step, have=step.have + 1)
             self._last = step

@@ -482,7 +482,8 @@ def cmd_robustness(args: argparse.Namespace) -> int:
         faces = replace(faces, images=faces.images[picks], labels=faces.labels[picks], soft_labels=None)
     model = load_model(args.model, clip_source=args.clip, runtime=args.runtime, threads=args.threads)
     bar = _progress_bar(len(faces), "pasting, detecting, cropping", unit="face")
-    report = recrop_report(model, faces, margins=args.margins or MARGINS, seed=args.seed,
+    report = recrop_report(model, faces, margins=args.margins or MARGINS, seed=args.seed, roll=args.roll,
+                           align=args.align,
                            detector=DetectorConfig() if args.detector == "photo" else VIDEO_DETECTOR,
                            progress=lambda done, total: bar.update(done - bar.n))
     bar.close()
@@ -778,6 +779,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector", choices=("video", "photo"), default="video",
                    help="the live/video detector settings (default) or the photo page's")
     p.add_argument("--seed", type=int, default=0, help="seed of the scenes (backgrounds, places, sizes)")
+    p.add_argument("--roll", type=float, default=0.0, metavar="DEGREES",
+                   help="paste each face turned by a random angle up to this, either way (a tilted head; default 0)")
+    p.add_argument("--align", action="store_true",
+                   help="also score every margin on crops levelled on the eyes (OpenCV's eye cascade)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_robustness)
 

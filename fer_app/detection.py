@@ -3,7 +3,8 @@
 `FaceDetector.detect` works on a grey, histogram-equalised (CLAHE) copy of the frame downscaled to
 `DetectorConfig.detection_width` (never upscaled) and maps the boxes back to full resolution.
 Overlapping detections of one face are merged, keeping the strongest. `crop_faces` cuts square,
-centred crops with a margin out of the full-resolution frame.
+centred crops with a margin out of the full-resolution frame, rotated so the eyes are level when
+`DetectorConfig.align` is on (`fer_app.alignment`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from fer_app.alignment import EyeAligner, aligned_crop
 from fer_app.config import EQUALIZE_MODES, DetectorConfig
 from fer_app.types import Face
 
@@ -49,6 +51,7 @@ class FaceDetector:
         self._classifier = cv2.CascadeClassifier(str(self.cascade))
         if self._classifier.empty():
             raise FileNotFoundError(f"{self.cascade}: not a readable Haar cascade file")
+        self.aligner = EyeAligner() if self.config.align else None
 
     def detect(self, frame: np.ndarray) -> list[Face]:
         """Faces in a grey (H, W) or BGR (H, W, 3) uint8 frame, largest first, in frame pixels."""
@@ -100,9 +103,13 @@ class FaceDetector:
         kept = _suppress_overlaps(np.asarray(found, dtype=np.float64) / scale, np.asarray(strengths))
         return sorted((_to_face(box, width, height) for box in kept), key=lambda f: f.area, reverse=True)
 
+    def rolls(self, frame: np.ndarray, faces: Sequence[Face]) -> list[float] | None:
+        """Each face's roll in degrees (`EyeAligner.roll`) when this detector aligns crops, else None."""
+        return None if self.aligner is None else [self.aligner.roll(frame, face) for face in faces]
+
     def crop(self, frame: np.ndarray, faces: Sequence[Face]) -> list[np.ndarray]:
-        """`crop_faces` with this detector's margin."""
-        return crop_faces(frame, faces, self.config.margin)
+        """`crop_faces` with this detector's margin, aligned on the eyes when its config says so."""
+        return crop_faces(frame, faces, self.config.margin, self.rolls(frame, faces))
 
     def _prepare(self, frame: np.ndarray) -> tuple[np.ndarray, float]:
         """Grey, downscaled, equalised copy of the frame and its scale relative to the frame."""
@@ -162,13 +169,14 @@ def square_box(face: Face, frame_shape: tuple[int, ...], margin: float) -> Face:
     return Face(x, y, side, side)
 
 
-def crop_faces(frame: np.ndarray, faces: Sequence[Face], margin: float = DetectorConfig.margin) -> list[np.ndarray]:
-    """Square crops (views into `frame`, no copies) around `faces`; see `square_box`."""
-    crops = []
-    for face in faces:
-        box = square_box(face, frame.shape, margin)
-        crops.append(frame[box.y : box.y + box.h, box.x : box.x + box.w])
-    return crops
+def crop_faces(frame: np.ndarray, faces: Sequence[Face], margin: float = DetectorConfig.margin,
+               rolls: Sequence[float] | None = None) -> list[np.ndarray]:
+    """Square crops around `faces` (see `square_box`), each rotated by its roll in `rolls` (degrees,
+    `fer_app.alignment.aligned_crop`) when given; a crop with no roll is a view into `frame`, no copy."""
+    if rolls is not None and len(rolls) != len(faces):
+        raise ValueError(f"{len(rolls)} rolls for {len(faces)} faces")
+    return [aligned_crop(frame, square_box(face, frame.shape, margin), rolls[i] if rolls is not None else 0.0)
+            for i, face in enumerate(faces)]
 
 
 def _suppress_overlaps(boxes: np.ndarray, strengths: np.ndarray) -> list[np.ndarray]:

@@ -20,7 +20,7 @@ import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import cv2
@@ -34,7 +34,7 @@ from fer_app.model import Classifier
 from fer_app.runtimes import runtime_choice
 from fer_app.scan import Scanner
 from fer_app.tracking import FaceTracker, Track
-from fer_app.types import Prediction
+from fer_app.types import Face, Prediction
 
 __all__ = ["DrawOptions", "FrameTiming", "LivePipeline", "LiveSettings", "LiveStats"]
 
@@ -226,6 +226,10 @@ class LivePipeline:
             old = self._pending or _Pending()
             self._pending = _Pending(model if model is not None else old.model, settings or old.settings,
                                      detector or old.detector)
+
+    def crop(self, frame: np.ndarray, faces: Sequence[Face]) -> list[np.ndarray]:
+        """`faces` cut out of `frame` the way this pipeline cuts them for the classifier (margin, eye alignment)."""
+        return self._detector.crop(frame, faces)
 
     def predictions(self) -> list[Prediction]:
         """Smoothed predictions of the last frame (with track ids); faces not classified yet are left out."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fer_app.detection import FaceDetector, crop_faces
+from fer_app.detection import FaceDetector
 from fer_app.model import Classifier
 from fer_app.types import Prediction
 
@@ -14,5 +14,5 @@ def analyze_image(image: np.ndarray, model: Classifier, detector: FaceDetector) 
     faces = detector.detect(image)
     if not faces:
         return []
-    probs = model.predict_proba(crop_faces(image, faces, detector.config.margin))
+    probs = model.predict_proba(detector.crop(image, faces))
     return [Prediction(face, p, tuple(model.classes)) for face, p in zip(faces, probs)]

@@ -7,6 +7,11 @@ a random part of a real photo or video frame (`../shared/media`), found there by
 detector, and cropped with each of several margins. The report gives accuracy, macro-F1 and
 per-class recall on those crops, next to the same faces as given, over the faces the detector found
 (IoU >= 0.3 with the pasted square). The crop margin is chosen on val with it.
+
+Webcam users tilt their heads; FER-2013's faces mostly are upright. With `roll` each face is pasted
+turned by a random angle (up to `roll` degrees either way), and with `align` every margin is scored a
+second time on crops levelled on the eyes (`fer_app.alignment`), so the two can be compared on the same
+found faces.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import numpy as np
 
 from fer_app.config import MEDIA_DIR, VIDEO_DETECTOR, DetectorConfig
 from fer_app.data import FaceSet
+from fer_app.alignment import EyeAligner
 from fer_app.detection import FaceDetector, crop_faces
 from fer_app.evaluate import predict_faces
 from fer_app.metrics import classification_report
@@ -52,6 +58,8 @@ class CropRow:
     accuracy: float
     macro_f1: float
     recall: dict[str, float]
+    #: The crops were levelled on the eyes (`fer_app.alignment`).
+    aligned: bool = False
 
 
 @dataclass
@@ -65,14 +73,18 @@ class RecropReport:
     detector: str
     #: Median side of the found Haar box over the pasted face's (FER-2013's frame): below 1, the box is inside.
     box_ratio: float | None = None
+    #: The faces were pasted turned by up to this many degrees either way.
+    roll: float = 0.0
+    #: With `align`: the share of found faces whose eyes were found (their crops were levelled).
+    eyes_found: float | None = None
     rows: list[CropRow] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def best_margin(self) -> float:
-        """The margin whose crops score highest (accuracy, then macro-F1; ties: the smaller margin)."""
-        cropped = [r for r in self.rows if r.margin is not None]
+        """The margin whose plain crops score highest (accuracy, then macro-F1; ties: the smaller margin)."""
+        cropped = [r for r in self.rows if r.margin is not None and not r.aligned]
         return max(cropped, key=lambda r: (r.accuracy, r.macro_f1, -r.margin)).margin
 
 
@@ -101,9 +113,10 @@ def _feather(side: int) -> np.ndarray:
 
 
 def paste_scene(face: np.ndarray, background: np.ndarray, rng: np.random.Generator,
-                size: tuple[int, int] = SCENE_SIZE) -> tuple[np.ndarray, Face]:
+                size: tuple[int, int] = SCENE_SIZE, roll: float = 0.0) -> tuple[np.ndarray, Face]:
     """A `size` BGR scene: a random part of `background` with the grey `face` pasted into it at a
-    random place and size (`SIDES`); returns the scene and the pasted square."""
+    random place and size (`SIDES`), turned by `roll` degrees (positive: counter-clockwise on screen, the
+    right-hand eye going up); returns the scene and the pasted square."""
     width, height = size
     bh, bw = background.shape[:2]
     scale = rng.uniform(0.6, 1.0) * min(bw / width, bh / height)
@@ -114,6 +127,10 @@ def paste_scene(face: np.ndarray, background: np.ndarray, rng: np.random.Generat
     x, y = int(rng.integers(0, width - side + 1)), int(rng.integers(0, height - side + 1))
     big = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC).astype(np.float32)[..., None]
     alpha = _feather(side)
+    if roll:
+        turn = cv2.getRotationMatrix2D(((side - 1) / 2, (side - 1) / 2), roll, 1.0)
+        big = cv2.warpAffine(big, turn, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[..., None]
+        alpha = cv2.warpAffine(alpha, turn, (side, side), flags=cv2.INTER_LINEAR)[..., None]
     region = scene[y:y + side, x:x + side].astype(np.float32)
     scene[y:y + side, x:x + side] = np.clip(alpha * big + (1 - alpha) * region + 0.5, 0, 255).astype(np.uint8)
     return scene, Face(x, y, side, side)
@@ -126,17 +143,19 @@ def _found(detector: FaceDetector, scene: np.ndarray, pasted: Face) -> Face | No
 
 
 def _row(framing: str, margin: float | None, labels: np.ndarray, probs: np.ndarray,
-         classes: tuple[str, ...]) -> CropRow:
+         classes: tuple[str, ...], aligned: bool = False) -> CropRow:
     report = classification_report(labels, probs.argmax(1), classes)
     return CropRow(framing, margin, round(report["accuracy"], 4), round(report["macro_f1"], 4),
-                   {c: round(m["recall"], 4) for c, m in report["per_class"].items()})
+                   {c: round(m["recall"], 4) for c, m in report["per_class"].items()}, aligned)
 
 
 def recrop_report(model: Classifier, faces: FaceSet, *, backgrounds: Sequence[np.ndarray] | None = None,
                   margins: Sequence[float] = MARGINS, detector: DetectorConfig = VIDEO_DETECTOR, seed: int = 0,
-                  batch_size: int = 256, progress: Callable[[int, int], None] | None = None) -> RecropReport:
-    """Paste each face of `faces` into a real scene, detect it with `detector`, crop it with each margin
-    and score the crops (see the module docstring). Deterministic for a seed."""
+                  roll: float = 0.0, align: bool = False, batch_size: int = 256,
+                  progress: Callable[[int, int], None] | None = None) -> RecropReport:
+    """Paste each face of `faces` into a real scene (turned by up to `roll` degrees), detect it with
+    `detector`, crop it with each margin (and, with `align`, each margin levelled on the eyes) and score
+    the crops (see the module docstring). Deterministic for a seed."""
     backgrounds = real_backgrounds() if backgrounds is None else list(backgrounds)
     if not backgrounds:
         raise RobustnessError(f"no background photos or videos (looked in {MEDIA_DIR})")
@@ -144,13 +163,19 @@ def recrop_report(model: Classifier, faces: FaceSet, *, backgrounds: Sequence[np
         raise RobustnessError("no faces to paste")
     if any(m <= -0.5 for m in margins):
         raise RobustnessError("crop margins must be above -0.5 (a negative margin crops inside the Haar box)")
+    if roll < 0 or roll > 90:
+        raise RobustnessError("the roll must be between 0 and 90 degrees")
     finder = FaceDetector(detector)
+    aligner = EyeAligner() if align else None
     rng = np.random.default_rng(seed)
     classes = tuple(model.classes)
     kept: list[int] = []
     ratios: list[float] = []
-    crops: dict[float, list[np.ndarray]] = {float(m): [] for m in margins}
-    probs: dict[float, list[np.ndarray]] = {m: [] for m in crops}
+    levelled = 0
+    # one list of crops per framing: (margin, aligned on the eyes)
+    crops: dict[tuple[float, bool], list[np.ndarray]] = {(float(m), a): [] for a in (False, *([True] if align else []))
+                                                         for m in margins}
+    probs: dict[tuple[float, bool], list[np.ndarray]] = {k: [] for k in crops}
 
     def classify_pending() -> None:
         for m, pending in crops.items():
@@ -160,28 +185,34 @@ def recrop_report(model: Classifier, faces: FaceSet, *, backgrounds: Sequence[np
 
     for i in range(len(faces)):
         background = backgrounds[int(rng.integers(len(backgrounds)))]
-        scene, pasted = paste_scene(faces.images[i], background, rng)
+        turn = float(rng.uniform(-roll, roll)) if roll else 0.0  # no draw at 0: the scenes of earlier reports
+        scene, pasted = paste_scene(faces.images[i], background, rng, roll=turn)
         box = _found(finder, scene, pasted)
         if box is not None:
             kept.append(i)
             ratios.append(max(box.w, box.h) / pasted.w)
-            for m in crops:
-                crops[m].append(np.ascontiguousarray(crop_faces(scene, [box], m)[0]))
+            rolls = [aligner.roll(scene, box)] if aligner else None
+            levelled += bool(rolls and rolls[0])
+            for m, aligned in crops:
+                crop = crop_faces(scene, [box], m, rolls if aligned else None)[0]
+                crops[m, aligned].append(np.ascontiguousarray(crop))
         if len(crops[next(iter(crops))]) >= batch_size:
             classify_pending()
         if progress:
             progress(i + 1, len(faces))
     classify_pending()
     report = RecropReport(faces.source, len(faces), len(kept), len(backgrounds),
-                          f"{'photo' if detector == DetectorConfig() else 'video'} detector {detector}")
+                          f"{'photo' if detector == DetectorConfig() else 'video'} detector {detector}", roll=roll)
     if not kept:
         return report
     report.box_ratio = round(float(np.median(ratios)), 3)
+    report.eyes_found = round(levelled / len(kept), 4) if align else None
     labels = faces.labels[kept]
     given = predict_faces(model, FaceSet(images=faces.images[kept], labels=labels), batch_size)
     report.rows.append(_row("as given (FER-2013's framing)", None, labels, given, classes))
-    for m in crops:
-        report.rows.append(_row(f"Haar box + margin {m:g}", m, labels, np.concatenate(probs[m]), classes))
+    for m, aligned in crops:
+        report.rows.append(_row(f"Haar box + margin {m:g}" + (", eyes level" if aligned else ""), m, labels,
+                                np.concatenate(probs[m, aligned]), classes, aligned))
     return report
 
 
@@ -193,12 +224,15 @@ def format_recrop(report: RecropReport) -> str:
              f"photos/frames; found by the {report.detector}: {report.found} "
              f"({report.found / max(1, report.faces):.1%})"
              + (f"; Haar box side {report.box_ratio:.2f}x the face's FER-2013 frame (median)" if report.box_ratio else ""),
+             *([f"faces turned by up to {report.roll:g} degrees either way"] if report.roll else []),
+             *([f"eyes found and levelled on {report.eyes_found:.1%} of the found faces"]
+               if report.eyes_found is not None else []),
              ""]
     if not rows:
         return "\n".join(lines + ["no face was found: nothing to score"])
-    lines.append(f"{'framing':<32}{'accuracy':>9}{'macro-F1':>9}" + "".join(f"{c[:7]:>9}" for c in classes))
+    lines.append(f"{'framing':<44}{'accuracy':>9}{'macro-F1':>9}" + "".join(f"{c[:7]:>9}" for c in classes))
     for r in rows:
-        lines.append(f"{r.framing:<32}{r.accuracy:>9.2%}{r.macro_f1:>9.3f}"
+        lines.append(f"{r.framing:<44}{r.accuracy:>9.2%}{r.macro_f1:>9.3f}"
                      + "".join(f"{r.recall[c]:>9.3f}" for c in classes))
     lines += ["", f"(recall per class; best margin: {report.best_margin():g})"]
     return "\n".join(lines)

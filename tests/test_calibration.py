@@ -319,3 +319,25 @@ def test_cli_calibrate(capsys, tiny_model):
     assert "python -m fer_app calibrate hugo" in card
     code = main(["calibrate", "nobody", "--model", str(tiny_model)])
     assert code == 1 and "no captures yet" in capsys.readouterr().err
+
+
+def test_recorder_stores_the_crop_the_pipeline_cuts_when_given_one(models_dir):
+    recorder = CaptureRecorder.for_session("erin", per_class=1, countdown=0.0)
+    faces = make_faces(1, 6)
+    box = Face(100, 60, 120, 120)
+    frame = synthetic_frame(faces.images[0], box)
+    cut: list[list[Face]] = []
+
+    def crop(image: np.ndarray, found):  # stands in for LivePipeline.crop: the face, upside down
+        cut.append(list(found))
+        return [crop_faces(image, found)[0][::-1]]
+
+    t = 0.0
+    while not (step := recorder.on_frame(frame, [box], now=t, crop=crop)).grab:
+        t += 0.1
+        assert t < 10
+    assert cut == [[box]]
+    stored = cv2.imread(str(recorder.session.list(step.label)[0]), cv2.IMREAD_GRAYSCALE)
+    flipped = cv2.resize(cv2.cvtColor(np.ascontiguousarray(crop_faces(frame, [box])[0][::-1]), cv2.COLOR_BGR2GRAY),
+                         (48, 48), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(stored, flipped)

@@ -377,3 +377,32 @@ def test_one_missed_detection_is_no_gap_but_three_are() -> None:
         rows = pipeline.timeline(largest=True)
         assert len({r["track"] for r in rows}) == 1
         assert [r["segment"] for r in rows] == [1] * 10 + [2] * 5
+
+
+class _CropRecorder(FakeModel):
+    """A FakeModel that keeps the crops it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.crops: list[np.ndarray] = []
+
+    def predict_proba(self, crops, *, tta: bool | None = None) -> np.ndarray:
+        self.crops.extend(np.array(c) for c in crops)
+        return super().predict_proba(crops, tta=tta)
+
+
+def test_an_aligning_detector_levels_the_crops_the_model_and_the_captures_get() -> None:
+    frame = scene((200, 100))
+    centre = face_centre(200, 100)
+    frame = cv2.warpAffine(frame, cv2.getRotationMatrix2D(centre, 12, 1.0), (frame.shape[1], frame.shape[0]),
+                           borderMode=cv2.BORDER_REPLICATE)
+    model = _CropRecorder()
+    settings = replace(SYNC, detector=replace(DETECTOR, align=True))
+    with LivePipeline(model, settings) as pipeline:
+        pipeline.process(frame)
+        faces = [p.face for p in pipeline.predictions()]
+        assert len(faces) == 1 and len(model.crops) == 1
+        np.testing.assert_array_equal(model.crops[0], pipeline.crop(frame, faces)[0])
+    with LivePipeline(FakeModel(), SYNC) as plain:
+        plain.process(frame)
+        assert not np.array_equal(model.crops[0], plain.crop(frame, faces)[0])  # levelled: not the plain box

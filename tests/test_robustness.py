@@ -150,5 +150,50 @@ def test_cli_robustness(capsys, tiny_model: Path, tmp_path: Path, real_faces: Fa
                  "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["faces"] == 6 and [r["margin"] for r in report["rows"]][1:] == [0.1, 0.2]
+    assert main(["robustness", str(data), "--model", str(tiny_model), "--count", "6", "--margins", "0",
+                 "--roll", "10", "--align", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["roll"] == 10 and [r["aligned"] for r in report["rows"]] == [False, False, True]
     assert main(["robustness", str(data), "--model", str(tiny_model), "--split", "train"]) == 1
     assert "train" in capsys.readouterr().err
+
+
+def test_paste_scene_turns_the_face_by_the_roll(real_faces: FaceSet):
+    upright, box = paste_scene(real_faces.images[0], _background(), np.random.default_rng(3))
+    turned, same = paste_scene(real_faces.images[0], _background(), np.random.default_rng(3), roll=15)
+    assert same == box  # the same place and size: only the face inside turns
+    inner = (slice(box.y + box.h // 4, box.y + 3 * box.h // 4), slice(box.x + box.w // 4, box.x + 3 * box.w // 4))
+    assert np.abs(turned[inner].astype(int) - upright[inner]).mean() > 5
+    big = cv2.resize(real_faces.images[0], (box.w, box.h), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+    turn = cv2.getRotationMatrix2D(((box.w - 1) / 2, (box.h - 1) / 2), 15, 1.0)
+    expected = cv2.warpAffine(big, turn, (box.w, box.h), borderMode=cv2.BORDER_REPLICATE)
+    centre = (slice(box.h // 4, 3 * box.h // 4), slice(box.w // 4, 3 * box.w // 4))
+    assert np.abs(turned[inner][..., 0].astype(int) - expected[centre]).max() <= 1
+
+
+def test_recrop_report_with_align_scores_each_margin_plain_and_levelled(real_faces: FaceSet):
+    model = _Recorder()
+    report = recrop_report(model, real_faces, backgrounds=[_background()], margins=(0.0, 0.2), seed=1, roll=20,
+                           align=True)
+    assert report.roll == 20 and 0.0 <= report.eyes_found <= 1.0
+    assert [(r.margin, r.aligned) for r in report.rows] == [(None, False), (0.0, False), (0.2, False),
+                                                            (0.0, True), (0.2, True)]
+    assert report.rows[3].framing == "Haar box + margin 0, eyes level"
+    plain, levelled = model.calls[0], model.calls[2]
+    assert len(plain) == len(levelled) == report.found
+    changed = sum(not np.array_equal(a, b) for a, b in zip(plain, levelled))
+    assert changed == round(report.eyes_found * report.found) > 0  # faces turned up to 20 degrees: most levelled
+    assert all(a.shape == b.shape for a, b in zip(plain, levelled))
+    text = format_recrop(report)
+    assert "turned by up to 20 degrees" in text and "eyes found and levelled" in text
+    assert report.best_margin() == 0.0  # chosen among the plain crops
+
+
+def test_recrop_report_without_roll_draws_the_scenes_it_always_drew(real_faces: FaceSet):
+    a, b = _Recorder(), _Recorder()
+    recrop_report(a, real_faces, backgrounds=[_background()], margins=(0.0,), seed=4)
+    report = recrop_report(b, real_faces, backgrounds=[_background()], margins=(0.0,), seed=4, align=True)
+    assert all(np.array_equal(x, y) for x, y in zip(a.calls[0], b.calls[0]))  # the plain crops are unchanged
+    assert report.eyes_found is not None and report.roll == 0
+    with pytest.raises(RobustnessError, match="roll"):
+        recrop_report(_Recorder(), real_faces, backgrounds=[_background()], roll=-1)

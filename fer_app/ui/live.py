@@ -133,7 +133,7 @@ def frame_callback(pipeline: LivePipeline | dict, capture: dict | None = None,
         annotated = current.process(image)
         recorder = (capture or {}).get("recorder")
         if recorder is not None:
-            step = recorder.on_frame(image, [p.face for p in current.predictions()])
+            step = recorder.on_frame(image, [p.face for p in current.predictions()], crop=current.crop)
             annotated = draw_capture_prompt(annotated, step)
         return av.VideoFrame.from_ndarray(annotated, format="bgr24")
 
