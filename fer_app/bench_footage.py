@@ -8,7 +8,8 @@ that every window of the scan must reject. These benchmarks use the real clips a
   the same engine scanning every frame whole with all TTA views per frame (the pre-tracking way),
   and the `fer` package (`../shared/peers/fer_peer.py video`, run in its own venv, never a dependency).
 - `bench_live`: the live pipeline fed real frames at a camera's pace: 1 face (a real clip) and 3
-  faces (`composite_frames`: tiles of real clips and a real face-free photo, no synthetic faces).
+  faces (`composite_frames`: tiles of real clips and a real face-free photo, no synthetic faces);
+  tracked with one view per frame, the same with crops levelled on the eyes, and a full scan.
 - `bench_scan`: the detect-and-track settings and the contrast step on the real clips: frames with
   a face against a full scan of every frame, tracks (fragmentation), ms per frame.
 - `bench_tta_spread`: label accuracy per track with all TTA views every frame vs one view per frame,
@@ -172,6 +173,7 @@ def bench_live(model, frames: int = 300, camera_fps: float = 30.0) -> list[dict]
                                  [one[i % len(one)] for i in range(frames)], 1),
                                 ("3-face composite of real clips (640x480)", list(composite_frames(frames)), 3)):
         for label, s in (("tracked, 1 view/frame", settings),
+                         ("tracked, eyes levelled", replace(settings, detector=replace(VIDEO_DETECTOR, align=True))),
                          ("full scan, all views", replace(settings, scan=ScanConfig(full_every=1), spread=False))):
             rows.append({"footage": name, "faces": faces, "engine": label,
                          **feed_pipeline(model, source, s, camera_fps, settle=30)})

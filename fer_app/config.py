@@ -54,6 +54,9 @@ class DetectorConfig:
     margin: float = 0.0
     equalize: str = "clahe"
     #: Rotate each crop so the eyes are level (`fer_app.alignment`: OpenCV's eye cascade in the face box).
+    #: Off: measured with `python -m fer_app robustness --align` on all 3589 val faces, it changed nothing the
+    #: scenes could tell apart (upright faces 70.19% -> 70.23%; faces turned up to 15 degrees 70.21% -> 70.26%):
+    #: the model, trained with turned faces, copes with a tilted head, and the eye search costs time per face.
     align: bool = False
 
 

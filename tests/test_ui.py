@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -653,3 +654,21 @@ def test_live_page_offers_start_before_the_slow_imports(tiny_model: Path, stream
     at = AppTest.from_file(str(PAGES / "live.py"), default_timeout=TIMEOUT)
     at.run()
     assert at.exception and len(streamer.calls) == 1
+
+
+def _detector_page() -> None:
+    import streamlit as st
+
+    from fer_app.config import VIDEO_DETECTOR
+    from fer_app.ui.common import detector_settings
+
+    st.session_state["config"] = detector_settings("t", VIDEO_DETECTOR)
+
+
+def test_detector_settings_keep_the_defaults_and_turn_eye_alignment_on():
+    from fer_app.config import VIDEO_DETECTOR
+
+    at = AppTest.from_function(_detector_page, default_timeout=TIMEOUT).run()
+    assert not at.exception and at.session_state["config"] == VIDEO_DETECTOR
+    at.checkbox(key="t-align").check().run()
+    assert at.session_state["config"] == replace(VIDEO_DETECTOR, align=True)
