@@ -23,9 +23,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from fer_app.alignment import EyeAligner
 from fer_app.config import MEDIA_DIR, VIDEO_DETECTOR, DetectorConfig
 from fer_app.data import FaceSet
-from fer_app.alignment import EyeAligner
 from fer_app.detection import FaceDetector, crop_faces
 from fer_app.evaluate import predict_faces
 from fer_app.metrics import classification_report
