@@ -52,11 +52,16 @@ class Eyes:
         return math.degrees(math.atan2(self.right[1] - self.left[1], self.right[0] - self.left[0]))
 
 
-def _grey(frame: np.ndarray) -> np.ndarray:
+def to_grey(frame: np.ndarray) -> np.ndarray:
+    """The grey version of a grey (H, W), single-channel, BGR or BGRA uint8 image (a view when already grey)."""
     if frame.ndim == 2:
         return frame
-    return cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY if frame.shape[2] == 3 else cv2.COLOR_BGRA2GRAY) \
-        if frame.shape[2] in (3, 4) else frame[:, :, 0]
+    channels = frame.shape[2]
+    if channels == 1:
+        return frame[:, :, 0]
+    if channels in (3, 4):
+        return cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY if channels == 3 else cv2.COLOR_BGRA2GRAY)
+    raise ValueError(f"expected 1, 3 or 4 channels, got {channels}")
 
 
 class EyeAligner:
@@ -77,7 +82,7 @@ class EyeAligner:
         if x1 - x0 < 8 or bottom - top < 4:
             return None
         scale = FACE_WIDTH / face.w
-        band = cv2.resize(_grey(frame[top:bottom, x0:x1]),
+        band = cv2.resize(to_grey(frame[top:bottom, x0:x1]),
                           (max(1, round((x1 - x0) * scale)), max(1, round((bottom - top) * scale))),
                           interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
         band = cv2.equalizeHist(band)

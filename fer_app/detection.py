@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fer_app.alignment import EyeAligner, aligned_crop
+from fer_app.alignment import EyeAligner, aligned_crop, to_grey
 from fer_app.config import EQUALIZE_MODES, DetectorConfig
 from fer_app.types import Face
 
@@ -115,16 +115,7 @@ class FaceDetector:
         """Grey, downscaled, equalised copy of the frame and its scale relative to the frame."""
         if frame.dtype != np.uint8 or frame.ndim not in (2, 3) or frame.size == 0:
             raise ValueError(f"expected a non-empty uint8 grey or BGR frame, got {frame.dtype} {frame.shape}")
-        if frame.ndim == 3:
-            channels = frame.shape[2]
-            if channels == 1:
-                grey = frame[:, :, 0]
-            elif channels in (3, 4):
-                grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY if channels == 3 else cv2.COLOR_BGRA2GRAY)
-            else:
-                raise ValueError(f"expected 1, 3 or 4 channels, got {channels}")
-        else:
-            grey = frame
+        grey = to_grey(frame)
         height, width = grey.shape
         scale = min(1.0, self.config.detection_width / width)
         if scale < 1.0:
