@@ -390,18 +390,19 @@ class LivePipeline:
                 self._apply_result(result, now)
         if not tracks:
             return None
-        crops = self._detector.crop(frame, [t.face for t in tracks])
         ids = [t.id for t in tracks]
         count = self._model.views(settings.mirror)
         views = [t.classified % count for t in tracks] if settings.spread and count > 1 else None
         if use_worker:
             worker = worker or self._start_worker()
-            if not worker.busy:
+            if not worker.busy:  # crops are cut only for a batch that runs (an eye search each when aligning)
                 # all views of every face at once would be slow here; one view each costs no more than none
                 mirror = settings.mirror if views is not None or settings.mirror is not None else False
+                crops = self._detector.crop(frame, [t.face for t in tracks])
                 job = _Job(self._generation, self._model, [np.array(c) for c in crops], ids, mirror, views)
                 worker.submit(lambda: _run_job(job, self._clock))
             return None
+        crops = self._detector.crop(frame, [t.face for t in tracks])
         start = self._clock()
         probs = _predict(self._model, crops, settings.mirror, views)
         seconds = self._clock() - start
