@@ -18,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from fer_app.imageio import to_grey
 from fer_app.types import Face
 
 #: Eye cascade: OpenCV's, from its cascade folder.
@@ -50,18 +51,6 @@ class Eyes:
     def roll(self) -> float:
         """Degrees the eye line dips to the image's right (positive: the right-hand eye is lower)."""
         return math.degrees(math.atan2(self.right[1] - self.left[1], self.right[0] - self.left[0]))
-
-
-def to_grey(frame: np.ndarray) -> np.ndarray:
-    """The grey version of a grey (H, W), single-channel, BGR or BGRA uint8 image (a view when already grey)."""
-    if frame.ndim == 2:
-        return frame
-    channels = frame.shape[2]
-    if channels == 1:
-        return frame[:, :, 0]
-    if channels in (3, 4):
-        return cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY if channels == 3 else cv2.COLOR_BGRA2GRAY)
-    raise ValueError(f"expected 1, 3 or 4 channels, got {channels}")
 
 
 class EyeAligner:

@@ -36,9 +36,9 @@ from fer_app import config
 from fer_app.config import CLASSES, DetectorConfig
 from fer_app.data import SIDE, DataError, FaceSet, Splits, load_folders
 from fer_app.detection import crop_faces
-from fer_app.encoders.base import to_grey
 from fer_app.evaluate import evaluate
 from fer_app.heads import Head
+from fer_app.imageio import to_grey
 from fer_app.jobs import Job, check_name, start_job
 from fer_app.metrics import classification_report, confusion_png
 from fer_app.model import (DIGEST_KEY, ENCODER_DIGEST, QUANTIZED_FILE, QUANTIZED_KEY, WEIGHTS_FILE, Classifier,

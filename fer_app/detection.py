@@ -15,8 +15,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fer_app.alignment import EyeAligner, aligned_crop, to_grey
+from fer_app.alignment import EyeAligner, aligned_crop
 from fer_app.config import EQUALIZE_MODES, DetectorConfig
+from fer_app.imageio import to_grey
 from fer_app.types import Face
 
 __all__ = ["DEFAULT_CASCADE", "FaceDetector", "cascade_path", "crop_faces", "equalize", "same_face", "square_box"]

@@ -312,3 +312,18 @@ def _reason(exc: BaseException) -> str:
     """A short, single-line description of an exception."""
     text = " ".join(str(exc).split())
     return text or type(exc).__name__
+
+
+def to_grey(image: np.ndarray) -> np.ndarray:
+    """The grey version of a grey (H, W), single-channel, BGR or BGRA uint8 image (a view when already grey):
+    what the detector, the eye search and the encoders see of a frame or a crop."""
+    import cv2
+
+    if image.ndim == 2:
+        return image
+    channels = image.shape[2]
+    if channels == 1:
+        return image[:, :, 0]
+    if channels in (3, 4):
+        return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY if channels == 3 else cv2.COLOR_BGRA2GRAY)
+    raise ValueError(f"expected 1, 3 or 4 channels, got {channels}")

@@ -770,7 +770,7 @@ def write_reference(target: Path, encoder: Encoder, crops: Sequence[np.ndarray] 
     import cv2
     from safetensors.torch import save_file
 
-    from fer_app.encoders.base import to_grey
+    from fer_app.imageio import to_grey
 
     side = int(encoder.config().get("input_size", REFERENCE_SIDE))
     grey = np.stack([cv2.resize(to_grey(c), (side, side), interpolation=cv2.INTER_AREA)

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from fer_app import runtimes
-from fer_app.encoders.base import Encoder, to_grey
+from fer_app.encoders.base import Encoder
+from fer_app.imageio import to_grey
 from fer_app.runtimes import (
     AUTO,
     ONNX_FP32,

@@ -37,16 +37,3 @@ class Encoder(nn.Module, ABC):
         """
         pixels = self.preprocess(list(grey_uint8.cpu().numpy()))
         return pixels.to(grey_uint8.device)
-
-
-def to_grey(crop: np.ndarray) -> np.ndarray:
-    """uint8 grey (H, W) from a grey, BGR or BGRA crop."""
-    import cv2
-
-    if crop.ndim == 2:
-        return crop
-    if crop.shape[2] == 1:
-        return crop[:, :, 0]
-    if crop.shape[2] == 4:
-        return cv2.cvtColor(crop, cv2.COLOR_BGRA2GRAY)
-    return cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)

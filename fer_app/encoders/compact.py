@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fer_app.encoders.base import Encoder, to_grey
+from fer_app.encoders.base import Encoder
+from fer_app.imageio import to_grey
 
 INPUT_SIZE = 48
 
