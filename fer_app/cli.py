@@ -210,7 +210,8 @@ def _train_config(args: argparse.Namespace):
                        patience=args.patience, seed=args.seed, device=args.device, precision=args.precision,
                        threads=args.threads, clip_source=args.clip, soft_targets=args.soft_targets,
                        teachers=tuple(args.teacher or ()), kd_weight=args.kd_weight,
-                       kd_temperature=args.kd_temperature, mixup=args.mixup)
+                       kd_temperature=args.kd_temperature, mixup=args.mixup,
+                       haar_views=args.haar_views)
 
 
 def _load_streamed(args: argparse.Namespace, verbose: bool = True):
@@ -705,6 +706,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kd-temperature", type=float, default=2.0, help="distillation temperature")
     p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
                    help="mixup: blend pairs of faces and their targets by Beta(ALPHA, ALPHA) (0: off; 0.2 typical)")
+    p.add_argument("--haar-views", type=float, default=0.0, metavar="SHARE",
+                   help="show this share of the train faces as the app frames them: pasted into real scenes from "
+                   "../shared/media, found by the Haar cascade, cut from its box (made once per run, cached in "
+                   "--workdir; 0: off, 0.5 typical)")
     p.add_argument("--no-augment", action="store_true", help="turn off flips/affine/jitter/erasing")
     p.add_argument("--no-tta", action="store_true", help="don't average with the mirror image at prediction")
     p.add_argument("--patience", type=int, default=0, help="early stopping after N epochs without val gain (0: off)")

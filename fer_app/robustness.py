@@ -16,7 +16,7 @@ found faces.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from fer_app.config import MEDIA_DIR, VIDEO_DETECTOR, DetectorConfig
 from fer_app.data import FaceSet
 from fer_app.detection import FaceDetector, crop_faces
 from fer_app.evaluate import predict_faces
+from fer_app.imageio import to_grey
 from fer_app.metrics import classification_report
 from fer_app.model import Classifier
 from fer_app.tracking import iou
@@ -142,6 +143,41 @@ def _found(detector: FaceDetector, scene: np.ndarray, pasted: Face) -> Face | No
     return best if best is not None and iou(best, pasted) >= MIN_IOU else None
 
 
+def found_in_scenes(images: Sequence[np.ndarray], backgrounds: Sequence[np.ndarray], finder: FaceDetector,
+                    rng: np.random.Generator, roll: float = 0.0) -> Iterator[tuple[int, np.ndarray, Face, Face | None]]:
+    """Each face pasted into a scene (`paste_scene`: a random background, turned by up to `roll` degrees) and
+    looked for there: (index, scene, pasted square, the detection that is the face or None), in order."""
+    for i, image in enumerate(images):
+        background = backgrounds[int(rng.integers(len(backgrounds)))]
+        turn = float(rng.uniform(-roll, roll)) if roll else 0.0  # no draw at 0: the scenes of earlier reports
+        scene, pasted = paste_scene(image, background, rng, roll=turn)
+        yield i, scene, pasted, _found(finder, scene, pasted)
+
+
+def haar_views(faces: FaceSet, *, backgrounds: Sequence[np.ndarray] | None = None,
+               detector: DetectorConfig = VIDEO_DETECTOR, margin: float = DetectorConfig.margin, seed: int = 0,
+               progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Every face as the app would hand it to the model: pasted into a real scene, found by `detector`,
+    cut from its Haar box with `margin` and made a grey face of the same size as the given one. Returns
+    the views (N, H, W) uint8 and which faces were found (N,) bool; a face not found keeps its own image.
+    Deterministic for a seed; the training engine's `haar_views` option trains on them."""
+    backgrounds = real_backgrounds() if backgrounds is None else list(backgrounds)
+    if not backgrounds:
+        raise RobustnessError(f"no background photos or videos (looked in {MEDIA_DIR})")
+    views = np.array(faces.images, dtype=np.uint8, copy=True)
+    found = np.zeros(len(faces), dtype=bool)
+    height, width = views.shape[1:3]
+    for i, scene, _, box in found_in_scenes(faces.images, backgrounds, FaceDetector(detector),
+                                            np.random.default_rng(seed)):
+        if box is not None:
+            crop = to_grey(crop_faces(scene, [box], margin)[0])
+            views[i] = cv2.resize(crop, (width, height), interpolation=cv2.INTER_AREA)
+            found[i] = True
+        if progress:
+            progress(i + 1, len(faces))
+    return views, found
+
+
 def _row(framing: str, margin: float | None, labels: np.ndarray, probs: np.ndarray,
          classes: tuple[str, ...], aligned: bool = False) -> CropRow:
     report = classification_report(labels, probs.argmax(1), classes)
@@ -183,11 +219,7 @@ def recrop_report(model: Classifier, faces: FaceSet, *, backgrounds: Sequence[np
                 probs[m].append(model.predict_proba(pending))
                 pending.clear()
 
-    for i in range(len(faces)):
-        background = backgrounds[int(rng.integers(len(backgrounds)))]
-        turn = float(rng.uniform(-roll, roll)) if roll else 0.0  # no draw at 0: the scenes of earlier reports
-        scene, pasted = paste_scene(faces.images[i], background, rng, roll=turn)
-        box = _found(finder, scene, pasted)
+    for i, scene, pasted, box in found_in_scenes(faces.images, backgrounds, finder, rng, roll):
         if box is not None:
             kept.append(i)
             ratios.append(max(box.w, box.h) / pasted.w)

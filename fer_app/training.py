@@ -83,6 +83,9 @@ class TrainConfig:
     kd_weight: float = 0.5              # share of the loss given to the teachers' targets
     kd_temperature: float = 2.0         # distillation temperature
     mixup: float = 0.0                  # mixup's Beta(alpha, alpha); 0 = off
+    # the share of train faces shown as the app frames them: pasted into real scenes, found by the Haar
+    # cascade and cut from its box (`fer_app.robustness.haar_views`, made once per run); 0 = off
+    haar_views: float = 0.0
 
     def __post_init__(self) -> None:
         self.widths, self.convs_per_stage = tuple(self.widths), tuple(self.convs_per_stage)
@@ -99,6 +102,8 @@ class TrainConfig:
             raise ValueError(f"soft_targets must be one of {', '.join(SOFT_TARGETS)} (got {self.soft_targets!r})")
         if not 0.0 <= self.kd_weight <= 1.0 or self.kd_temperature <= 0 or self.mixup < 0:
             raise ValueError("kd_weight must be in [0, 1], kd_temperature > 0 and mixup >= 0")
+        if not 0.0 <= self.haar_views <= 1.0:
+            raise ValueError(f"haar_views must be in [0, 1] (got {self.haar_views})")
 
     @property
     def soft(self) -> bool:
@@ -437,14 +442,17 @@ def _shard_order(n: int, ctx: distributed.Context, seed: int, epoch: int) -> tor
 
 class _InMemory:
     """Faces (uint8) or embeddings held in one tensor, batched by index; on CUDA moved to the GPU once
-    (FER-2013's 28k faces are 66 MB), so a batch is an index on the device."""
+    (FER-2013's 28k faces are 66 MB), so a batch is an index on the device. With `views` (another view
+    of every face, same shape) a train batch shows each face's view instead with probability `share`."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, device: torch.device, ctx: distributed.Context,
-                 soft: torch.Tensor | None = None) -> None:
+                 soft: torch.Tensor | None = None, views: torch.Tensor | None = None, share: float = 0.0) -> None:
         self.x, self.y, self.device, self.ctx, self.soft = x, y, device, ctx, soft
+        self.views, self.share = views, share
         if device.type == "cuda":
             self.x, self.y = x.to(device), y.to(device)
             self.soft = None if soft is None else soft.to(device)
+            self.views = None if views is None else views.to(device)
 
     def steps(self, batch_size: int) -> int:
         return math.ceil(math.ceil(len(self.y) / self.ctx.world_size) / batch_size)
@@ -455,9 +463,14 @@ class _InMemory:
         soft = None if self.soft is None else self.soft[idx].to(self.device)
         return self.x[idx].to(self.device), self.y[idx].to(self.device), None, soft
 
-    def train_batches(self, batch_size: int, seed: int, epoch: int):
+    def train_batches(self, batch_size: int, seed: int, epoch: int, gen: torch.Generator | None = None):
         for idx in _shard_order(len(self.y), self.ctx, seed, epoch).split(batch_size):
-            yield self._take(idx)
+            xb, yb, mask, soft = self._take(idx)
+            if self.views is not None and self.share > 0 and gen is not None:
+                pick = (torch.rand(len(idx), generator=gen) < self.share).to(self.device)
+                views = self.views[idx.to(self.views.device)].to(self.device)
+                xb = torch.where(pick.view(-1, *([1] * (xb.dim() - 1))), views, xb)
+            yield xb, yb, mask, soft
 
     def eval_batches(self, batch_size: int):
         for idx in torch.tensor(distributed.shard(len(self.y), self.ctx), dtype=torch.int64).split(batch_size):
@@ -507,7 +520,7 @@ class _Streamed:
             yb = yb.clamp_min(0)
         return (xb.to(self.device, non_blocking=self.pin), yb.to(self.device, non_blocking=self.pin), mask, None)
 
-    def train_batches(self, batch_size: int, seed: int, epoch: int):
+    def train_batches(self, batch_size: int, seed: int, epoch: int, gen: torch.Generator | None = None):
         from torch.utils.data import DistributedSampler
 
         if self._train is None:
@@ -594,6 +607,37 @@ def _soft_targets(cfg: TrainConfig, train_set: FaceSet, workdir: Path, ctx: dist
     return torch.cat([base, teach], 1)
 
 
+def _haar_views(train_set: FaceSet, workdir: Path, ctx: distributed.Context, callback: Callback,
+                started: float, seed: int) -> torch.Tensor:
+    """The train faces as the app frames them (`fer_app.robustness.haar_views`), cached in the work folder,
+    keyed by the faces, the backgrounds, the detector, the crop margin and the seed (rank 0 makes them)."""
+    import hashlib
+
+    from fer_app import robustness
+    from fer_app.config import VIDEO_DETECTOR, DetectorConfig
+
+    backgrounds = robustness.real_backgrounds()
+    digest = hashlib.sha256(f"{train_set.fingerprint()} {VIDEO_DETECTOR} {DetectorConfig.margin} {seed}".encode())
+    for image in backgrounds:
+        digest.update(np.ascontiguousarray(image).tobytes())
+    path = workdir / f"haar-views-{digest.hexdigest()[:20]}.safetensors"
+    if not ctx.is_main:
+        distributed.barrier(ctx)
+    try:
+        views = load_file(str(path))["views"] if path.is_file() else None
+    except Exception:  # noqa: BLE001 - a damaged cache is made again, never trusted
+        views = None
+    if views is None or tuple(views.shape) != tuple(train_set.images.shape):
+        images, found = robustness.haar_views(train_set, backgrounds=backgrounds, seed=seed,
+                                              progress=_phase_report("haar-views", callback, started))
+        views = torch.from_numpy(images)
+        if ctx.is_main:
+            _replace_atomically(path, {"views": views.contiguous(), "found": torch.from_numpy(found)})
+    if ctx.is_main:
+        distributed.barrier(ctx)
+    return views
+
+
 def _best_file(workdir: Path, epoch: int) -> Path:
     return workdir / f"best-{epoch:04d}.safetensors"
 
@@ -618,6 +662,9 @@ def train(cfg: TrainConfig, splits: Splits, *, name: str | None = None, workdir:
     streamed = not hasattr(train_set, "images") or not hasattr(val_set, "images")
     if streamed and cfg.soft:
         raise TrainingError("soft targets (FER+ votes, teachers, mixup) need the data in memory, not streamed")
+    if cfg.haar_views > 0 and (streamed or cfg.mode == "head"):
+        raise TrainingError("Haar views (--haar-views) are made from faces held in memory and train the whole "
+                            "network: not with streamed data or in head mode")
     if streamed and cfg.mode == "head":
         raise TrainingError("head mode trains on cached embeddings of data held in memory; streamed data "
                             "trains in full mode")
@@ -673,8 +720,10 @@ def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, 
         train_data: _InMemory | _Streamed = _Streamed(train_set, device, ctx, workers)
         val_data: _InMemory | _Streamed = _Streamed(val_set, device, ctx, workers)
     else:
-        train_data = _InMemory(x_train, y_train, device, ctx, _soft_targets(cfg, train_set, workdir, ctx, callback,
-                                                                            started) if cfg.soft else None)
+        train_data = _InMemory(x_train, y_train, device, ctx,
+                               _soft_targets(cfg, train_set, workdir, ctx, callback, started) if cfg.soft else None,
+                               _haar_views(train_set, workdir, ctx, callback, started, cfg.seed)
+                               if cfg.haar_views > 0 else None, cfg.haar_views)
         val_data = _InMemory(x_val, torch.from_numpy(val_set.labels.astype(np.int64)), device, ctx)
     net.to(device)
     amp = amp_dtype(cfg.precision, device)
@@ -747,7 +796,7 @@ def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, 
         gen.manual_seed(cfg.seed * 1_000_003 + epoch * 7_919 + ctx.rank)
         net.train()
         sums = torch.zeros(3, dtype=torch.float64)  # loss * n, correct, seen
-        for b, (xb, yb, mask, tb) in enumerate(train_data.train_batches(batch_size, cfg.seed, epoch)):
+        for b, (xb, yb, mask, tb) in enumerate(train_data.train_batches(batch_size, cfg.seed, epoch, gen)):
             if distributed.any_rank(ctx, callback.should_stop()):
                 stopped = True
                 break

@@ -20,6 +20,7 @@ from fer_app.robustness import (
     RobustnessError,
     _feather,
     format_recrop,
+    haar_views,
     paste_scene,
     real_backgrounds,
     recrop_report,
@@ -197,3 +198,33 @@ def test_recrop_report_without_roll_draws_the_scenes_it_always_drew(real_faces: 
     assert report.eyes_found is not None and report.roll == 0
     with pytest.raises(RobustnessError, match="roll"):
         recrop_report(_Recorder(), real_faces, backgrounds=[_background()], roll=-1)
+
+
+def test_haar_views_are_the_found_faces_cut_from_their_haar_box(real_faces: FaceSet):
+    background = _background()
+    views, found = haar_views(real_faces, backgrounds=[background], seed=1)
+    assert views.shape == real_faces.images.shape and views.dtype == np.uint8 and found.dtype == bool
+    assert found.sum() >= 9  # the astronaut's frontal face on a real photo: found nearly always
+    # the same scenes as the report's: the faces it finds are the faces found here
+    model = _Recorder()
+    report = recrop_report(model, real_faces, backgrounds=[background], margins=(0.0,), seed=1)
+    assert report.found == found.sum()
+    # and each view is the crop the report scores at margin 0, made grey and 48x48 as the model makes it
+    scored = [cv2.resize(cv2.cvtColor(c, cv2.COLOR_BGR2GRAY), (48, 48), interpolation=cv2.INTER_AREA)
+              for c in model.calls[0]]
+    assert np.array_equal(np.stack(scored), views[found])
+    assert not any(np.array_equal(v, g) for v, g in zip(views[found], real_faces.images[found]))
+    again, found_again = haar_views(real_faces, backgrounds=[background], seed=1)
+    assert np.array_equal(again, views) and np.array_equal(found_again, found)  # deterministic for a seed
+    other, _ = haar_views(real_faces, backgrounds=[background], seed=2)
+    assert not np.array_equal(other, views)
+
+
+def test_a_face_that_is_not_found_keeps_its_own_image_as_its_view():
+    flat = FaceSet(images=np.full((3, 48, 48), 128, np.uint8), labels=np.array([0, 1, 2]))
+    seen = []
+    views, found = haar_views(flat, backgrounds=[np.full((360, 640, 3), 128, np.uint8)],
+                              progress=lambda done, total: seen.append((done, total)))
+    assert not found.any() and np.array_equal(views, flat.images) and seen[-1] == (3, 3)
+    with pytest.raises(RobustnessError, match="background"):
+        haar_views(flat, backgrounds=[])

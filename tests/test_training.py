@@ -282,3 +282,71 @@ def test_amp_dtype_per_device(monkeypatch):
     assert amp_dtype("auto", cuda) is torch.float16  # e.g. a V100 or T4
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert amp_dtype("auto", cuda) is torch.bfloat16  # Ampere and later
+
+
+class FakeHaarViews(list):
+    """Stands in for `robustness.haar_views`: records each call's options and returns `views` (the faces
+    as given while it is None), every face found."""
+
+    views: np.ndarray | None = None
+
+    def __call__(self, faces, **options):
+        self.append(options)
+        return (self.views if self.views is not None else faces.images.copy()), np.ones(len(faces), bool)
+
+
+@pytest.fixture()
+def fake_haar_views(monkeypatch) -> FakeHaarViews:
+    """The engine's Haar views made by a `FakeHaarViews`, with no media read."""
+    from fer_app import robustness
+
+    fake = FakeHaarViews()
+    monkeypatch.setattr(robustness, "haar_views", fake)
+    monkeypatch.setattr(robustness, "real_backgrounds", lambda: [np.zeros((8, 8, 3), np.uint8)])
+    return fake
+
+
+def test_haar_views_reach_the_network_in_their_share(models_dir, tiny_splits, tmp_path, fake_haar_views):
+    cfg = TrainConfig(**{**TINY_COMPACT, "epochs": 4})
+    learned = train(cfg, tiny_splits, workdir=tmp_path / "plain")
+    assert learned.report["accuracy"] > 0.5 and not fake_haar_views  # off by default: no views made
+    fake_haar_views.views = np.full_like(tiny_splits["train"].images, 128)  # views with nothing to learn from
+    blind = train(TrainConfig(**{**TINY_COMPACT, "epochs": 4}, haar_views=1.0), tiny_splits, workdir=tmp_path / "v")
+    assert blind.report["accuracy"] < 0.35  # every face shown as its (blank) view: nothing learned
+    assert len(fake_haar_views) == 1 and fake_haar_views[0]["seed"] == 0
+    assert list((tmp_path / "v").glob("haar-views-*.safetensors"))  # cached in the work folder
+
+
+def test_haar_views_are_drawn_per_face_and_a_run_resumes_exactly(models_dir, tiny_splits, tmp_path, fake_haar_views):
+    from fer_app import distributed
+    from fer_app.training import _InMemory
+
+    x = torch.zeros((200, 4, 4), dtype=torch.uint8)
+    views = torch.ones((200, 4, 4), dtype=torch.uint8)
+    data = _InMemory(x, torch.zeros(200, dtype=torch.int64), torch.device("cpu"), distributed.Context(),
+                     views=views, share=0.3)
+    xb = torch.cat([b[0] for b in data.train_batches(64, 0, 1, torch.Generator().manual_seed(0))])
+    per_face = xb.flatten(1)
+    assert ((per_face == 0).all(1) | (per_face == 1).all(1)).all()  # a face is wholly one view or the other
+    assert 0.2 < (per_face == 1).all(1).float().mean() < 0.4
+    assert (torch.cat([b[0] for b in data.train_batches(64, 0, 1)]) == 0).all()  # no generator: the faces
+    fake_haar_views.views = np.ascontiguousarray(tiny_splits["train"].images[:, ::-1])  # upside down
+    interrupted_and_resumed(TrainConfig(**{**TINY_COMPACT, "epochs": 3}, haar_views=0.5), tiny_splits, tmp_path)
+    assert len(fake_haar_views) == 2  # made once per work folder: the resumed run read its cache
+    with pytest.raises(ValueError, match="haar_views"):
+        TrainConfig(haar_views=1.5)
+    with pytest.raises(TrainingError, match="head mode"):
+        train(TrainConfig(mode="head", haar_views=0.5), tiny_splits, workdir=tmp_path / "head")
+
+
+def test_cli_train_with_haar_views(models_dir, tmp_path, capsys, fake_haar_views):
+    from conftest import make_faces
+    from fer_app.cli import main
+    from test_cli import write_fer2013_csv
+
+    data = write_fer2013_csv(tmp_path / "fer2013.csv", {"train": make_faces(6, 1), "val": make_faces(2, 2)})
+    code = main(["train", str(data), "--name", "framed", "--widths", "8", "16", "--convs", "1", "1", "--epochs", "1",
+                 "--batch-size", "16", "--threads", "1", "--haar-views", "0.5", "--workdir", str(tmp_path / "w")])
+    assert code == 0 and len(fake_haar_views) == 1
+    assert load_model("framed").meta["training"]["config"]["haar_views"] == 0.5
+    assert "--haar-views 0.5" in (models_dir / "framed" / "README.md").read_text()  # the recipe reproduces it

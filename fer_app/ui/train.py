@@ -32,9 +32,10 @@ SERVER, UPLOAD, CAPTURES = "Server path", "Uploaded zip", "Calibration captures"
 PHASES = {"start": "Starting", "embed": "Computing embeddings (cached for the next run)",
           "compare": "Evaluating the model in use on the same val split", "done": "Finishing",
           "load": "Loading the model and the captures", "fer-check": "Checking on FER-2013 val (choosing the gate)",
-          "teachers": "The teacher models' predictions on the train faces (cached for a resume)"}
+          "teachers": "The teacher models' predictions on the train faces (cached for a resume)",
+          "haar-views": "Framing the train faces as the app does: pasted into real scenes, found, cut (cached)"}
 #: Phases whose progress has a pace of its own (an ETA from the phase's own clock).
-TIMED_PHASES = ("train", "embed", "fer-check", "teachers")
+TIMED_PHASES = ("train", "embed", "fer-check", "teachers", "haar-views")
 
 
 def rate(lr: float) -> str:
