@@ -274,6 +274,10 @@ def _training_bar():
             if self.bar.disable and p.phase == "train" and p.step % 50 == 0:  # a log file: a line now and then
                 print(f"  epoch {p.epoch} step {p.step}/{p.steps} loss {p.loss:.3f} "
                       f"({p.elapsed / 60:.1f} min, ETA {p.eta / 60:.0f} min)", file=sys.stderr, flush=True)
+            elif self.bar.disable and p.phase != "train" and (p.step % max(1, p.steps // 10) == 0
+                                                               or p.step == p.steps):
+                # a phase before the epochs (teachers, Haar views) can take many minutes: a line per tenth
+                print(f"  {p.phase} {p.step}/{p.steps} ({p.elapsed / 60:.1f} min)", file=sys.stderr, flush=True)
 
         def on_epoch(self, s, p) -> None:
             msg = (f"epoch {s.epoch}/{s.epochs}: train loss {s.train_loss:.3f} acc {s.train_accuracy:.3f} | "

@@ -144,7 +144,8 @@ def _found(detector: FaceDetector, scene: np.ndarray, pasted: Face) -> Face | No
 
 
 def found_in_scenes(images: Sequence[np.ndarray], backgrounds: Sequence[np.ndarray], finder: FaceDetector,
-                    rng: np.random.Generator, roll: float = 0.0) -> Iterator[tuple[int, np.ndarray, Face, Face | None]]:
+                    rng: np.random.Generator,
+                    roll: float = 0.0) -> Iterator[tuple[int, np.ndarray, Face, Face | None]]:
     """Each face pasted into a scene (`paste_scene`: a random background, turned by up to `roll` degrees) and
     looked for there: (index, scene, pasted square, the detection that is the face or None), in order."""
     for i, image in enumerate(images):

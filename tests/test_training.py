@@ -292,6 +292,8 @@ class FakeHaarViews(list):
 
     def __call__(self, faces, **options):
         self.append(options)
+        if options.get("progress"):
+            options["progress"](len(faces), len(faces))
         return (self.views if self.views is not None else faces.images.copy()), np.ones(len(faces), bool)
 
 
@@ -348,5 +350,6 @@ def test_cli_train_with_haar_views(models_dir, tmp_path, capsys, fake_haar_views
     code = main(["train", str(data), "--name", "framed", "--widths", "8", "16", "--convs", "1", "1", "--epochs", "1",
                  "--batch-size", "16", "--threads", "1", "--haar-views", "0.5", "--workdir", str(tmp_path / "w")])
     assert code == 0 and len(fake_haar_views) == 1
+    assert "haar-views 42/42" in capsys.readouterr().err  # a log file sees the phase before the epochs
     assert load_model("framed").meta["training"]["config"]["haar_views"] == 0.5
     assert "--haar-views 0.5" in (models_dir / "framed" / "README.md").read_text()  # the recipe reproduces it
