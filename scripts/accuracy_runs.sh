@@ -10,6 +10,7 @@
 #
 #   bash scripts/accuracy_runs.sh                          # all of it (days on 2 CPU cores; minutes per run on a GPU)
 #   EPOCHS=120 SEEDS="1 2" WIDE=0 bash scripts/accuracy_runs.sh
+#   SEEDS= EPOCHS=60 TEACHERS_ONLY=1 bash scripts/accuracy_runs.sh   # only the wide teacher, then stop
 #   DATA=tiny.npz EPOCHS=1 STUDENT_EPOCHS=1 bash scripts/accuracy_runs.sh   # a smoke test of the steps
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,8 +18,9 @@ PY=${PY:-.venv/bin/python}
 DATA=${DATA:-../shared/data/fer2013-trainval.npz}
 EPOCHS=${EPOCHS:-120}                  # each teacher
 STUDENT_EPOCHS=${STUDENT_EPOCHS:-150}
-SEEDS=${SEEDS:-"1 2 3"}
+SEEDS=${SEEDS-"1 2 3"}                  # set and empty: no seed teachers
 WIDE=${WIDE:-1}                        # 1: also a wider teacher (widths 64 128 256 512)
+TEACHERS_ONLY=${TEACHERS_ONLY:-0}      # 1: stop after the teachers (choose the student recipe on their figures)
 STUDENT=${STUDENT:-compact-fer2013-kd}
 ROOT=${ROOT:-runs/acc}
 THREADS=${THREADS:-0}
@@ -52,6 +54,7 @@ for t in "${teachers[@]}"; do  # each teacher's own val figure, with its TTA vie
   "$PY" -m fer_app evaluate "$DATA" --split val --runtime torch --model "$t" --json |
     "$PY" -c 'import json,sys; d=json.load(sys.stdin); print(d["model"], round(d["accuracy"], 4), round(d["macro_f1"], 4))'
 done
+if [ "$TEACHERS_ONLY" = 1 ]; then exit 0; fi
 run "$STUDENT" models "${SHAPE[@]}" --epochs "$STUDENT_EPOCHS" --teacher "${teachers[@]}" \
   --kd-weight 0.7 --kd-temperature 2
 "$PY" -m fer_app tta "$STUDENT" "$DATA"
