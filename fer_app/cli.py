@@ -210,7 +210,7 @@ def _train_config(args: argparse.Namespace):
                        patience=args.patience, seed=args.seed, device=args.device, precision=args.precision,
                        threads=args.threads, clip_source=args.clip, soft_targets=args.soft_targets,
                        teachers=tuple(args.teacher or ()), kd_weight=args.kd_weight,
-                       kd_temperature=args.kd_temperature, mixup=args.mixup,
+                       kd_temperature=args.kd_temperature, mixup=args.mixup, cutmix=args.cutmix,
                        haar_views=args.haar_views)
 
 
@@ -710,6 +710,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kd-temperature", type=float, default=2.0, help="distillation temperature")
     p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
                    help="mixup: blend pairs of faces and their targets by Beta(ALPHA, ALPHA) (0: off; 0.2 typical)")
+    p.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA",
+                   help="CutMix: paste a box of another face, its target blended in by the box's area, Beta(ALPHA, "
+                   "ALPHA) (0: off; 1.0 typical); with --mixup too, each batch takes one of the two")
     p.add_argument("--haar-views", type=float, default=0.0, metavar="SHARE",
                    help="show this share of the train faces as the app frames them: pasted into real scenes from "
                    "../shared/media, found by the Haar cascade, cut from its box (made once per run, cached in "
@@ -784,7 +787,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", help="the split to measure on (default val: choices are made on val)")
     model_args(p)
     p.add_argument("--count", type=int, default=0, help="faces, evenly spread over the split (default: all)")
-    p.add_argument("--margins", type=float, nargs="+", help="crop margins to try (default -0.1 -0.05 0 0.05 0.1 0.15 0.2; negative: inside the box)")
+    p.add_argument("--margins", type=float, nargs="+",
+                   help="crop margins to try (default -0.1 -0.05 0 0.05 0.1 0.15 0.2; negative: inside the box)")
     p.add_argument("--detector", choices=("video", "photo"), default="video",
                    help="the live/video detector settings (default) or the photo page's")
     p.add_argument("--seed", type=int, default=0, help="seed of the scenes (backgrounds, places, sizes)")

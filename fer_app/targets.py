@@ -1,5 +1,5 @@
 """Training targets beyond the hard label: FER+ vote shares, an ensemble's soft predictions
-(knowledge distillation) and mixup.
+(knowledge distillation), mixup and CutMix.
 
 Every option turns a batch's labels into distributions and the loss into a soft-target cross-entropy:
 
@@ -8,13 +8,15 @@ Every option turns a batch's labels into distributions and the loss into a soft-
 `base` is the one-hot label with label smoothing, or the face's FER+ vote shares (`soft_targets="ferplus"`);
 `teacher` is the mean probability of the teacher models on the face (computed once per run on the
 unaugmented faces, with each teacher's own test-time views, and cached in the run's work folder). Mixup
-blends two faces and their targets by a Beta(alpha, alpha) draw. Each sample keeps its class weight (mixed
-with mixup). With none of the options the engine keeps its plain cross-entropy.
+blends two faces and their targets by a Beta(alpha, alpha) draw; CutMix pastes a box of another face and
+blends the targets by the box's area. Each sample keeps its class weight (blended alike). With none of
+the options the engine keeps its plain cross-entropy.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -94,15 +96,45 @@ def teacher_targets(teachers: Sequence[str], faces: FaceSet, cache_dir: Path, *,
     return probs
 
 
-def mixup(x: torch.Tensor, targets: Sequence[torch.Tensor | None], weights: torch.Tensor, alpha: float,
-          gen: torch.Generator) -> tuple[torch.Tensor, list[torch.Tensor | None], torch.Tensor]:
+def blend(x: torch.Tensor, targets: Sequence[torch.Tensor | None], weights: torch.Tensor, gen: torch.Generator, *,
+          mixup: float = 0.0, cutmix: float = 0.0) -> tuple[torch.Tensor, list[torch.Tensor | None], torch.Tensor]:
     """Each sample blended with another of the batch (a random permutation) by one Beta(alpha, alpha) draw
-    `lam`: inputs, every target tensor and the sample weights alike (`lam` of the sample's own)."""
-    lam = float(torch.distributions.Beta(alpha, alpha).sample()) if alpha > 0 else 1.0
-    # the Beta draw uses the global RNG (seeded per epoch); the permutation uses the augmentation generator
+    `lam`, its inputs, every target tensor and its sample weight alike (`lam` of the sample's own).
+
+    Mixup (`mixup` = alpha) mixes whole inputs. CutMix (`cutmix` = alpha; images (N, C, H, W) only) pastes
+    the other sample's pixels in a box of about 1 - lam of the image at a random centre (clipped at the
+    border), and `lam` becomes the share of the image the sample kept. With both on, each batch takes one
+    of the two (a fair coin); with neither, the batch is returned as it is.
+    """
+    if mixup <= 0 and cutmix <= 0:
+        return x, list(targets), weights
+    cut = cutmix > 0 and (mixup <= 0 or bool(torch.rand((), generator=gen) < 0.5))
+    alpha = cutmix if cut else mixup
+    # the Beta draw uses the global RNG (seeded per epoch); the permutation and the box use the augmentation generator
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
     perm = torch.randperm(len(x), generator=gen).to(x.device)
+    if cut:
+        x, lam = _paste_box(x, x[perm], lam, gen)
+    else:
+        x = lam * x + (1 - lam) * x[perm]
     mixed = [None if t is None else lam * t + (1 - lam) * t[perm] for t in targets]
-    return lam * x + (1 - lam) * x[perm], mixed, lam * weights + (1 - lam) * weights[perm]
+    return x, mixed, lam * weights + (1 - lam) * weights[perm]
+
+
+def _paste_box(x: torch.Tensor, other: torch.Tensor, lam: float, gen: torch.Generator) -> tuple[torch.Tensor, float]:
+    """`x` with a box of `other` pasted in (sides sqrt(1 - lam) of the image's, a random centre, clipped at the
+    border); returns it and the share of each image left as it was."""
+    if x.dim() != 4:
+        raise ValueError(f"CutMix needs images (N, C, H, W), not a batch of shape {tuple(x.shape)}")
+    height, width = x.shape[-2:]
+    side = math.sqrt(max(0.0, 1.0 - lam))
+    cy, cx = int(torch.randint(0, height, (), generator=gen)), int(torch.randint(0, width, (), generator=gen))
+    half_h, half_w = round(height * side) // 2, round(width * side) // 2
+    y0, y1 = max(0, cy - half_h), min(height, cy + half_h)
+    x0, x1 = max(0, cx - half_w), min(width, cx + half_w)
+    out = x.clone()
+    out[..., y0:y1, x0:x1] = other[..., y0:y1, x0:x1]
+    return out, 1.0 - (y1 - y0) * (x1 - x0) / (height * width)
 
 
 def soft_loss(logits: torch.Tensor, base: torch.Tensor, teacher: torch.Tensor | None, weights: torch.Tensor,

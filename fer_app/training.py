@@ -15,7 +15,7 @@ sees; val is sharded and its counts summed; rank 0 alone reports, checkpoints an
 in memory (`FaceSet`) is indexed directly; streamed data (`fer_app.streaming.StreamingSet`) comes
 through a DataLoader with worker processes. On CUDA: AMP (bf16, or fp16 with a gradient scaler),
 in-memory faces moved to the GPU once, streamed batches from pinned memory, channels-last.
-Soft targets (FER+ vote shares, distillation from saved teacher models, mixup: `fer_app.targets`)
+Soft targets (FER+ vote shares, distillation from saved teacher models, mixup, CutMix: `fer_app.targets`)
 replace the plain cross-entropy when asked for, for data in memory.
 """
 
@@ -77,12 +77,13 @@ class TrainConfig:
     #                                     has it, fp16 on other CUDA GPUs, else fp32
     threads: int = 0                    # CPU threads (0 = torch's default)
     clip_source: str | None = None
-    # soft targets (fer_app.targets): FER+ vote shares, distillation from saved models, mixup
+    # soft targets (fer_app.targets): FER+ vote shares, distillation from saved models, mixup, CutMix
     soft_targets: str = "none"          # "none" or "ferplus" (the train faces' FER+ vote shares)
     teachers: tuple[str, ...] = ()      # saved models whose mean probabilities are soft targets
     kd_weight: float = 0.5              # share of the loss given to the teachers' targets
     kd_temperature: float = 2.0         # distillation temperature
     mixup: float = 0.0                  # mixup's Beta(alpha, alpha); 0 = off
+    cutmix: float = 0.0                 # CutMix's Beta(alpha, alpha); 0 = off (with mixup: a coin per batch)
     # the share of train faces shown as the app frames them: pasted into real scenes, found by the Haar
     # cascade and cut from its box (`fer_app.robustness.haar_views`, made once per run); 0 = off
     haar_views: float = 0.0
@@ -100,15 +101,15 @@ class TrainConfig:
             raise ValueError("epochs, batch_size and lr must be positive")
         if self.soft_targets not in SOFT_TARGETS:
             raise ValueError(f"soft_targets must be one of {', '.join(SOFT_TARGETS)} (got {self.soft_targets!r})")
-        if not 0.0 <= self.kd_weight <= 1.0 or self.kd_temperature <= 0 or self.mixup < 0:
-            raise ValueError("kd_weight must be in [0, 1], kd_temperature > 0 and mixup >= 0")
+        if not 0.0 <= self.kd_weight <= 1.0 or self.kd_temperature <= 0 or self.mixup < 0 or self.cutmix < 0:
+            raise ValueError("kd_weight must be in [0, 1], kd_temperature > 0, mixup and cutmix >= 0")
         if not 0.0 <= self.haar_views <= 1.0:
             raise ValueError(f"haar_views must be in [0, 1] (got {self.haar_views})")
 
     @property
     def soft(self) -> bool:
         """Whether the run trains on soft targets (`fer_app.targets`) instead of plain cross-entropy."""
-        return self.soft_targets != "none" or bool(self.teachers) or self.mixup > 0
+        return self.soft_targets != "none" or bool(self.teachers) or self.mixup > 0 or self.cutmix > 0
 
 
 @dataclass
@@ -661,10 +662,13 @@ def train(cfg: TrainConfig, splits: Splits, *, name: str | None = None, workdir:
         raise ModelError(f"model {name!r} exists; choose another name or allow overwriting")
     streamed = not hasattr(train_set, "images") or not hasattr(val_set, "images")
     if streamed and cfg.soft:
-        raise TrainingError("soft targets (FER+ votes, teachers, mixup) need the data in memory, not streamed")
+        raise TrainingError("soft targets (FER+ votes, teachers, mixup, CutMix) need the data in memory, not streamed")
     if cfg.haar_views > 0 and (streamed or cfg.mode == "head"):
         raise TrainingError("Haar views (--haar-views) are made from faces held in memory and train the whole "
                             "network: not with streamed data or in head mode")
+    if cfg.cutmix > 0 and cfg.mode == "head":
+        raise TrainingError("CutMix (--cutmix) pastes parts of images; head mode trains on embeddings "
+                            "(mixup works there)")
     if streamed and cfg.mode == "head":
         raise TrainingError("head mode trains on cached embeddings of data held in memory; streamed data "
                             "trains in full mode")
@@ -814,8 +818,8 @@ def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, 
             else:  # soft targets: [base | teachers'] columns
                 k = len(CLASSES)
                 base, teach, sample_w = tb[:, :k], (tb[:, k:] if tb.shape[1] > k else None), weights[yb]
-                if cfg.mixup > 0:
-                    xb, (base, teach), sample_w = targets.mixup(xb, [base, teach], sample_w, cfg.mixup, gen)
+                xb, (base, teach), sample_w = targets.blend(xb, [base, teach], sample_w, gen, mixup=cfg.mixup,
+                                                            cutmix=cfg.cutmix)
                 logits = train_forward(xb)
                 loss = targets.soft_loss(logits, base, teach, sample_w, cfg.kd_weight, cfg.kd_temperature)
             if not torch.isfinite(loss):

@@ -1,4 +1,4 @@
-"""fer_app.targets and the engine's soft-target runs: FER+ vote shares, distillation, mixup (tiny data)."""
+"""fer_app.targets and the engine's soft-target runs: FER+ vote shares, distillation, mixup, CutMix (tiny data)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from fer_app.cli import main
 from fer_app.config import CLASSES
 from fer_app.data import FaceSet
 from fer_app.model import load_model
-from fer_app.targets import base_targets, mixup, sharpen, smoothed_one_hot, soft_loss, teacher_targets
+from fer_app.targets import base_targets, blend, sharpen, smoothed_one_hot, soft_loss, teacher_targets
 from fer_app.training import TrainConfig, TrainingError, class_weights, train
 from test_training import interrupted_and_resumed
 
@@ -74,15 +74,59 @@ def test_mixup_blends_inputs_targets_and_weights_alike():
     base = smoothed_one_hot(torch.tensor([0, 1, 2, 3]), 0.0)
     w = torch.tensor([1.0, 2.0, 3.0, 4.0])
     torch.manual_seed(5)
-    mx, (mb, mt), mw = mixup(x, [base, None], w, 0.4, torch.Generator().manual_seed(9))
+    mx, (mb, mt), mw = blend(x, [base, None], w, torch.Generator().manual_seed(9), mixup=0.4)
     torch.manual_seed(5)
     lam = float(torch.distributions.Beta(0.4, 0.4).sample())
     perm = torch.randperm(4, generator=torch.Generator().manual_seed(9))
     assert 0 <= lam <= 1 and mt is None
     assert mx.allclose(lam * x + (1 - lam) * x[perm]) and mw.allclose(lam * w + (1 - lam) * w[perm])
     assert mb.allclose(lam * base + (1 - lam) * base[perm]) and mb.sum(1).allclose(torch.ones(4))
-    same, (b0,), w0 = mixup(x, [base], w, 0.0, torch.Generator())  # alpha 0: off
+    same, (b0,), w0 = blend(x, [base], w, torch.Generator())  # neither: off
     assert same.equal(x) and b0.equal(base) and w0.equal(w)
+
+
+def _cutmix_batch(seed: int, **alphas):
+    """Four 6x8 images, image i filled with i, blended with a generator seeded `seed`: (out, targets, weights)."""
+    x = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1).expand(4, 1, 6, 8).clone()
+    torch.manual_seed(seed)
+    out, (targets,), weights = blend(x, [smoothed_one_hot(torch.arange(4), 0.0)], torch.ones(4),
+                                     torch.Generator().manual_seed(seed), **alphas)
+    return out, targets, weights
+
+
+def test_cutmix_pastes_one_box_of_the_partner_and_blends_targets_by_its_area():
+    pasted_shares = set()
+    for seed in range(20):
+        out, targets, weights = _cutmix_batch(seed, cutmix=1.0)
+        for i in range(4):
+            own = out[i, 0] == i
+            other = out[i, 0][~own]
+            if other.numel():  # the pasted pixels: all from one other image, in one rectangle
+                source = int(other[0])
+                assert (other == source).all() and source != i
+                rows, cols = (~own).nonzero(as_tuple=True)
+                assert (~own)[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()
+                # the target gives the partner exactly the share of the image it covers
+                assert float(targets[i, source]) == pytest.approx(other.numel() / own.numel())
+                pasted_shares.add(round(other.numel() / own.numel(), 3))
+            assert float(targets[i, i]) == pytest.approx(float(own.float().mean()))
+            assert float(targets[i].sum()) == pytest.approx(1.0)
+        assert weights.allclose(torch.ones(4))  # equal weights blend to the same
+    assert len(pasted_shares) > 3  # boxes of many sizes
+    with pytest.raises(ValueError, match="images"):
+        blend(torch.zeros(4, 5), [None], torch.ones(4), torch.Generator(), cutmix=1.0)
+
+
+def test_mixup_and_cutmix_together_take_one_of_the_two_per_batch():
+    kinds = set()
+    for seed in range(16):
+        out, targets, _ = _cutmix_batch(seed, mixup=0.4, cutmix=1.0)
+        whole = [bool((out[i, 0] == out[i, 0, 0, 0]).all()) for i in range(4)]
+        integer = bool((out == out.round()).all())  # CutMix copies pixels; mixup blends them
+        kinds.add("cutmix" if integer else "mixup")
+        if not integer:
+            assert all(whole)  # mixup: every pixel of an image blended alike
+    assert kinds == {"cutmix", "mixup"}
 
 
 class _Fixed:
@@ -136,17 +180,20 @@ def test_a_student_distilled_from_a_teacher_learns_what_the_teacher_says(models_
     assert list((tmp_path / "student").glob("teachers-*.safetensors"))  # cached for a resume
 
 
-def test_mixup_and_ferplus_runs_learn_and_resume_exactly(models_dir, tiny_splits, tmp_path):
+@pytest.mark.parametrize("blending", [{"mixup": 0.2}, {"mixup": 0.2, "cutmix": 1.0}])
+def test_mixup_cutmix_and_ferplus_runs_learn_and_resume_exactly(models_dir, tiny_splits, tmp_path, blending):
     train_set = tiny_splits["train"]
     votes = np.eye(K, dtype=np.float32)[train_set.labels] * 0.8 + 0.2 / K  # mostly the label
     splits = {**tiny_splits, "train": replace(train_set, soft_labels=votes)}
-    cfg = TrainConfig(**{**TINY_COMPACT, "epochs": 3}, soft_targets="ferplus", mixup=0.2)
+    cfg = TrainConfig(**{**TINY_COMPACT, "epochs": 3}, soft_targets="ferplus", **blending)
     resumed = interrupted_and_resumed(cfg, splits, tmp_path)
     assert resumed.report["accuracy"] > 0.5
     with pytest.raises(ValueError, match="soft_targets"):
         TrainConfig(soft_targets="votes")
     with pytest.raises(ValueError, match="kd_weight"):
         TrainConfig(kd_weight=1.5)
+    with pytest.raises(ValueError, match="cutmix"):
+        TrainConfig(cutmix=-1.0)
 
 
 def test_soft_targets_refuse_streamed_data(tmp_path):
@@ -157,19 +204,26 @@ def test_soft_targets_refuse_streamed_data(tmp_path):
         train(TrainConfig(mixup=0.2), {"train": files, "val": files}, workdir=tmp_path)
 
 
+def test_cutmix_is_refused_in_head_mode(tiny_splits, tmp_path):
+    with pytest.raises(TrainingError, match="CutMix"):
+        train(TrainConfig(mode="head", cutmix=1.0), tiny_splits, workdir=tmp_path)
+
+
 def test_cli_train_with_a_teacher(capsys, tiny_model: Path, tmp_path: Path):
     from test_cli import write_fer2013_csv
 
     data = write_fer2013_csv(tmp_path / "fer2013.csv", {"train": make_faces(12, 1), "val": make_faces(4, 2)})
     code = main(["train", str(data), "--name", "distilled", "--widths", "8", "16", "--convs", "1", "1",
                  "--epochs", "2", "--batch-size", "16", "--threads", "1", "--teacher", "tiny", "--kd-weight", "0.7",
-                 "--mixup", "0.2", "--workdir", str(tmp_path / "w")])
+                 "--mixup", "0.2", "--cutmix", "1.0", "--workdir", str(tmp_path / "w")])
     assert code == 0
     settings = load_model("distilled").meta["training"]["config"]
     assert settings["teachers"] == ["tiny"] and settings["kd_weight"] == 0.7 and settings["mixup"] == 0.2
+    assert settings["cutmix"] == 1.0
     assert "--teacher tiny" in (tiny_model.parent / "distilled" / "README.md").read_text()
 
 
 def test_faceset_without_soft_labels_is_untouched_by_default(tiny_splits):
     assert not TrainConfig().soft and TrainConfig(mixup=0.1).soft and TrainConfig(teachers=("x",)).soft
+    assert TrainConfig(cutmix=1.0).soft
     assert isinstance(tiny_splits["train"], FaceSet)
