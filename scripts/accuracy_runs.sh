@@ -12,6 +12,8 @@
 #   EPOCHS=120 SEEDS="1 2" WIDE=0 bash scripts/accuracy_runs.sh
 #   SEEDS= EPOCHS=60 TEACHERS_ONLY=1 bash scripts/accuracy_runs.sh   # only the wide teacher, then stop
 #   DATA=tiny.npz EPOCHS=1 STUDENT_EPOCHS=1 bash scripts/accuracy_runs.sh   # a smoke test of the steps
+#   SEEDS= BASE_TEACHERS=models/compact-fer2013-ensemble STUDENT_INIT=compact-fer2013-ft STUDENT_EPOCHS=40 \
+#     bash scripts/accuracy_runs.sh    # the student fine-tuned from a saved model (cosine, lr 0.01), not from scratch
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -22,6 +24,8 @@ SEEDS=${SEEDS-"1 2 3"}                  # set and empty: no seed teachers
 WIDE=${WIDE:-1}                        # 1: also a wider teacher (widths 64 128 256 512)
 TEACHERS_ONLY=${TEACHERS_ONLY:-0}      # 1: stop after the teachers (choose the student recipe on their figures)
 STUDENT=${STUDENT:-compact-fer2013-kd}
+STUDENT_INIT=${STUDENT_INIT:-}         # a saved model: the student starts from it (cosine schedule, lr 0.01)
+BASE_TEACHERS=${BASE_TEACHERS:-models/compact-fer2013}  # saved models that teach besides the ones trained here
 ROOT=${ROOT:-runs/acc}
 THREADS=${THREADS:-0}
 SHAPE=(--widths 40 80 160 320 --convs 1 2 2 2)
@@ -41,7 +45,7 @@ run() {  # NAME MODELS_DIR ARGS...
     "${COMMON[@]}" "${resume[@]}" "$@"
 }
 
-teachers=(models/compact-fer2013)
+read -r -a teachers <<< "$BASE_TEACHERS"
 for seed in $SEEDS; do
   run "teacher-s$seed" "$ROOT/models" "${SHAPE[@]}" --epochs "$EPOCHS" --seed "$seed"
   teachers+=("$ROOT/models/teacher-s$seed")
@@ -55,7 +59,9 @@ for t in "${teachers[@]}"; do  # each teacher's own val figure, with its TTA vie
     "$PY" -c 'import json,sys; d=json.load(sys.stdin); print(d["model"], round(d["accuracy"], 4), round(d["macro_f1"], 4))'
 done
 if [ "$TEACHERS_ONLY" = 1 ]; then exit 0; fi
-run "$STUDENT" models "${SHAPE[@]}" --epochs "$STUDENT_EPOCHS" --teacher "${teachers[@]}" \
+start=("${SHAPE[@]}")
+[ -n "$STUDENT_INIT" ] && start=(--init-from "$STUDENT_INIT" --lr 0.01 --schedule cosine)
+run "$STUDENT" models "${start[@]}" --epochs "$STUDENT_EPOCHS" --teacher "${teachers[@]}" \
   --kd-weight 0.7 --kd-temperature 2
 "$PY" -m fer_app tta "$STUDENT" "$DATA"
 "$PY" -m fer_app runs "$STUDENT"
