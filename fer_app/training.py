@@ -643,6 +643,25 @@ def _best_file(workdir: Path, epoch: int) -> Path:
     return workdir / f"best-{epoch:04d}.safetensors"
 
 
+def _refuse_conflicts(cfg: TrainConfig, streamed: bool) -> None:
+    """The one list of settings that cannot go together (raises TrainingError with the first that applies)."""
+    head = cfg.mode == "head"
+    conflicts = (
+        (streamed and cfg.soft,
+         "soft targets (FER+ votes, teachers, mixup, CutMix) need the data in memory, not streamed"),
+        (cfg.haar_views > 0 and (streamed or head),
+         "Haar views (--haar-views) are made from faces held in memory and train the whole network: not with "
+         "streamed data or in head mode"),
+        (cfg.cutmix > 0 and head,
+         "CutMix (--cutmix) pastes parts of images; head mode trains on embeddings (mixup works there)"),
+        (streamed and head,
+         "head mode trains on cached embeddings of data held in memory; streamed data trains in full mode"),
+    )
+    for applies, why in conflicts:
+        if applies:
+            raise TrainingError(why)
+
+
 def train(cfg: TrainConfig, splits: Splits, *, name: str | None = None, workdir: Path | None = None,
           resume: bool = False, callback: Callback | None = None, models_dir: Path | None = None,
           overwrite: bool = False, card: Callable[[TrainResult], str] | None = None,
@@ -661,17 +680,7 @@ def train(cfg: TrainConfig, splits: Splits, *, name: str | None = None, workdir:
     if name and (models_dir or MODELS_DIR).joinpath(name).exists() and not overwrite:
         raise ModelError(f"model {name!r} exists; choose another name or allow overwriting")
     streamed = not hasattr(train_set, "images") or not hasattr(val_set, "images")
-    if streamed and cfg.soft:
-        raise TrainingError("soft targets (FER+ votes, teachers, mixup, CutMix) need the data in memory, not streamed")
-    if cfg.haar_views > 0 and (streamed or cfg.mode == "head"):
-        raise TrainingError("Haar views (--haar-views) are made from faces held in memory and train the whole "
-                            "network: not with streamed data or in head mode")
-    if cfg.cutmix > 0 and cfg.mode == "head":
-        raise TrainingError("CutMix (--cutmix) pastes parts of images; head mode trains on embeddings "
-                            "(mixup works there)")
-    if streamed and cfg.mode == "head":
-        raise TrainingError("head mode trains on cached embeddings of data held in memory; streamed data "
-                            "trains in full mode")
+    _refuse_conflicts(cfg, streamed)
     ctx = distributed.setup(pick_device(cfg.device))
     try:
         return _train(cfg, splits, ctx, name=name, workdir=workdir, resume=resume,
