@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fer_app.config import DEFAULT_MODEL, EQUALIZE_MODES, STILLS_MODEL
+from fer_app.config import DEFAULT_MODEL, ENSEMBLE_MEANS, EQUALIZE_MODES, STILLS_MODEL
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 #: For help texts: `fer_app.runtimes.RUNTIMES` (a test keeps the two in step).
@@ -463,9 +463,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_ensemble(args: argparse.Namespace) -> int:
     from fer_app.ensemble import save_ensemble
 
-    folder = save_ensemble(args.members, args.name, models_dir=args.models_dir, overwrite=args.overwrite,
-                           command=_command(args))
-    print(f"saved {folder} ({len(args.members)} members, the mean of their logits)")
+    folder = save_ensemble(args.members, args.name, mean=args.mean, models_dir=args.models_dir,
+                           overwrite=args.overwrite, command=_command(args))
+    print(f"saved {folder} ({len(args.members)} members, the mean of their {args.mean})")
     print(f"next: python -m fer_app tta {args.name} DATA (its TTA views, chosen on val); "
           f"python -m fer_app evaluate DATA --split val --runtime torch --model {args.name} --card")
     return EXIT_OK
@@ -823,12 +823,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the table as JSON")
     p.set_defaults(func=cmd_runs)
 
-    p = sub.add_parser("ensemble", help="combine saved compact models into one (the mean of their logits): an "
-                       "accurate model for photos", description="Saves models/NAME: the members' networks side by "
-                       "side and one linear head that averages their logits, with a card listing the members and "
-                       "their runs. Costs the members' compute together per view.")
+    p = sub.add_parser("ensemble", help="combine saved compact models into one: the mean of their logits (an "
+                       "accurate model for photos) or of their weights (a soup)",
+                       description="Saves models/NAME, with a card listing the members and their runs. --mean "
+                       "logits: the members' networks side by side and one linear head that averages their logits; "
+                       "costs the members' compute together per view. --mean weights: one network whose weights "
+                       "and BatchNorm statistics are the members' mean (members of one shape and lineage, e.g. "
+                       "fine-tuned from one another); the compute of one.")
     p.add_argument("name", metavar="NAME", help="the new model's name under models/")
     p.add_argument("members", nargs="+", metavar="MODEL", help="2 or more compact models (names or folders)")
+    p.add_argument("--mean", choices=ENSEMBLE_MEANS, default=ENSEMBLE_MEANS[0],
+                   help="average the members' logits (default) or their weights")
     p.add_argument("--models-dir", type=Path, default=None, help="where to save (default models/)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing models/NAME")
     p.set_defaults(func=cmd_ensemble, argv=None)

@@ -20,6 +20,8 @@ DEFAULT_MODEL = "compact-fer2013"
 #: The accurate model for photos (`fer_app.ensemble`: several networks per view): the default of the Photo
 #: page and of `python -m fer_app predict` when it is in models/; live video keeps DEFAULT_MODEL.
 STILLS_MODEL = "compact-fer2013-ensemble"
+#: What `python -m fer_app ensemble --mean` averages (`fer_app.ensemble`): the members' logits or weights.
+ENSEMBLE_MEANS = ("logits", "weights")
 #: Default local folder for the CLIP ViT-B/32 weights (transformers `save_pretrained` layout).
 CLIP_HUB_ID = "openai/clip-vit-base-patch32"
 CLIP_LOCAL_DIR = MODELS_DIR / "clip-vit-base-patch32"

@@ -1,10 +1,13 @@
-"""Ensembles of saved models: several compact models combined into one saved model.
+"""Ensembles of saved models: several compact models combined into one saved model, in one of two ways.
 
-The members' encoders run side by side (`fer_app.encoders.ensemble.EnsembleEncoder`) and one linear head
-averages their logits: each member's head, scaled by 1/N, in its own block of columns. The result is an
-ordinary model folder: `load_model`, TTA (`python -m fer_app tta`), `evaluate --card` and `--teacher`
-work on it as on any model. It costs N networks per view, so it is meant for photos and the CLI (the
-accurate model, `config.STILLS_MODEL`), not the live page.
+- The mean of their logits (`combine`): the members' encoders run side by side
+  (`fer_app.encoders.ensemble.EnsembleEncoder`) and one linear head averages their logits, each member's
+  head scaled by 1/N in its own block of columns. It costs N networks per view: for photos and the CLI.
+- The mean of their weights (`average`, a "weight soup"): members of one shape and one lineage (fine-tuned
+  from one another) averaged tensor by tensor, BatchNorm statistics too. One network: the compute of one.
+
+Either result is an ordinary model folder: `load_model`, TTA (`python -m fer_app tta`), `evaluate --card`
+and `--teacher` work on it as on any model.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 import torch
 
 from fer_app import runs
+from fer_app.config import ENSEMBLE_MEANS
 from fer_app.encoders.compact import CompactEncoder
 from fer_app.encoders.ensemble import EnsembleEncoder
 from fer_app.heads import Head
@@ -48,21 +52,49 @@ def combine(models: Sequence[Classifier], *, name: str = "") -> Classifier:
                       tta_zooms=models[0].tta_zooms).eval()
 
 
-def save_ensemble(members: Sequence[str], name: str, *, models_dir: Path | None = None,
+def average(models: Sequence[Classifier], *, name: str = "") -> Classifier:
+    """One network of the members' shape whose every floating-point tensor (weights, BatchNorm statistics) is
+    the members' mean: a weight soup. Meaningful for members of one lineage (fine-tuned from one another);
+    its TTA views are the first member's, for `fer_app.tta` to choose anew."""
+    if len(models) < 2:
+        raise ModelError(f"a weight average needs at least 2 models, got {len(models)}")
+    states = [m.state_dict() for m in models]
+    for m, state in zip(models[1:], states[1:]):
+        if m.config()["encoder"] != models[0].config()["encoder"] or m.head.kind != models[0].head.kind \
+                or m.classes != models[0].classes \
+                or any(state[k].shape != v.shape for k, v in states[0].items()):
+            raise ModelError(f"{m.name}: a weight average needs members of one shape (encoder, head, classes) "
+                             f"as {models[0].name}")
+    first = models[0]
+    soup = Classifier(copy.deepcopy(first.encoder), copy.deepcopy(first.head), name=name, classes=first.classes,
+                      tta_flip=first.tta_flip, tta_zooms=first.tta_zooms)
+    soup.load_state_dict({k: torch.stack([s[k] for s in states]).mean(0) if v.is_floating_point() else v
+                          for k, v in states[0].items()})
+    return soup.eval()
+
+
+def save_ensemble(members: Sequence[str], name: str, *, mean: str = "logits", models_dir: Path | None = None,
                   overwrite: bool = False, command: str = "") -> Path:
-    """Combine the saved models `members` (names or folders) and save the ensemble as models/`name`, with
-    its card: the members (their val figures and weights' sha256) and the table of their runs."""
+    """Combine the saved models `members` (names or folders) by the `mean` of their logits or of their weights
+    (`config.ENSEMBLE_MEANS`) and save the result as models/`name`, with its card: the members (their val
+    figures and weights' sha256) and the table of their runs."""
+    if mean not in ENSEMBLE_MEANS:
+        raise ValueError(f"mean must be one of {ENSEMBLE_MEANS}, got {mean!r}")
     models = [load_model(m, models_dir=models_dir, runtime="torch") for m in members]
-    model = combine(models, name=name)
+    model = combine(models, name=name) if mean == "logits" else average(models, name=name)
     configs = [{**m.meta, "name": m.name} for m in models]  # what load_model read of each config.json
-    entry = {"combine": "mean of the members' logits",
+    names, n = ", ".join(c["name"] for c in configs), len(models)
+    entry = {"combine": "mean of the members' logits" if mean == "logits" else
+             "mean of the members' weights and BatchNorm statistics",
              "members": [{"name": c["name"], DIGEST_KEY: c.get(DIGEST_KEY),
                           "val_accuracy": c.get("metrics", {}).get("val", {}).get("accuracy")} for c in configs]}
-    n = len(models)
-    model.meta = {"description": f"Ensemble of {n} compact models ({', '.join(c['name'] for c in configs)}): the mean "
-                                 f"of their logits. About {n}x the compute of one; for photos.",
+    description = (f"Ensemble of {n} compact models ({names}): the mean of their logits. About {n}x the compute "
+                   f"of one; for photos." if mean == "logits" else
+                   f"Uniform weight average of {n} compact models of one lineage ({names}); the compute of one.")
+    model.meta = {"description": description,
                   "ensemble": entry,
                   "runs": [asdict(r) for r in runs.merged(*(runs.runs_of(c) for c in configs))]}
-    command = command or f"python -m fer_app ensemble {name} {' '.join(members)}"
+    command = command or f"python -m fer_app ensemble {name} {' '.join(members)}" + (
+        " --mean weights" if mean == "weights" else "")
     return save_model(model, name, models_dir=models_dir, overwrite=overwrite,
                       card=render_card(name, model.config(), command))

@@ -1,8 +1,10 @@
 """Ensembles of saved models (fer_app.ensemble, fer_app.encoders.ensemble): one model whose logits are the
-mean of its members' logits, saved, loaded, checked and used like any other."""
+mean of its members' logits, or one network whose weights are the mean of theirs (a weight soup), saved,
+loaded, checked and used like any other."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -11,7 +13,7 @@ import torch
 
 from fer_app.config import CLASSES
 from fer_app.encoders.compact import CompactEncoder
-from fer_app.ensemble import combine, save_ensemble
+from fer_app.ensemble import average, combine, save_ensemble
 from fer_app.heads import Head
 from fer_app.model import Classifier, ModelError, load_model, save_model
 
@@ -124,6 +126,71 @@ def test_cli_ensemble(capsys, models_dir):
     assert "2 members" in out and "python -m fer_app tta ens" in out
     assert main(["ensemble", "ens", "m0", "m1", "--models-dir", str(models_dir)]) == 1  # exists: one-line error
     assert "exists" in capsys.readouterr().err
+    assert main(["ensemble", "soup", "m0", "m1", "--mean", "weights", "--models-dir", str(models_dir)]) == 0
+    assert "2 members, the mean of their weights" in capsys.readouterr().out
+    assert json.loads((models_dir / "soup" / "config.json").read_text())["encoder"]["type"] == "compact"
+
+
+def _trained(member: Classifier, seed: int) -> Classifier:
+    """`member` after a few SGD steps on random faces: its weights and BatchNorm statistics moved."""
+    torch.manual_seed(seed)
+    model = copy.deepcopy(member).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(3):
+        loss = model(torch.randn(8, 1, 48, 48)).logsumexp(1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def test_soup_of_copies_of_one_model_is_that_model():
+    member = _trained(_member(0), 1)
+    soup = average([member, copy.deepcopy(member), copy.deepcopy(member)], name="soup")
+    assert soup.name == "soup" and soup.meta == {} and soup.tta_flip
+    pixels = member.encoder.preprocess(_crops())
+    with torch.inference_mode():
+        torch.testing.assert_close(soup(pixels), member(pixels), atol=1e-6, rtol=1e-6)
+
+
+def test_soup_weights_and_batchnorm_statistics_are_the_members_mean():
+    base = _member(0)
+    a, b = _trained(base, 1), _trained(base, 2)  # one lineage: both moved from `base`
+    soup = average([a, b])
+    sa, sb, ss = a.state_dict(), b.state_dict(), soup.state_dict()
+    assert any("running_mean" in k for k in ss)
+    for k, v in ss.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, (sa[k] + sb[k]) / 2)
+        else:
+            assert torch.equal(v, sa[k])  # BatchNorm's batch counter: the first member's
+    moved = [k for k in sa if sa[k].is_floating_point() and not torch.equal(sa[k], sb[k])]
+    assert any("running_mean" in k for k in moved) and any(k.endswith("weight") for k in moved)
+    with pytest.raises(ModelError, match="at least 2"):
+        average([a])
+    with pytest.raises(ModelError, match="m1: a weight average needs members of one shape"):
+        average([a, _member(1, widths=(12, 24))])
+
+
+def test_saved_soup_loads_as_averaged_with_the_compute_of_one(models_dir):
+    base = _member(0)
+    for seed in (1, 2):
+        m = _trained(base, seed)
+        m.name = f"m{seed}"
+        save_model(m, f"m{seed}", models_dir=models_dir)
+    folder = save_ensemble(["m1", "m2"], "soup", mean="weights", models_dir=models_dir)
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["encoder"]["type"] == "compact" and cfg["encoder"]["widths"] == [8, 16]  # one network
+    assert cfg["ensemble"]["combine"].startswith("mean of the members' weights")
+    assert [m["name"] for m in cfg["ensemble"]["members"]] == ["m1", "m2"]
+    loaded = load_model("soup", models_dir=models_dir, runtime="torch")
+    direct = average([load_model(f"m{s}", models_dir=models_dir, runtime="torch") for s in (1, 2)])
+    np.testing.assert_allclose(loaded.predict_proba(_crops()), direct.predict_proba(_crops()), atol=1e-6)
+    card = (folder / "README.md").read_text()
+    assert "## Members" in card and "Uniform weight average of 2" in card
+    assert "python -m fer_app ensemble soup m1 m2 --mean weights" in card
+    with pytest.raises(ValueError, match="mean must be one of"):
+        save_ensemble(["m1", "m2"], "other", mean="median", models_dir=models_dir)
 
 
 def test_photos_default_to_the_stills_model_when_it_is_there(capsys, models_dir, monkeypatch):
