@@ -5,8 +5,12 @@ first model's TTA views.
 Prints each member's and the soup's val accuracy / macro-F1, all and without the train twins: the soup with
 its BatchNorm statistics averaged (what `python -m fer_app ensemble NAME MODELS --mean weights` saves), then
 with them recomputed on the train faces (one pass, each face and its mirror image, no augmentation).
+With --greedy, a greedy soup instead (Wortsman et al., 2022): starting from the first model, each next one
+joins the soup only when the soup's val accuracy does not fall (list the models best first); the members'
+own scores and the recomputed statistics are then skipped.
 
     PYTHONPATH=. .venv/bin/python scripts/weight_soup.py compact-fer2013-ft runs/acc/models/ft-cutmix
+    PYTHONPATH=. .venv/bin/python scripts/weight_soup.py --greedy BEST SECOND THIRD ...
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ def main() -> None:
     ap.add_argument("models", nargs="+", help="saved models (names or folders) of one shape and lineage")
     ap.add_argument("--data", default="../shared/data/fer2013-trainval.npz")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--greedy", action="store_true", help="a greedy soup of the models, taken in the order given")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -50,12 +55,23 @@ def main() -> None:
     twins = twins_in(val, train)
     models = [load_model(m, runtime="torch") for m in args.models]
 
-    def show(model: Classifier, label: str) -> None:
+    def show(model: Classifier, label: str) -> float:
         r = evaluate(model, val, twins=twins)
         rest = r.get("without_twins", {})
         print(f"{label:<40} {r['accuracy']:.2%} / {r['macro_f1']:.3f}   without twins "
               f"{rest.get('accuracy', float('nan')):.2%} / {rest.get('macro_f1', float('nan')):.3f}", flush=True)
+        return r["accuracy"]
 
+    if args.greedy:
+        chosen = [0]
+        best = show(models[0], f"soup of [{args.models[0]}]")
+        for i in range(1, len(models)):
+            trial = chosen + [i]
+            acc = show(average([models[j] for j in trial]), f"  + {args.models[i]}")
+            if acc >= best:
+                chosen, best = trial, acc
+        print("greedy soup:", " ".join(args.models[j] for j in chosen))
+        return
     for name, m in zip(args.models, models):
         show(m, name)
     soup = average(models)
