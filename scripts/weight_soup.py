@@ -7,7 +7,7 @@ its BatchNorm statistics averaged (what `python -m fer_app ensemble NAME MODELS 
 with them recomputed on the train faces (one pass, each face and its mirror image, no augmentation).
 With --greedy, a greedy soup instead (Wortsman et al., 2022): starting from the first model, each next one
 joins the soup only when the soup's val accuracy does not fall (list the models best first); the members'
-own scores and the recomputed statistics are then skipped.
+own scores and the recomputed statistics are then skipped, and the uniform soup of all is scored beside it.
 
     PYTHONPATH=. .venv/bin/python scripts/weight_soup.py compact-fer2013-ft runs/acc/models/ft-cutmix
     PYTHONPATH=. .venv/bin/python scripts/weight_soup.py --greedy BEST SECOND THIRD ...
@@ -71,6 +71,8 @@ def main() -> None:
             if acc >= best:
                 chosen, best = trial, acc
         print("greedy soup:", " ".join(args.models[j] for j in chosen))
+        if len(chosen) < len(models) and chosen + [len(models) - 1] != list(range(len(models))):
+            show(average(models), "uniform soup of all, for comparison")
         return
     for name, m in zip(args.models, models):
         show(m, name)
