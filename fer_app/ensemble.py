@@ -58,14 +58,13 @@ def average(models: Sequence[Classifier], *, name: str = "") -> Classifier:
     its TTA views are the first member's, for `fer_app.tta` to choose anew."""
     if len(models) < 2:
         raise ModelError(f"a weight average needs at least 2 models, got {len(models)}")
-    states = [m.state_dict() for m in models]
-    for m, state in zip(models[1:], states[1:]):
-        if m.config()["encoder"] != models[0].config()["encoder"] or m.head.kind != models[0].head.kind \
-                or m.classes != models[0].classes \
-                or any(state[k].shape != v.shape for k, v in states[0].items()):
-            raise ModelError(f"{m.name}: a weight average needs members of one shape (encoder, head, classes) "
-                             f"as {models[0].name}")
     first = models[0]
+    for m in models[1:]:  # one encoder config, head kind and class list: the same tensors, the same shapes
+        if m.config()["encoder"] != first.config()["encoder"] or m.head.kind != first.head.kind \
+                or m.classes != first.classes:
+            raise ModelError(f"{m.name}: a weight average needs members of one shape (encoder, head, classes) "
+                             f"as {first.name}")
+    states = [m.state_dict() for m in models]
     soup = Classifier(copy.deepcopy(first.encoder), copy.deepcopy(first.head), name=name, classes=first.classes,
                       tta_flip=first.tta_flip, tta_zooms=first.tta_zooms)
     soup.load_state_dict({k: torch.stack([s[k] for s in states]).mean(0) if v.is_floating_point() else v
@@ -78,23 +77,31 @@ def save_ensemble(members: Sequence[str], name: str, *, mean: str = "logits", mo
     """Combine the saved models `members` (names or folders) by the `mean` of their logits or of their weights
     (`config.ENSEMBLE_MEANS`) and save the result as models/`name`, with its card: the members (their val
     figures and weights' sha256) and the table of their runs."""
-    if mean not in ENSEMBLE_MEANS:
+    if mean not in _MODES:
         raise ValueError(f"mean must be one of {ENSEMBLE_MEANS}, got {mean!r}")
+    make, combined, description = _MODES[mean]
     models = [load_model(m, models_dir=models_dir, runtime="torch") for m in members]
-    model = combine(models, name=name) if mean == "logits" else average(models, name=name)
+    model = make(models, name=name)
     configs = [{**m.meta, "name": m.name} for m in models]  # what load_model read of each config.json
-    names, n = ", ".join(c["name"] for c in configs), len(models)
-    entry = {"combine": "mean of the members' logits" if mean == "logits" else
-             "mean of the members' weights and BatchNorm statistics",
+    entry = {"combine": combined,
              "members": [{"name": c["name"], DIGEST_KEY: c.get(DIGEST_KEY),
                           "val_accuracy": c.get("metrics", {}).get("val", {}).get("accuracy")} for c in configs]}
-    description = (f"Ensemble of {n} compact models ({names}): the mean of their logits. About {n}x the compute "
-                   f"of one; for photos." if mean == "logits" else
-                   f"Uniform weight average of {n} compact models of one lineage ({names}); the compute of one.")
-    model.meta = {"description": description,
+    model.meta = {"description": description.format(n=len(models), names=", ".join(c["name"] for c in configs)),
                   "ensemble": entry,
                   "runs": [asdict(r) for r in runs.merged(*(runs.runs_of(c) for c in configs))]}
-    command = command or f"python -m fer_app ensemble {name} {' '.join(members)}" + (
-        " --mean weights" if mean == "weights" else "")
+    default_mean = "" if mean == ENSEMBLE_MEANS[0] else f" --mean {mean}"
+    command = command or f"python -m fer_app ensemble {name} {' '.join(members)}{default_mean}"
     return save_model(model, name, models_dir=models_dir, overwrite=overwrite,
                       card=render_card(name, model.config(), command))
+
+
+#: Each `config.ENSEMBLE_MEANS` mode: how the members become one model, the card's "combined as" and the
+#: model's description ({n} members, their {names}).
+_MODES = {
+    "logits": (combine, "mean of the members' logits",
+               "Ensemble of {n} compact models ({names}): the mean of their logits. About {n}x the compute of one; "
+               "for photos."),
+    "weights": (average, "mean of the members' weights and BatchNorm statistics",
+                "Uniform weight average of {n} compact models of one lineage ({names}); the compute of one."),
+}
+assert tuple(_MODES) == ENSEMBLE_MEANS

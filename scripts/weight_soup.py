@@ -63,15 +63,14 @@ def main() -> None:
         return r["accuracy"]
 
     if args.greedy:
-        chosen = [0]
-        best = show(models[0], f"soup of [{args.models[0]}]")
+        chosen, best, trial = [0], show(models[0], f"soup of [{args.models[0]}]"), [0]
         for i in range(1, len(models)):
             trial = chosen + [i]
             acc = show(average([models[j] for j in trial]), f"  + {args.models[i]}")
             if acc >= best:
                 chosen, best = trial, acc
         print("greedy soup:", " ".join(args.models[j] for j in chosen))
-        if len(chosen) < len(models) and chosen + [len(models) - 1] != list(range(len(models))):
+        if len(trial) < len(models):  # the last soup scored was not all of them
             show(average(models), "uniform soup of all, for comparison")
         return
     for name, m in zip(args.models, models):
