@@ -162,7 +162,7 @@ def _run_job(job: _Job, clock: Callable[[], float]) -> _Result:
 
 
 class LivePipeline:
-    """Thread-safe: `process` runs in the video thread, `update`/`stats`/`timeline` from the page.
+    """Thread-safe: `process` runs in the video thread, `update`/`stats`/`timeline`/`close` from the page.
 
     window: frames in the rolling statistics. timeline_every: seconds between timeline rows
     (0: every frame); timeline_length: rows kept (the oldest go first).
@@ -179,6 +179,7 @@ class LivePipeline:
                                     label_margin=self._settings.label_margin, label_dwell=self._settings.label_dwell)
         self._clock, self._t0 = clock, clock()
         self._lock = threading.Lock()
+        self._step_lock = threading.Lock()  # held by the video thread through each frame, and by close()
         self._pending: _Pending | None = None
         self._worker: Background[_Result] | None = None
         self._generation = 0  # results of an older generation (model or mode since changed) are dropped
@@ -297,11 +298,14 @@ class LivePipeline:
         return self._worker is not None and self._worker.busy
 
     def close(self) -> None:
-        """Stop the worker thread (it finishes the batch in hand); `process` may still be called after."""
-        worker, self._worker = self._worker, None
+        """Stop the worker and the scan threads (each finishes the job in hand); `process` may still be called
+        after (it starts them again). Safe from the page thread while frames flow: it waits for the frame in
+        hand, so the video thread never finds its threads gone halfway through a frame."""
+        with self._step_lock:
+            worker, self._worker = self._worker, None
+            self._scanner.close()  # waits for a full scan in flight: tens of ms
         if worker is not None:
-            worker.close()
-        self._scanner.close()
+            worker.close()  # a batch in flight may take longer: waited for outside the frame lock
 
     def __enter__(self) -> LivePipeline:
         return self
@@ -326,6 +330,10 @@ class LivePipeline:
         return predictions
 
     def _step(self, frame: np.ndarray, *, annotate: bool) -> tuple[np.ndarray | None, list[Prediction]]:
+        with self._step_lock:
+            return self._step_locked(frame, annotate=annotate)
+
+    def _step_locked(self, frame: np.ndarray, *, annotate: bool) -> tuple[np.ndarray | None, list[Prediction]]:
         start = self._clock()
         settings = self._apply_pending()
         scan = self._scanner.detect(frame, self._tracker.tracks)

@@ -538,8 +538,8 @@ def test_two_tabs_stream_at_once(request: pytest.FixtureRequest) -> None:
         tabs = [context.pages[0] if context.pages else context.new_page(), context.new_page()]
         components = [_start(tab, server.url) for tab in tabs]
         for tab in tabs:  # each tab's own stats: its session's pipeline sees both faces
-            _wait_for_metric(tab, "Faces", lambda value: value == str(len(scene.faces)))
-        fps = [_wait_for_metric(tab, "FPS", lambda value: float(value) > 0) for tab in tabs]
+            _wait_for_metric(tab, "Faces", lambda value: value == str(len(scene.faces)), server)
+        fps = [_wait_for_metric(tab, "FPS", lambda value: float(value) > 0, server) for tab in tabs]
         returned = []
         for tab, component in zip(tabs, components):
             tab.bring_to_front()  # the tab read is the one in front, as a person would look at it
@@ -575,11 +575,11 @@ def test_real_clip_at_camera_rate(request: pytest.FixtureRequest, camera_fps: in
     from playwright.sync_api import sync_playwright
 
     def labelled(tab) -> None:
-        _wait_for_metric(tab, "Faces", lambda value: value == "1")
-        _wait_for_metric(tab, "Labels/s", lambda value: float(value) > 0)
+        _wait_for_metric(tab, "Faces", lambda value: value == "1", server)
+        _wait_for_metric(tab, "Labels/s", lambda value: float(value) > 0, server)
 
     def fps(tab) -> float:
-        return float(_wait_for_metric(tab, "FPS", lambda value: float(value) > 0))
+        return float(_wait_for_metric(tab, "FPS", lambda value: float(value) > 0, server))
 
     with sync_playwright() as playwright, _browser(playwright, clip, tmp / "profile") as context:
         first = context.pages[0] if context.pages else context.new_page()
@@ -592,7 +592,7 @@ def test_real_clip_at_camera_rate(request: pytest.FixtureRequest, camera_fps: in
         labelled(second)
         time.sleep(MEASURE_S)
         both = [fps(first), fps(second)]
-        labels = [_wait_for_metric(tab, "Labels/s", lambda value: float(value) > 0) for tab in (first, second)]
+        labels = [_wait_for_metric(tab, "Labels/s", lambda value: float(value) > 0, server) for tab in (first, second)]
     print(f"[real clip] {REAL_CLIP.name} at {camera_fps} FPS: server FPS {alone:.1f} with one tab "
           f"({alone / camera_fps:.2f}x the camera's); two tabs at once {both[0]:.1f} and {both[1]:.1f} "
           f"(labels {labels[0]}/s and {labels[1]}/s); {time.monotonic() - started:.0f} s")
@@ -821,8 +821,9 @@ def _counters_agree(page, server: Server, faces: int) -> dict:
     pytest.fail(f"the page's counters and the overlay's never agreed: {last}")
 
 
-def _wait_for_metric(page, label: str, ok) -> str:
-    """The value of the page's metric `label` once `ok(value)` holds."""
+def _wait_for_metric(page, label: str, ok, server: Server) -> str:
+    """The value of the page's metric `label` once `ok(value)` holds; a failure shows the server's log (where
+    streamlit-webrtc reports a processing thread that died) and the last stats the page wrote."""
     metric = page.locator('[data-testid="stMetric"]', has_text=label).first.locator('[data-testid="stMetricValue"]')
     deadline, value = time.monotonic() + FRAMES_TIMEOUT, None
     while time.monotonic() < deadline:
@@ -831,7 +832,8 @@ def _wait_for_metric(page, label: str, ok) -> str:
             if ok(value):
                 return value
         time.sleep(0.25)
-    pytest.fail(f"metric {label!r} never got a good value within {FRAMES_TIMEOUT} s (last: {value!r})")
+    pytest.fail(f"metric {label!r} never got a good value within {FRAMES_TIMEOUT} s (last: {value!r}); last stats "
+                f"{_read_stats(server.stats_file)}; server log:\n{server.log.read_text()[-3000:]}")
 
 
 def _stream_in_browser(server: Server, clip: Path, profile: Path, faces: int,
@@ -852,7 +854,7 @@ def _stream_in_browser(server: Server, clip: Path, profile: Path, faces: int,
             if settled(returned, stats) or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
-        page_fps = _wait_for_metric(page, "FPS", lambda value: float(value) > 0)
+        page_fps = _wait_for_metric(page, "FPS", lambda value: float(value) > 0, server)
         _counters_agree(page, server, faces)
         running, samples = _running_indicator(page)
         shots = Path(os.environ["FER_APP_E2E_SHOTS"]) if os.environ.get("FER_APP_E2E_SHOTS") else None

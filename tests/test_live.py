@@ -303,6 +303,45 @@ def test_close_stops_the_worker() -> None:
     pipeline.close()  # twice is fine
 
 
+def test_close_from_the_page_waits_for_the_frame_in_hand() -> None:
+    """The page closes the pipeline whenever its script runs without the stream playing, and frames may still be
+    flowing then (START's signalling, STOP): close() must not pull the threads from under a frame halfway through
+    (that raised in the video thread, and streamlit-webrtc's processing thread died: a frozen video)."""
+    pipeline = LivePipeline(FakeModel(), replace(SYNC, asynchronous=True))
+    pipeline.process(scene((200, 100)))
+    pipeline.process(scene((200, 100)))  # tracked: the full scans now run in their own thread
+    inside, release = threading.Event(), threading.Event()
+    detect = pipeline._scanner.detect
+
+    def held_detect(frame, tracks):
+        inside.set()
+        assert release.wait(10)
+        return detect(frame, tracks)
+
+    pipeline._scanner.detect = held_detect
+    errors: list[BaseException] = []
+
+    def video() -> None:
+        try:
+            pipeline.process(scene((204, 100)))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    frame = threading.Thread(target=video)
+    frame.start()
+    assert inside.wait(10)
+    closing = threading.Thread(target=pipeline.close)
+    closing.start()
+    closing.join(0.2)
+    assert closing.is_alive(), "close() returned while a frame was halfway through"
+    release.set()
+    frame.join(10)
+    closing.join(10)
+    assert not errors and not closing.is_alive() and pipeline._worker is None
+    pipeline.process(scene((208, 100)))  # and the stream goes on: its threads start again
+    pipeline.close()
+
+
 @pytest.mark.parametrize(("asynchronous", "mirror", "expected"),
                          [(False, None, None), (True, None, False), (True, True, True), (False, False, False)])
 def test_mirror_averaging_off_in_the_worker_by_default(asynchronous, mirror, expected):
