@@ -451,8 +451,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     folder = model_dir(args.model)
     rows = runs.runs_of(read_config(folder))
-    for workdir in args.add:
-        rows = runs.add_run(folder, runs.from_workdir(workdir))
+    for path in args.add:
+        rows = runs.add_run(folder, runs.from_folder(path))
     if args.json:
         print(json.dumps([asdict(r) for r in rows], indent=2))
     else:
@@ -817,9 +817,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runs", help="a model's table of training runs (recipe, epochs, hours, val figures)",
                        description="Prints every run behind a model: those of the models it started from and "
                        "learned from, then its own. --add records a run that shipped nothing (a tried recipe) "
-                       "from its work folder's checkpoint into the model's config and card.")
+                       "into the model's config and card: from the model it saved elsewhere (--models-dir) or "
+                       "from its work folder's checkpoint.")
     p.add_argument("model", metavar="MODEL", help="model name under models/ or a model folder")
-    p.add_argument("--add", nargs="+", default=[], metavar="WORKDIR", help="training work folder(s) to add")
+    p.add_argument("--add", nargs="+", default=[], metavar="FOLDER",
+                   help="runs to add: each the model folder it saved, or its training work folder")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
     p.set_defaults(func=cmd_runs)
 

@@ -2,8 +2,9 @@
 
 Each saved model's config.json holds `runs`, a list of rows (`RunRecord`): the runs of the models it
 started from (`--init-from`) and learned from (`--teacher`), then its own. A run that shipped nothing
-(a tried recipe that lost on val) is added from its work folder's checkpoint with
-`python -m fer_app runs MODEL --add WORKDIR`. The model card renders the table (`runs_section`).
+(a tried recipe that lost on val) is added with `python -m fer_app runs MODEL --add FOLDER`: from the
+model it saved elsewhere (`--models-dir`), or from its work folder's checkpoint (a run with no model; its
+hours then lack the final evaluation). The model card renders the table (`runs_section`).
 
 Val figures are the run's own model selection figures: its best epoch on val, as trained (the face and
 its mirror image), so runs compare on one footing; TTA views chosen afterwards are in the card's TTA section.
@@ -108,13 +109,22 @@ def ancestors(sources: list[str]) -> list[RunRecord]:
     return merged(*lists)
 
 
-def from_workdir(workdir: str | Path) -> RunRecord:
-    """The row of a run from its work folder's checkpoint (a run that shipped nothing, or still going)."""
+def from_folder(folder: str | Path) -> RunRecord:
+    """The row of a run that shipped nothing: from the model it saved (a model folder: its own run, as
+    recorded when it was saved) or from its work folder's checkpoint (a run that saved no model, or still going)."""
+    from fer_app.model import CONFIG_FILE
     from fer_app.training import read_checkpoint_meta
 
-    path = Path(workdir) / "checkpoint.safetensors"
+    folder = Path(folder)
+    if (folder / CONFIG_FILE).is_file():
+        training = json.loads((folder / CONFIG_FILE).read_text()).get("training")
+        if not training:
+            raise ValueError(f"{folder}: a model without a training record (an ensemble or a soup: not a run)")
+        return record(training, None)
+    path = folder / "checkpoint.safetensors"
     if not path.is_file():
-        raise FileNotFoundError(f"{workdir}: no checkpoint.safetensors (not a training work folder)")
+        raise FileNotFoundError(f"{folder}: neither a model ({CONFIG_FILE}) nor a training work folder "
+                                "(checkpoint.safetensors)")
     return record(read_checkpoint_meta(path), None)
 
 

@@ -11,7 +11,7 @@ from conftest import TINY_COMPACT
 from fer_app.cli import main
 from fer_app.model import CARD_FILE, CONFIG_FILE, read_config
 from fer_app.modelcard import render_card
-from fer_app.runs import RunRecord, from_workdir, merged, recipe, record, runs_of, runs_section
+from fer_app.runs import RunRecord, from_folder, merged, recipe, record, runs_of, runs_section
 from fer_app.training import TrainConfig, train
 
 
@@ -82,6 +82,25 @@ def test_card_lists_the_commands_that_made_the_model(models_dir, tiny_splits, tm
     assert runs_section(runs_of(child.model.config())) in card
 
 
+def test_a_run_added_from_the_model_it_saved_has_its_recorded_hours(models_dir, tiny_splits, tmp_path):
+    """A tried run saved elsewhere (`--models-dir`) is added from its model: the hours as recorded at the save
+    (the checkpoint's lack the final evaluation), and it stays "(not shipped)"."""
+    shipped = train(TrainConfig(**TINY_COMPACT), tiny_splits, name="shipped", workdir=tmp_path / "s")
+    tried = train(TrainConfig(**{**TINY_COMPACT, "seed": 3}), tiny_splits, name="tried", workdir=tmp_path / "t",
+                  models_dir=tmp_path / "elsewhere")
+    row = from_folder(tried.saved_to)
+    assert row.model is None and row.hours == round(read_config(tried.saved_to)["training"]["seconds"] / 3600, 2)
+    assert row.val_accuracy == round(max(h.val_accuracy for h in tried.history), 4) and "seed=3" in row.recipe
+    assert main(["runs", str(shipped.saved_to), "--add", str(tried.saved_to)]) == 0
+    assert runs_of(read_config(shipped.saved_to))[-1] == row
+
+
+def test_adding_a_model_without_a_training_record_is_an_error(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"name": "soup", "ensemble": {}}))
+    with pytest.raises(ValueError, match="without a training record"):
+        from_folder(tmp_path)
+
+
 def test_adding_a_folder_without_a_checkpoint_is_an_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        from_workdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="neither a model"):
+        from_folder(tmp_path)
