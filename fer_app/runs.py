@@ -112,12 +112,12 @@ def ancestors(sources: list[str]) -> list[RunRecord]:
 def from_folder(folder: str | Path) -> RunRecord:
     """The row of a run that shipped nothing: from the model it saved (a model folder: its own run, as
     recorded when it was saved) or from its work folder's checkpoint (a run that saved no model, or still going)."""
-    from fer_app.model import CONFIG_FILE
+    from fer_app.model import CONFIG_FILE, read_config
     from fer_app.training import read_checkpoint_meta
 
     folder = Path(folder)
     if (folder / CONFIG_FILE).is_file():
-        training = json.loads((folder / CONFIG_FILE).read_text()).get("training")
+        training = read_config(folder).get("training")
         if not training:
             raise ValueError(f"{folder}: a model without a training record (an ensemble or a soup: not a run)")
         return record(training, None)

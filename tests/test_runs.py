@@ -95,10 +95,13 @@ def test_a_run_added_from_the_model_it_saved_has_its_recorded_hours(models_dir, 
     assert runs_of(read_config(shipped.saved_to))[-1] == row
 
 
-def test_adding_a_model_without_a_training_record_is_an_error(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"name": "soup", "ensemble": {}}))
+def test_adding_a_model_without_a_training_record_is_an_error(models_dir, tiny_splits, tmp_path):
+    tried = train(TrainConfig(**TINY_COMPACT), tiny_splits, name="tried", workdir=tmp_path / "t")
+    cfg = read_config(tried.saved_to)
+    del cfg["training"]  # as a soup or an ensemble has none
+    (tried.saved_to / CONFIG_FILE).write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="without a training record"):
-        from_folder(tmp_path)
+        from_folder(tried.saved_to)
 
 
 def test_adding_a_folder_without_a_checkpoint_is_an_error(tmp_path):
