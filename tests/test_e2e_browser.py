@@ -592,7 +592,8 @@ def test_real_clip_at_camera_rate(request: pytest.FixtureRequest, camera_fps: in
         labelled(second)
         time.sleep(MEASURE_S)
         both = [fps(first), fps(second)]
-        labels = [_wait_for_metric(tab, "Labels/s", lambda value: float(value) > 0, server) for tab in (first, second)]
+        labels = [_wait_for_metric(tab, "Labels/s", lambda value: float(value) > 0, server)
+                  for tab in (first, second)]
     print(f"[real clip] {REAL_CLIP.name} at {camera_fps} FPS: server FPS {alone:.1f} with one tab "
           f"({alone / camera_fps:.2f}x the camera's); two tabs at once {both[0]:.1f} and {both[1]:.1f} "
           f"(labels {labels[0]}/s and {labels[1]}/s); {time.monotonic() - started:.0f} s")
