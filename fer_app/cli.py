@@ -210,7 +210,8 @@ def _train_config(args: argparse.Namespace):
                        patience=args.patience, seed=args.seed, device=args.device, precision=args.precision,
                        threads=args.threads, clip_source=args.clip, soft_targets=args.soft_targets,
                        teachers=tuple(args.teacher or ()), kd_weight=args.kd_weight,
-                       kd_temperature=args.kd_temperature, mixup=args.mixup, cutmix=args.cutmix,
+                       kd_temperature=args.kd_temperature, kd_online=args.kd_online, mixup=args.mixup,
+                       cutmix=args.cutmix,
                        haar_views=args.haar_views)
 
 
@@ -708,6 +709,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "cached in --workdir")
     p.add_argument("--kd-weight", type=float, default=0.5, help="share of the loss on the teachers' targets")
     p.add_argument("--kd-temperature", type=float, default=2.0, help="distillation temperature")
+    p.add_argument("--kd-online", action="store_true",
+                   help="consistent teaching: the teachers see every batch exactly as the student does (augmented, "
+                   "mixed) instead of once on the plain faces; costs the teachers' forward pass every step. "
+                   "Teachers must take the student's pixels (compact models)")
     p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
                    help="mixup: blend pairs of faces and their targets by Beta(ALPHA, ALPHA) (0: off; 0.2 typical)")
     p.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA",

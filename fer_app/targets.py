@@ -6,8 +6,10 @@ Every option turns a batch's labels into distributions and the loss into a soft-
     loss = (1 - kd_weight) * CE(student, base) + kd_weight * T^2 * CE(student / T, teacher sharpened by T)
 
 `base` is the one-hot label with label smoothing, or the face's FER+ vote shares (`soft_targets="ferplus"`);
-`teacher` is the mean probability of the teacher models on the face (computed once per run on the
-unaugmented faces, with each teacher's own test-time views, and cached in the run's work folder). Mixup
+`teacher` is the mean probability of the teacher models on the face: by default computed once per run on
+the unaugmented faces, with each teacher's own test-time views, and cached in the run's work folder; with
+`kd_online` (consistent teaching), computed every step on the batch exactly as the student sees it
+(augmented, mixed), at the cost of the teachers' forward pass per step (`online_teachers`). Mixup
 blends two faces and their targets by a Beta(alpha, alpha) draw; CutMix pastes a box of another face and
 blends the targets by the box's area. Each sample keeps its class weight (blended alike). With none of
 the options the engine keeps its plain cross-entropy.
@@ -94,6 +96,30 @@ def teacher_targets(teachers: Sequence[str], faces: FaceSet, cache_dir: Path, *,
     save_file({"probs": probs.contiguous()}, str(tmp))
     os.replace(tmp, path)
     return probs
+
+
+def online_teachers(teachers: Sequence[str], normalize: Callable[[torch.Tensor], torch.Tensor], *,
+                    load: Callable[[str], torch.nn.Module] | None = None) -> list[torch.nn.Module]:
+    """The `teachers` (model names or folders) as networks that can take the student's own training batches:
+    each must turn faces into the same pixels as the student (`normalize`: same input size, channels and
+    normalisation, checked on a probe batch), else ValueError; the cached targets take any teacher."""
+    from fer_app.model import load_model
+
+    if not teachers:
+        raise ValueError("no teacher models given")
+    load = load or (lambda name: load_model(name, runtime="torch"))
+    probe = torch.arange(2 * 48 * 48, dtype=torch.int64).remainder(256).to(torch.uint8).view(2, 48, 48)
+    want = normalize(probe)
+    nets = []
+    for name in teachers:
+        net = load(name)
+        got = net.encoder.normalize(probe)
+        if got.shape != want.shape or not torch.allclose(got, want, atol=1e-5):
+            raise ValueError(f"teacher {name}: its input is not the student's (pixels {tuple(got.shape)[1:]} "
+                             f"vs {tuple(want.shape)[1:]}, or another normalisation); it can teach from its "
+                             "cached predictions (without --kd-online), not online")
+        nets.append(net.eval())
+    return nets
 
 
 def blend(x: torch.Tensor, targets: Sequence[torch.Tensor | None], weights: torch.Tensor, gen: torch.Generator, *,

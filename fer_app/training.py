@@ -82,6 +82,7 @@ class TrainConfig:
     teachers: tuple[str, ...] = ()      # saved models whose mean probabilities are soft targets
     kd_weight: float = 0.5              # share of the loss given to the teachers' targets
     kd_temperature: float = 2.0         # distillation temperature
+    kd_online: bool = False             # the teachers see each batch as the student does (augmented, mixed)
     mixup: float = 0.0                  # mixup's Beta(alpha, alpha); 0 = off
     cutmix: float = 0.0                 # CutMix's Beta(alpha, alpha); 0 = off (with mixup: a coin per batch)
     # the share of train faces shown as the app frames them: pasted into real scenes, found by the Haar
@@ -105,6 +106,8 @@ class TrainConfig:
             raise ValueError("kd_weight must be in [0, 1], kd_temperature > 0, mixup and cutmix >= 0")
         if not 0.0 <= self.haar_views <= 1.0:
             raise ValueError(f"haar_views must be in [0, 1] (got {self.haar_views})")
+        if self.kd_online and (not self.teachers or self.mode != "full"):
+            raise ValueError("kd_online needs teachers and a full run (mode full): the teachers see the faces")
 
     @property
     def soft(self) -> bool:
@@ -597,7 +600,7 @@ def _soft_targets(cfg: TrainConfig, train_set: FaceSet, workdir: Path, ctx: dist
     """(N, C) or (N, 2C) soft targets of the train faces: base, then the teachers' (rank 0 computes and
     caches them in the work folder; the other ranks read its cache)."""
     base = targets.base_targets(train_set, cfg.soft_targets, cfg.label_smoothing)
-    if not cfg.teachers:
+    if not cfg.teachers or cfg.kd_online:  # online teachers give their targets batch by batch
         return base
     if not ctx.is_main:
         distributed.barrier(ctx)
@@ -760,6 +763,11 @@ def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, 
         return forward
 
     train_forward, eval_forward = forward_with(wrapped), forward_with(net)
+    teacher_forwards = []
+    if cfg.kd_online:  # consistent teaching: the teachers run on each batch as the student sees it
+        for teacher in targets.online_teachers(cfg.teachers, model.encoder.normalize):
+            teacher.to(device).to(memory_format=torch.channels_last)
+            teacher_forwards.append(forward_with(teacher))
     weights = class_weights(train_set.labels, cfg.balance).to(device)
     params = param_groups(model, cfg)
     if cfg.optimizer == "sgd":
@@ -829,6 +837,9 @@ def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, 
                 base, teach, sample_w = tb[:, :k], (tb[:, k:] if tb.shape[1] > k else None), weights[yb]
                 xb, (base, teach), sample_w = targets.blend(xb, [base, teach], sample_w, gen, mixup=cfg.mixup,
                                                             cutmix=cfg.cutmix)
+                if teacher_forwards:
+                    with torch.no_grad():
+                        teach = torch.stack([torch.softmax(f(xb), 1) for f in teacher_forwards]).mean(0)
                 logits = train_forward(xb)
                 loss = targets.soft_loss(logits, base, teach, sample_w, cfg.kd_weight, cfg.kd_temperature)
             if not torch.isfinite(loss):

@@ -159,14 +159,17 @@ def _rolled(splits: dict) -> dict:
     return {s: replace(f, labels=(f.labels + 1) % K) for s, f in splits.items()}
 
 
-def test_a_student_distilled_from_a_teacher_learns_what_the_teacher_says(models_dir, tiny_splits, tmp_path):
+@pytest.mark.parametrize("kd_online", [False, True])
+def test_a_student_distilled_from_a_teacher_learns_what_the_teacher_says(models_dir, tiny_splits, tmp_path,
+                                                                         kd_online):
     train(TrainConfig(**{**TINY_COMPACT, "epochs": 6}), _rolled(tiny_splits), name="rolled",
           workdir=tmp_path / "teacher")
     teacher = load_model("rolled", runtime="torch")
     val = tiny_splits["val"]
     says = teacher.predict_proba(list(val.images)).argmax(1)
     assert (says == (val.labels + 1) % K).mean() > 0.5  # the teacher learned the rolled labels
-    cfg = TrainConfig(**{**TINY_COMPACT, "epochs": 6}, teachers=("rolled",), kd_weight=1.0, kd_temperature=1.0)
+    cfg = TrainConfig(**{**TINY_COMPACT, "epochs": 6}, teachers=("rolled",), kd_weight=1.0, kd_temperature=1.0,
+                      kd_online=kd_online)
     # trained on the true labels with all the loss on the teacher (val rolled too, or the best epoch on val
     # would be the one least like the teacher): it follows the teacher, not the labels
     student = train(cfg, {"train": tiny_splits["train"], "val": _rolled(tiny_splits)["val"]}, name="student",
@@ -177,7 +180,58 @@ def test_a_student_distilled_from_a_teacher_learns_what_the_teacher_says(models_
     plain = train(TrainConfig(**{**TINY_COMPACT, "epochs": 6}), {"train": tiny_splits["train"],
                   "val": _rolled(tiny_splits)["val"]}, workdir=tmp_path / "plain")
     assert plain.report["accuracy"] < 0.3  # without the teacher the same run learns the true labels
-    assert list((tmp_path / "student").glob("teachers-*.safetensors"))  # cached for a resume
+    # cached for a resume; online, the teachers run every step and nothing is cached
+    assert bool(list((tmp_path / "student").glob("teachers-*.safetensors"))) != kd_online
+
+
+def test_online_teachers_see_each_batch_as_the_student_does(models_dir, tiny_splits, tmp_path, monkeypatch):
+    """Consistent teaching: every step the teachers get the very batch the student trains on, after the
+    augmentation and mixup (not the plain faces), and their targets are not cached."""
+    from fer_app import targets
+
+    train(TrainConfig(**{**TINY_COMPACT, "epochs": 2}), tiny_splits, name="teacher", workdir=tmp_path / "t")
+    student_batches, teacher_batches = [], []
+    real_blend, real_online = targets.blend, targets.online_teachers
+
+    def recorded_blend(x, *args, **kwargs):
+        out = real_blend(x, *args, **kwargs)
+        student_batches.append(out[0].detach().clone())
+        return out
+
+    def recorded_online(*args, **kwargs):
+        nets = real_online(*args, **kwargs)
+        for net in nets:
+            net.register_forward_pre_hook(lambda module, inputs: teacher_batches.append(inputs[0].detach().clone()))
+        return nets
+
+    monkeypatch.setattr(targets, "blend", recorded_blend)
+    monkeypatch.setattr(targets, "online_teachers", recorded_online)
+    cfg = TrainConfig(**{**TINY_COMPACT, "epochs": 1, "augment": True}, teachers=("teacher",), kd_online=True,
+                      mixup=0.4)
+    train(cfg, tiny_splits, workdir=tmp_path / "s")
+    assert len(student_batches) == len(teacher_batches) > 1
+    assert all(torch.equal(t.float(), s.float()) for t, s in zip(teacher_batches, student_batches))
+    assert not list((tmp_path / "s").glob("teachers-*.safetensors"))
+    with pytest.raises(ValueError, match="kd_online needs teachers"):
+        TrainConfig(kd_online=True)
+    with pytest.raises(ValueError, match="kd_online needs teachers"):
+        TrainConfig(kd_online=True, teachers=("teacher",), mode="head")
+
+
+def test_online_teachers_must_take_the_students_pixels():
+    from fer_app.encoders.compact import CompactEncoder
+    from fer_app.targets import online_teachers
+
+    class Net(torch.nn.Module):
+        def __init__(self, mean: float) -> None:
+            super().__init__()
+            self.encoder = CompactEncoder((8, 16), 1, mean=mean, std=0.25)
+
+    student = CompactEncoder((8, 16), 1, mean=0.5, std=0.25)
+    nets = {"same": Net(0.5), "other": Net(0.4)}
+    assert len(online_teachers(["same"], student.normalize, load=nets.__getitem__)) == 1
+    with pytest.raises(ValueError, match="teacher other: its input is not the student's"):
+        online_teachers(["same", "other"], student.normalize, load=nets.__getitem__)
 
 
 @pytest.mark.parametrize("blending", [{"mixup": 0.2}, {"mixup": 0.2, "cutmix": 1.0}])
