@@ -114,9 +114,10 @@ def online_teachers(teachers: Sequence[str], normalize: Callable[[torch.Tensor],
     for name in teachers:
         net = load(name)
         got = net.encoder.normalize(probe)
-        if got.shape != want.shape or not torch.allclose(got, want, atol=1e-5):
-            raise ValueError(f"teacher {name}: its input is not the student's (pixels {tuple(got.shape)[1:]} "
-                             f"vs {tuple(want.shape)[1:]}, or another normalisation); it can teach from its "
+        why = (f"pixels {tuple(got.shape)[1:]}, the student's {tuple(want.shape)[1:]}" if got.shape != want.shape
+               else "another normalisation (mean, std)" if not torch.allclose(got, want, atol=1e-5) else None)
+        if why:
+            raise ValueError(f"teacher {name}: its input is not the student's ({why}); it can teach from its "
                              "cached predictions (without --kd-online), not online")
         nets.append(net.eval())
     return nets

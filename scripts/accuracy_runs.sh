@@ -14,6 +14,8 @@
 #   DATA=tiny.npz EPOCHS=1 STUDENT_EPOCHS=1 bash scripts/accuracy_runs.sh   # a smoke test of the steps
 #   SEEDS= BASE_TEACHERS=models/compact-fer2013-ensemble STUDENT_INIT=compact-fer2013-ft STUDENT_EPOCHS=40 \
 #     bash scripts/accuracy_runs.sh    # the student fine-tuned from a saved model (cosine, lr 0.01), not from scratch
+#   SEEDS= EPOCHS=60 BASE_TEACHERS=models/compact-fer2013-ensemble STUDENT_INIT=compact-fer2013-soup \
+#     STUDENT_ARGS="--kd-online --mixup 0.2" bash scripts/accuracy_runs.sh   # consistent teaching (--kd-online)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -25,6 +27,7 @@ WIDE=${WIDE:-1}                        # 1: also a wider teacher (widths 64 128 
 TEACHERS_ONLY=${TEACHERS_ONLY:-0}      # 1: stop after the teachers (choose the student recipe on their figures)
 STUDENT=${STUDENT:-compact-fer2013-kd}
 STUDENT_INIT=${STUDENT_INIT:-}         # a saved model: the student starts from it (cosine schedule, lr 0.01)
+STUDENT_ARGS=${STUDENT_ARGS:-}         # more train options for the student (they win over the above), e.g. --kd-online
 BASE_TEACHERS=${BASE_TEACHERS:-models/compact-fer2013}  # saved models that teach besides the ones trained here
 ROOT=${ROOT:-runs/acc}
 THREADS=${THREADS:-0}
@@ -61,8 +64,9 @@ done
 if [ "$TEACHERS_ONLY" = 1 ]; then exit 0; fi
 start=("${SHAPE[@]}")
 [ -n "$STUDENT_INIT" ] && start=(--init-from "$STUDENT_INIT" --lr 0.01 --schedule cosine)
+read -r -a extra <<< "$STUDENT_ARGS"
 run "$STUDENT" models "${start[@]}" --epochs "$STUDENT_EPOCHS" --teacher "${teachers[@]}" \
-  --kd-weight 0.7 --kd-temperature 2
+  --kd-weight 0.7 --kd-temperature 2 "${extra[@]}"
 "$PY" -m fer_app tta "$STUDENT" "$DATA"
 "$PY" -m fer_app runs "$STUDENT"
 echo "next: python -m fer_app quantize $STUDENT $DATA; python -m fer_app evaluate $DATA --split val --runtime torch --model $STUDENT --card"

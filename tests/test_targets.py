@@ -230,8 +230,10 @@ def test_online_teachers_must_take_the_students_pixels():
     student = CompactEncoder((8, 16), 1, mean=0.5, std=0.25)
     nets = {"same": Net(0.5), "other": Net(0.4)}
     assert len(online_teachers(["same"], student.normalize, load=nets.__getitem__)) == 1
-    with pytest.raises(ValueError, match="teacher other: its input is not the student's"):
+    with pytest.raises(ValueError, match=r"teacher other: its input is not the student's \(another normalisation"):
         online_teachers(["same", "other"], student.normalize, load=nets.__getitem__)
+    with pytest.raises(ValueError, match=r"\(pixels \(1, 48, 48\), the student's \(3, 56, 56\)\)"):
+        online_teachers(["same"], lambda grey: torch.zeros(len(grey), 3, 56, 56), load=nets.__getitem__)
 
 
 @pytest.mark.parametrize("blending", [{"mixup": 0.2}, {"mixup": 0.2, "cutmix": 1.0}])
