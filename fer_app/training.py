@@ -763,7 +763,7 @@ def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, 
         return forward
 
     train_forward, eval_forward = forward_with(wrapped), forward_with(net)
-    teacher_forwards = []
+    teacher_forwards: list[Callable[[torch.Tensor], torch.Tensor]] = []
     if cfg.kd_online:  # consistent teaching: the teachers run on each batch as the student sees it
         for teacher in targets.online_teachers(cfg.teachers, model.encoder.normalize):
             teacher.to(device).to(memory_format=torch.channels_last)
