@@ -89,8 +89,8 @@ def save_ensemble(members: Sequence[str], name: str, *, mean: str = "logits", mo
     model.meta = {"description": description.format(n=len(models), names=", ".join(c["name"] for c in configs)),
                   "ensemble": entry,
                   "runs": [asdict(r) for r in runs.merged(*(runs.runs_of(c) for c in configs))]}
-    default_mean = "" if mean == ENSEMBLE_MEANS[0] else f" --mean {mean}"
-    command = command or f"python -m fer_app ensemble {name} {' '.join(members)}{default_mean}"
+    mean_flag = "" if mean == ENSEMBLE_MEANS[0] else f" --mean {mean}"  # the default needs no flag
+    command = command or f"python -m fer_app ensemble {name} {' '.join(members)}{mean_flag}"
     return save_model(model, name, models_dir=models_dir, overwrite=overwrite,
                       card=render_card(name, model.config(), command))
 
