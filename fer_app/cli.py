@@ -289,8 +289,14 @@ def _training_bar():
     return Bar()
 
 
+#: Flags about this machine's state, not the recipe: a model's recorded command (its card's reproduce steps) drops them.
+_STATE_FLAGS = ("--resume", "--overwrite")
+
+
 def _command(args: argparse.Namespace) -> str:
-    return "python -m fer_app " + shlex.join(sys.argv[1:] if args.argv is None else args.argv)
+    """The command line that made a model, as its card's reproduce step (a fresh start: no `_STATE_FLAGS`)."""
+    argv = sys.argv[1:] if args.argv is None else args.argv
+    return "python -m fer_app " + shlex.join(a for a in argv if a not in _STATE_FLAGS)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -91,6 +91,8 @@ def save_ensemble(members: Sequence[str], name: str, *, mean: str = "logits", mo
                   "runs": [asdict(r) for r in runs.merged(*(runs.runs_of(c) for c in configs))]}
     mean_flag = "" if mean == ENSEMBLE_MEANS[0] else f" --mean {mean}"  # the default needs no flag
     command = command or f"python -m fer_app ensemble {name} {' '.join(members)}{mean_flag}"
+    # the ensemble steps behind it: a member that is itself an ensemble (a soup) keeps its own command
+    entry["steps"] = [s for c in configs for s in c.get("ensemble", {}).get("steps", [])] + [command]
     return save_model(model, name, models_dir=models_dir, overwrite=overwrite,
                       card=render_card(name, model.config(), command))
 

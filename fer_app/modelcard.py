@@ -85,12 +85,13 @@ def members_section(entry: dict) -> str:
 
 
 def reproduce_commands(cfg: dict, command: str) -> list[str]:
-    """The commands that make a model: those of the shipped runs it was built from (its table of runs), then
-    its own `command`. A trained model's last run is its own; an ensemble's runs are all its members'."""
+    """The commands that make a model: those of the shipped runs it was built from (its table of runs), the
+    ensemble steps of its members (a soup inside an ensemble), then its own `command`. A trained model's last
+    run is its own; an ensemble's runs are all its members'."""
     runs = runs_of(cfg)
     if runs and runs[-1].model == cfg.get("name"):
         runs = runs[:-1]
-    earlier = [r.command for r in runs if r.command and r.model]
+    earlier = [r.command for r in runs if r.command and r.model] + cfg.get("ensemble", {}).get("steps", [])[:-1]
     return [c for i, c in enumerate(earlier) if c not in earlier[:i] and c != command] + [command]
 
 

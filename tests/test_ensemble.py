@@ -116,6 +116,21 @@ def test_ensemble_card_lists_every_members_command(models_dir, tiny_splits):
     assert block == ["python -m fer_app train T0", "python -m fer_app train T1", "python -m fer_app ensemble ens t0 t1"]
 
 
+def test_a_soup_inside_an_ensemble_keeps_its_step_in_the_card(models_dir, tiny_splits):
+    """A member that is itself an ensemble (a weight soup): its ensemble command comes before the outer one."""
+    from fer_app.training import TrainConfig, train
+    from conftest import TINY_COMPACT
+
+    for seed in (0, 1):
+        train(TrainConfig(**{**TINY_COMPACT, "epochs": 1, "seed": seed}), tiny_splits, name=f"t{seed}",
+              workdir=models_dir.parent / f"t{seed}", extra_meta={"command": f"python -m fer_app train T{seed}"})
+    save_ensemble(["t0", "t1"], "soup", mean="weights", models_dir=models_dir, command="python -m fer_app ensemble S")
+    folder = save_ensemble(["soup", "t1"], "ens", models_dir=models_dir, command="python -m fer_app ensemble E")
+    block = (folder / "README.md").read_text().split("## Reproduce\n```\n")[1].split("```")[0].splitlines()
+    assert block == ["python -m fer_app train T0", "python -m fer_app train T1", "python -m fer_app ensemble S",
+                     "python -m fer_app ensemble E"]
+
+
 def test_cli_ensemble(capsys, models_dir):
     from fer_app.cli import main
 
@@ -128,6 +143,9 @@ def test_cli_ensemble(capsys, models_dir):
     assert "exists" in capsys.readouterr().err
     assert main(["ensemble", "soup", "m0", "m1", "--mean", "weights", "--models-dir", str(models_dir)]) == 0
     assert "2 members, the mean of their weights" in capsys.readouterr().out
+    assert main(["ensemble", "ens", "m0", "m1", "--models-dir", str(models_dir), "--overwrite"]) == 0
+    steps = json.loads((models_dir / "ens" / "config.json").read_text())["ensemble"]["steps"]
+    assert steps == [f"python -m fer_app ensemble ens m0 m1 --models-dir {models_dir}"]  # a fresh start: no --overwrite
     assert json.loads((models_dir / "soup" / "config.json").read_text())["encoder"]["type"] == "compact"
 
 
