@@ -101,8 +101,8 @@ def save_ensemble(members: Sequence[str], name: str, *, mean: str = "logits", mo
 #: model's description ({n} members, their {names}).
 _MODES = {
     "logits": (combine, "mean of the members' logits",
-               "Ensemble of {n} compact models ({names}): the mean of their logits. The compute of its members together; "
-               "for photos."),
+               "Ensemble of {n} compact models ({names}): the mean of their logits. The compute of its members "
+               "together; for photos."),
     "weights": (average, "mean of the members' weights and BatchNorm statistics",
                 "Uniform weight average of {n} compact models of one lineage ({names}); the compute of one."),
 }

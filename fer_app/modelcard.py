@@ -67,7 +67,8 @@ def render_card(name: str, cfg: dict, command: str) -> str:
 def encoder_line(enc: dict) -> str:
     """The model card's line on the encoder: its type and settings (an ensemble: its members' shapes)."""
     if enc.get("type") == "ensemble":
-        shapes = "; ".join(f"widths={m.get('widths')}, convs={m.get('convs_per_stage')}" for m in enc.get("members", []))
+        shapes = "; ".join(f"widths={m.get('widths')}, convs={m.get('convs_per_stage')}"
+                           for m in enc.get("members", []))
         return f"- encoder: `ensemble` of {len(enc.get('members', []))} compact nets ({shapes})"
     settings = ", ".join(f"{k}={v}" for k, v in enc.items() if k != "type")
     return f"- encoder: `{enc.get('type')}` ({settings})" if enc else "- encoder: ?"
