@@ -730,15 +730,16 @@ def format_report(report: dict) -> str:
                          f"{'async' if p['asynchronous'] else 'sync'}")
     video = report.get("video")
     if video and "missing" not in video:
-        lines += ["", f"SYNTHETIC: python -m fer_app video engine, {video['path']}, model {video['model']} ({video['runtime']}): "
+        lines += ["", f"SYNTHETIC: python -m fer_app video engine, {video['path']}, model {video['model']} "
+                      f"({video['runtime']}): "
                       f"{video['processing_fps']:.1f} frames/s (decoding included); faces in "
                       f"{video['frames_with_faces']}/{video['frames']} frames, {video['tracks']} track(s); median "
                       f"detect {video['detect_ms']:.1f} ms, classify {video['classify_ms']:.1f} ms per frame"]
         fer = video.get("fer_package_detection")
         if fer:
-            lines.append(f"the fer package's Haar set-up on the same clip (default cascade, full resolution, scale 1.1, "
-                         f"5 neighbours, 50 px): faces in {fer['frames_with_faces']}/{fer['frames']} frames, median "
-                         f"detect {fer['detect_ms']:.1f} ms per frame")
+            lines.append(f"the fer package's Haar set-up on the same clip (default cascade, full resolution, "
+                         f"scale 1.1, 5 neighbours, 50 px): faces in {fer['frames_with_faces']}/{fer['frames']} "
+                         f"frames, median detect {fer['detect_ms']:.1f} ms per frame")
     eq = report.get("equalization")
     if eq and "missing" not in eq:
         lines += ["", f"video detector's contrast step, {eq['faces']} FER-2013 val faces pasted into 640x360 frames "
@@ -749,9 +750,10 @@ def format_report(report: dict) -> str:
     load = report.get("load")
     if load and "missing" not in load:
         lines += ["", f"loading {load['model']}: {load['first_s']:.2f} s the first time on this machine (auto checks "
-                      f"its runtimes), {load['later_s']:.2f} s later (the stored verdict), {load['torch_s']:.2f} s "
-                      f"with --runtime torch (no selection): the check costs {load['first_s'] - load['torch_s']:+.2f} s "
-                      f"once, {load['later_s'] - load['torch_s']:+.2f} s after"]
+                      f"its runtimes), {load['later_s']:.2f} s later (the stored verdict), "
+                      f"{load['torch_s']:.2f} s with --runtime torch (no selection): the check costs "
+                      f"{load['first_s'] - load['torch_s']:+.2f} s once, "
+                      f"{load['later_s'] - load['torch_s']:+.2f} s after"]
     footage = report.get("footage")
     if footage:
         from fer_app.bench_footage import format_footage

@@ -531,6 +531,7 @@ def start_calibration(base_model: str, captures_root: str | Path, fer_splits: Sp
                       **options: object) -> Job:
     """`calibrate` as a background job (see fer_app.jobs): the page polls it like a training run."""
     def work(job: Job) -> CalibrationResult:
-        return calibrate(base_model, captures_root, fer_splits, name=name, callback=job, **options)  # type: ignore[arg-type]
+        return calibrate(base_model, captures_root, fer_splits, name=name, callback=job,
+                         **options)  # type: ignore[arg-type]
 
     return start_job("calibrate", f"calibrating {base_model} on {Path(captures_root).name}", name, work)

@@ -233,7 +233,8 @@ def _detect_kind(path: Path) -> str:
                     "or fer2013.csv with columns emotion,pixels,Usage)")
 
 
-def stratified_val_mask(labels: np.ndarray, fraction: float, seed: int, too_few: str, counts_text: object) -> np.ndarray:
+def stratified_val_mask(labels: np.ndarray, fraction: float, seed: int, too_few: str,
+                        counts_text: object) -> np.ndarray:
     """Which rows go to val: about `fraction` of each class, at least one on each side of every class
     present. `too_few` and `counts_text` word the DataError for data too small to split."""
     if not 0 < fraction < 1:

@@ -455,7 +455,8 @@ def shipped_problem(folder: Path | None, cfg: dict) -> str | None:
     """Why a model folder's int8 encoder can't be offered (None: it can)."""
     entry = cfg.get(QUANTIZED_KEY)
     if folder is None or not isinstance(entry, dict) or not (folder / QUANTIZED_FILE).is_file():
-        return f"no {QUANTIZED_FILE} (make one with: python -m fer_app quantize {folder.name if folder else 'MODEL'} DATA)"
+        return (f"no {QUANTIZED_FILE} (make one with: python -m fer_app quantize "
+                f"{folder.name if folder else 'MODEL'} DATA)")
     if entry.get("weights_sha256") != file_sha256(folder / WEIGHTS_FILE) and (  # same weights, or same encoder
             ENCODER_DIGEST not in entry or entry[ENCODER_DIGEST] != encoder_sha256(folder / WEIGHTS_FILE)):
         return f"{QUANTIZED_FILE} was made from other weights; quantize again"

@@ -130,7 +130,8 @@ def paste_scene(face: np.ndarray, background: np.ndarray, rng: np.random.Generat
     alpha = _feather(side)
     if roll:
         turn = cv2.getRotationMatrix2D(((side - 1) / 2, (side - 1) / 2), roll, 1.0)
-        big = cv2.warpAffine(big, turn, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[..., None]
+        big = cv2.warpAffine(big, turn, (side, side), flags=cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_REPLICATE)[..., None]
         alpha = cv2.warpAffine(alpha, turn, (side, side), flags=cv2.INTER_LINEAR)[..., None]
     region = scene[y:y + side, x:x + side].astype(np.float32)
     scene[y:y + side, x:x + side] = np.clip(alpha * big + (1 - alpha) * region + 0.5, 0, 255).astype(np.uint8)
@@ -256,7 +257,8 @@ def format_recrop(report: RecropReport) -> str:
     lines = [f"{report.faces} faces of {report.source or 'the data'} pasted into {report.backgrounds} real "
              f"photos/frames; found by the {report.detector}: {report.found} "
              f"({report.found / max(1, report.faces):.1%})"
-             + (f"; Haar box side {report.box_ratio:.2f}x the face's FER-2013 frame (median)" if report.box_ratio else ""),
+             + (f"; Haar box side {report.box_ratio:.2f}x the face's FER-2013 frame (median)"
+                if report.box_ratio else ""),
              *([f"faces turned by up to {report.roll:g} degrees either way"] if report.roll else []),
              *([f"eyes found and levelled on {report.eyes_found:.1%} of the found faces"]
                if report.eyes_found is not None else []),

@@ -744,7 +744,8 @@ class Reference:
         if embeddings is not None:
             cosine = torch.nn.functional.cosine_similarity(embeddings, self.embeddings, dim=1)
             if embeddings.shape != self.embeddings.shape or float(cosine.min()) < 0.9999:
-                return f"{self.path}: torch fp32 here differs from the stored embeddings (min cosine {float(cosine.min()):.5f})"
+                return (f"{self.path}: torch fp32 here differs from the stored embeddings "
+                        f"(min cosine {float(cosine.min()):.5f})")
         return None
 
 

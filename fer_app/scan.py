@@ -5,8 +5,9 @@ face already tracked, over a narrow range of sizes, costs a small fraction of th
 scans the whole frame every `ScanConfig.full_every` frames, when no track is live, and on the frame
 after a track was new (a face just found: look again for others) or lost (a tracked face not found,
 until it is found again or its track ends); otherwise only the window of each live track
-(`FaceDetector.detect_near`), over sizes around the track's size at its last full scan. Faces entering the picture are found by the next full scan. Photos
-never come here: they always get the full, thorough scan.
+(`FaceDetector.detect_near`), over sizes around the track's size at its last full scan. Faces
+entering the picture are found by the next full scan. Photos never come here: they always get the
+full, thorough scan.
 
 With `background=True` (the live page) the full scans made while faces are tracked run in a thread
 of their own and the video thread does not wait for them: every frame gets its window scans, and

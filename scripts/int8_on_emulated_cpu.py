@@ -52,7 +52,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "emb.npy"
         cmd = ["qemu-x86_64", "-cpu", args.cpu, sys.executable, "-c", CHILD, str(reference.path),
-               str(args.int8 or folder / QUANTIZED_FILE), str(out), str(cfg.get("mean", 0.5)), str(cfg.get("std", 0.25))]
+               str(args.int8 or folder / QUANTIZED_FILE), str(out), str(cfg.get("mean", 0.5)),
+               str(cfg.get("std", 0.25))]
         subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL)
         got = torch.from_numpy(np.load(out))
     with torch.inference_mode():

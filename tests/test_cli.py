@@ -92,7 +92,8 @@ def test_evaluate_missing_split_and_bad_rows(capsys, tiny_model, tmp_path):
         f.write("3,1 2 3,PrivateTest\n")
     code, _, err = run(capsys, "evaluate", str(data), "--model", str(tiny_model))
     assert code == 1 and "fer2013.csv" in err and "line" in err
-    code, out, _ = run(capsys, "evaluate", str(data), "--model", str(tiny_model), "--on-error", "skip", "--split", "train")
+    code, out, _ = run(capsys, "evaluate", str(data), "--model", str(tiny_model), "--on-error", "skip",
+                       "--split", "train")
     assert code == 0
 
 

@@ -16,10 +16,10 @@ for processed frames, then checks that
   it against the faces' boxes, and the darkened panel in the returned video),
 - the page lays out without cut or overflowing text at 1920, 1024 and 390 px wide (element widths, no
   screenshots), and Streamlit's own "Running / Stop" indicator stays off while the stream plays,
-and prints the server's FPS, page-to-START and START-to-first-frame times; and that two tabs streaming at once both get annotated video with every
-face classified (and, with the bundled model, not all alike) and their own stats (one pipeline per
-session, one shared model). The page writes its stats and predictions to the file named by
-FER_APP_STATS_FILE (its test hook).
+and prints the server's FPS, page-to-START and START-to-first-frame times; and that two tabs
+streaming at once both get annotated video with every face classified (and, with the bundled model,
+not all alike) and their own stats (one pipeline per session, one shared model). The page writes its
+stats and predictions to the file named by FER_APP_STATS_FILE (its test hook).
 
 Network: the test must keep its traffic on loopback, so it runs inside a private network namespace
 with only `lo` (plus 127.0.0.2, which aiortc's ICE needs besides 127.0.0.1). Started normally, the
@@ -550,7 +550,8 @@ def test_two_tabs_stream_at_once(request: pytest.FixtureRequest) -> None:
     for i, frame in enumerate(returned):
         cv2.imwrite(str(tmp / f"returned-{i}.png"), frame)
         labels.append(_labelled_known(frame, scene, tmp))
-    print(f"[two tabs] FPS as both first showed their faces (warming up; steady state: the real-clip test) {' and '.join(fps)} at once; labels shown {labels[0]} and {labels[1]}"
+    print(f"[two tabs] FPS as both first showed their faces (warming up; steady state: the real-clip test) "
+          f"{' and '.join(fps)} at once; labels shown {labels[0]} and {labels[1]}"
           + (f" (FER-2013: {[p.label for p in scene.faces]})" if scene.faces[0].label else "")
           + f"; {time.monotonic() - started:.0f} s")
 
@@ -753,15 +754,21 @@ VIEWPORTS = {1920: 1080, 1024: 768, 390: 844}
 _LAYOUT = """() => {
     const bad = [];
     const vw = document.documentElement.clientWidth;
-    if (document.documentElement.scrollWidth > vw + 1) bad.push(`page scrolls sideways: ${document.documentElement.scrollWidth} > ${vw}`);
-    const sel = '[data-testid="stMetricLabel"], [data-testid="stMetricValue"], [data-testid="stMarkdownContainer"] table, [data-testid="stCaptionContainer"]';
+    const sw = document.documentElement.scrollWidth;
+    if (sw > vw + 1) bad.push(`page scrolls sideways: ${sw} > ${vw}`);
+    const sel = ['[data-testid="stMetricLabel"]', '[data-testid="stMetricValue"]',
+                 '[data-testid="stMarkdownContainer"] table', '[data-testid="stCaptionContainer"]'].join(', ');
     for (const el of document.querySelectorAll(sel)) {
         if (el.closest('[data-testid="stSidebar"]')) continue;  // folded away on a phone; not the live page's
         const r = el.getBoundingClientRect();
         if (!r.width) continue;
         const inner = el.querySelector('p, div') || el;
         const cut = el.scrollWidth > el.clientWidth + 1 || inner.scrollWidth > inner.clientWidth + 1;
-        if (cut || r.right > vw + 1 || r.left < -1) bad.push(`${el.dataset.testid || el.tagName}: "${el.innerText.slice(0, 40)}" ${Math.round(r.left)}..${Math.round(r.right)} of ${vw}, scroll ${el.scrollWidth} > ${el.clientWidth}`);
+        if (cut || r.right > vw + 1 || r.left < -1) {
+            bad.push(`${el.dataset.testid || el.tagName}: "${el.innerText.slice(0, 40)}" `
+                     + `${Math.round(r.left)}..${Math.round(r.right)} of ${vw}, `
+                     + `scroll ${el.scrollWidth} > ${el.clientWidth}`);
+        }
     }
     return bad;
 }"""

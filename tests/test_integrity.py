@@ -66,7 +66,8 @@ def one_error_line(err: str) -> bool:
 def test_damaged_weights_are_a_model_error_naming_the_file(models_dir, capsys):
     path = save_model(classifier(), "m1")
     weights = path / "model.safetensors"
-    assert json.loads((path / "config.json").read_text())[DIGEST_KEY] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert (json.loads((path / "config.json").read_text())[DIGEST_KEY]
+            == hashlib.sha256(weights.read_bytes()).hexdigest())
     load_model("m1")
     damage(weights)  # safetensors reads it: the header is intact
     with pytest.raises(ModelError, match=r"m1/model\.safetensors: damaged or changed since it was saved"):

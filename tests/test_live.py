@@ -1,9 +1,10 @@
 """Tests of fer_app.live on frames made from a real face photo, with the real Haar detector.
 
 Frames are 640x480: the lower part of assets/astronaut.png (suit, badges, flag), upside down and
-stretched, as a textured background without a face, with copies of her head pasted at known places. `FakeModel` stands in for a Classifier with chosen
-probabilities, an optional delay and a gate, to make the threading tests deterministic. The scene
-helpers and `FakeModel` are shared with test_video.py.
+stretched, as a textured background without a face, with copies of her head pasted at known places.
+`FakeModel` stands in for a Classifier with chosen probabilities, an optional delay and a gate, to
+make the threading tests deterministic. The scene helpers and `FakeModel` are shared with
+test_video.py.
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ def _classifier() -> Classifier:
 
 def test_predict_proba_batches_mixed_crops():
     model = _classifier()
-    crops = [np.zeros((48, 48), np.uint8), np.full((100, 90, 3), 128, np.uint8), np.random.randint(0, 255, (30, 30, 3), np.uint8)]
+    crops = [np.zeros((48, 48), np.uint8), np.full((100, 90, 3), 128, np.uint8),
+             np.random.randint(0, 255, (30, 30, 3), np.uint8)]
     probs = model.predict_proba(crops)
     assert probs.shape == (3, 7) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
@@ -139,7 +140,8 @@ def test_fine_tuned_clip_saves_and_loads_its_encoder(models_dir, tiny_clip_dir):
     base = Classifier(load_clip_encoder(tiny_clip_dir), loaded.head).eval()
     assert not np.allclose(base.predict_proba(crops), model.predict_proba(crops), atol=1e-4)  # not CLIP's weights
     save_file({k: v for k, v in tensors.items() if k.startswith("head.")}, str(path / "model.safetensors"))
-    with pytest.raises(ModelError, match=r"model\.safetensors.*(missing|changed since it was saved)"):  # never CLIP's own
+    # never CLIP's own
+    with pytest.raises(ModelError, match=r"model\.safetensors.*(missing|changed since it was saved)"):
         load_model("clip-ft", runtime="torch")
 
 

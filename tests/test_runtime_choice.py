@@ -253,7 +253,8 @@ def test_auto_picks_the_fastest_runtime_that_passes(fake_runtimes, crops, tmp_pa
     assert runtime_name(chosen) == TORCH_INT8 and choice.how == "auto"  # int8 was faster, but failed its check
     assert "refused: onnx-int8" in choice.reason and "torch-int8 2.00" in choice.reason
     assert set(choice.candidates) == {TORCH, ONNX_FP32, ONNX_INT8, TORCH_INT8}
-    assert choice.candidates[ONNX_INT8]["check"]["passed"] is False and "ms_per_face" not in choice.candidates[ONNX_INT8]
+    assert (choice.candidates[ONNX_INT8]["check"]["passed"] is False
+            and "ms_per_face" not in choice.candidates[ONNX_INT8])
     assert choice.candidates[TORCH_INT8]["ms_per_face"] == 2.0
     assert any("refusing onnx-int8" in m for m in messages) and any("chose torch-int8" in m for m in messages)
     decision = json.loads(next(tmp_path.rglob("auto-*.json")).read_text())
@@ -431,9 +432,10 @@ def test_auto_checks_on_the_shipped_reference_crops_with_the_models_head(fake_ru
 def test_auto_goes_on_past_what_it_cannot_use(fake_runtimes, crops, tmp_path, monkeypatch):
     drift = torch.full((16,), 50.0)
     fake_runtimes.update({TORCH: (4.0, None, None), ONNX_FP32: (0.5, None, OSError("disk full")),
-                          TORCH_INT8: (0.5, drift, None), ONNX_INT8: (9.0, None, None), "openvino-fp32": (1.0, None, None),
-                          "openvino-bf16": (0.2, drift, None)})
-    monkeypatch.setattr(runtimes, "unavailable_reason", lambda r: "openvino is not installed" if r == ONNX_INT8 else None)
+                          TORCH_INT8: (0.5, drift, None), ONNX_INT8: (9.0, None, None),
+                          "openvino-fp32": (1.0, None, None), "openvino-bf16": (0.2, drift, None)})
+    monkeypatch.setattr(runtimes, "unavailable_reason",
+                        lambda r: "openvino is not installed" if r == ONNX_INT8 else None)
     timed: list[tuple[str, tuple]] = []
 
     def score(encoder, pixels, repeats=5):

@@ -52,7 +52,8 @@ def test_streamed_folder_trains_as_the_same_folder_in_memory(layout, models_dir,
     script = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
               "from conftest import TINY_COMPACT\nfrom fer_app.streaming import load_streaming\n"
               "from fer_app.training import TrainConfig, train\n"
-              f"a = train(TrainConfig(**TINY_COMPACT), load_streaming({str(layout)!r}), workdir={str(tmp_path / 's')!r}, "
+              f"a = train(TrainConfig(**TINY_COMPACT), load_streaming({str(layout)!r}), "
+              f"workdir={str(tmp_path / 's')!r}, "
               "workers=2, name='streamed')\n"
               "print(json.dumps({'loss': [h.train_loss for h in a.history], 'accuracy': a.report['accuracy'], "
               "'streamed': a.model.meta['training']['data']['streamed']}))\n")

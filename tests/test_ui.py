@@ -476,7 +476,8 @@ def test_video_hides_short_tracks_and_shares_one_time_axis(tiny_model: Path, tmp
         for i in range(20):
             frame = np.full((512, 1124, 3), 100, np.uint8)
             frame[:, :512] = face
-            if i in (11, 12):  # at the full scans of frames 11 and 12 (detect-and-track: every 10th, then a new track's)
+            # at the full scans of frames 11 and 12 (detect-and-track: every 10th, then a new track's)
+            if i in (11, 12):
                 frame[:, 612:] = face
             writer.write(frame)
     at = processed(upload(run_page("video"), "video-upload", "two.mp4", path.read_bytes(), "video/mp4"))
@@ -594,7 +595,8 @@ def test_live_timeline_chart_breaks_at_gaps_and_says_whose_face(tiny_model: Path
     assert spec["encoding"]["detail"]["field"] == "line"
 
 
-# ---------------------------------------------------------------- calibration capture: the flow (fer_app/ui/calibration.py)
+# ---------------------------------------------------------------- calibration capture: the flow
+# (fer_app/ui/calibration.py)
 
 
 def test_calibration_capture_flow_name_model_skip_and_caption(tiny_model: Path, streamer: FakeStreamer,
