@@ -83,16 +83,16 @@ def save_ensemble(members: Sequence[str], name: str, *, mean: str = "logits", mo
     models = [load_model(m, models_dir=models_dir, runtime="torch") for m in members]
     model = make(models, name=name)
     configs = [{**m.meta, "name": m.name} for m in models]  # what load_model read of each config.json
+    mean_flag = "" if mean == ENSEMBLE_MEANS[0] else f" --mean {mean}"  # the default needs no flag
+    command = command or f"python -m fer_app ensemble {name} {' '.join(members)}{mean_flag}"
     entry = {"combine": combined,
              "members": [{"name": c["name"], DIGEST_KEY: c.get(DIGEST_KEY),
-                          "val_accuracy": c.get("metrics", {}).get("val", {}).get("accuracy")} for c in configs]}
+                          "val_accuracy": c.get("metrics", {}).get("val", {}).get("accuracy")} for c in configs],
+             # the ensemble steps behind it: a member that is itself an ensemble (a soup) keeps its own command
+             "steps": [s for c in configs for s in c.get("ensemble", {}).get("steps", [])] + [command]}
     model.meta = {"description": description.format(n=len(models), names=", ".join(c["name"] for c in configs)),
                   "ensemble": entry,
                   "runs": [asdict(r) for r in runs.merged(*(runs.runs_of(c) for c in configs))]}
-    mean_flag = "" if mean == ENSEMBLE_MEANS[0] else f" --mean {mean}"  # the default needs no flag
-    command = command or f"python -m fer_app ensemble {name} {' '.join(members)}{mean_flag}"
-    # the ensemble steps behind it: a member that is itself an ensemble (a soup) keeps its own command
-    entry["steps"] = [s for c in configs for s in c.get("ensemble", {}).get("steps", [])] + [command]
     return save_model(model, name, models_dir=models_dir, overwrite=overwrite,
                       card=render_card(name, model.config(), command))
 
