@@ -92,8 +92,8 @@ def reproduce_commands(cfg: dict, command: str) -> list[str]:
     runs = runs_of(cfg)
     if runs and runs[-1].model == cfg.get("name"):
         runs = runs[:-1]
-    earlier = [r.command for r in runs if r.command and r.model] + cfg.get("ensemble", {}).get("steps", [])[:-1]
-    return [c for i, c in enumerate(earlier) if c not in earlier[:i] and c != command] + [command]
+    earlier = [r.command for r in runs if r.command and r.model] + cfg.get("ensemble", {}).get("steps", [])
+    return [c for c in dict.fromkeys(earlier) if c != command] + [command]  # each once, in order
 
 
 VALIDATION_TITLE = "## Validation metrics (model selection split; the test split was never used)"
