@@ -197,7 +197,7 @@ def model_dir(name_or_path: str | Path, models_dir: Path | None = None) -> Path:
 def write_config(folder: Path, cfg: dict) -> None:
     """Replace a model folder's config.json atomically (a reader sees the old file or the new, never half)."""
     tmp = Path(folder) / (CONFIG_FILE + ".tmp")
-    tmp.write_text(json.dumps(cfg, indent=2))
+    tmp.write_text(json.dumps(cfg, indent=2) + "\n")
     os.replace(tmp, Path(folder) / CONFIG_FILE)
 
 
