@@ -11,7 +11,7 @@ import torch
 from fer_app.config import CLASSES
 from fer_app.encoders.compact import CompactEncoder
 from fer_app.heads import Head
-from fer_app.model import (CLIP_ZERO_SHOT, Classifier, ModelError, list_models, load_model, save_model)
+from fer_app.model import (CLIP_ZERO_SHOT, Classifier, ModelError, list_models, load_model, save_model, write_config)
 
 
 def _classifier() -> Classifier:
@@ -216,3 +216,11 @@ def test_views_one_at_a_time_average_to_the_full_tta(tiny_model):
     for i, v in enumerate([0, 1, 2, 3, 1]):
         np.testing.assert_allclose(mixed[i], per_view[v][i], atol=1e-5)
     assert not np.allclose(per_view[0], per_view[2])  # the mirror image is another view
+
+
+def test_write_config_replaces_the_file_whole_and_ends_it_with_a_newline(tmp_path):
+    write_config(tmp_path, {"name": "a", "runs": [1]})
+    write_config(tmp_path, {"name": "b"})
+    text = (tmp_path / "config.json").read_text()
+    assert text.endswith("}\n") and json.loads(text) == {"name": "b"}
+    assert not list(tmp_path.glob("*.tmp"))
