@@ -103,32 +103,36 @@ def test_ensemble_teaches_a_student(models_dir, tiny_splits):
     assert list(result.saved_to.parent.glob("student"))
 
 
-def test_ensemble_card_lists_every_members_command(models_dir, tiny_splits):
-    """The card's Reproduce block: each member's training command (the last member's too), then the ensemble's."""
+def _train_members(models_dir, tiny_splits) -> None:
+    """Two tiny trained models, t0 and t1 (seeds 0 and 1), recorded as made by `python -m fer_app train T0` / `T1`."""
     from fer_app.training import TrainConfig, train
     from conftest import TINY_COMPACT
 
     for seed in (0, 1):
         train(TrainConfig(**{**TINY_COMPACT, "epochs": 1, "seed": seed}), tiny_splits, name=f"t{seed}",
               workdir=models_dir.parent / f"t{seed}", extra_meta={"command": f"python -m fer_app train T{seed}"})
+
+
+def _reproduce_block(folder) -> list[str]:
+    """The lines of a model card's Reproduce block."""
+    return (folder / "README.md").read_text().split("## Reproduce\n```\n")[1].split("```")[0].splitlines()
+
+
+def test_ensemble_card_lists_every_members_command(models_dir, tiny_splits):
+    """The card's Reproduce block: each member's training command (the last member's too), then the ensemble's."""
+    _train_members(models_dir, tiny_splits)
     folder = save_ensemble(["t0", "t1"], "ens", models_dir=models_dir, command="python -m fer_app ensemble ens t0 t1")
-    block = (folder / "README.md").read_text().split("## Reproduce\n```\n")[1].split("```")[0].splitlines()
-    assert block == ["python -m fer_app train T0", "python -m fer_app train T1", "python -m fer_app ensemble ens t0 t1"]
+    assert _reproduce_block(folder) == ["python -m fer_app train T0", "python -m fer_app train T1",
+                                        "python -m fer_app ensemble ens t0 t1"]
 
 
 def test_a_soup_inside_an_ensemble_keeps_its_step_in_the_card(models_dir, tiny_splits):
     """A member that is itself an ensemble (a weight soup): its ensemble command comes before the outer one."""
-    from fer_app.training import TrainConfig, train
-    from conftest import TINY_COMPACT
-
-    for seed in (0, 1):
-        train(TrainConfig(**{**TINY_COMPACT, "epochs": 1, "seed": seed}), tiny_splits, name=f"t{seed}",
-              workdir=models_dir.parent / f"t{seed}", extra_meta={"command": f"python -m fer_app train T{seed}"})
+    _train_members(models_dir, tiny_splits)
     save_ensemble(["t0", "t1"], "soup", mean="weights", models_dir=models_dir, command="python -m fer_app ensemble S")
     folder = save_ensemble(["soup", "t1"], "ens", models_dir=models_dir, command="python -m fer_app ensemble E")
-    block = (folder / "README.md").read_text().split("## Reproduce\n```\n")[1].split("```")[0].splitlines()
-    assert block == ["python -m fer_app train T0", "python -m fer_app train T1", "python -m fer_app ensemble S",
-                     "python -m fer_app ensemble E"]
+    assert _reproduce_block(folder) == ["python -m fer_app train T0", "python -m fer_app train T1",
+                                        "python -m fer_app ensemble S", "python -m fer_app ensemble E"]
 
 
 def test_cli_ensemble(capsys, models_dir):
