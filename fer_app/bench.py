@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from fer_app import runtimes
-from fer_app.config import DEFAULT_MODEL, VIDEO_DETECTOR, DetectorConfig
+from fer_app.config import DEFAULT_MODEL, FOOTAGE_PARTS, VIDEO_DETECTOR, DetectorConfig
 from fer_app.encoders.base import Encoder
 from fer_app.runtimes import ONNX_INT8_STATIC, TORCH, AccuracyCheck, CheckCrops, CheckResult, Progress
 
@@ -569,16 +569,22 @@ def bench_model_load(model_name: str | Path, repeats: int = 3) -> dict:
             "later_s": round(statistics.median(later), 3), "torch_s": round(statistics.median(plain), 3)}
 
 
-def _footage(compact: str | Path, quick: bool) -> dict:
-    """The real-footage benchmarks (`fer_app.bench_footage`) with the compact model as the app loads it."""
+def _footage(compact: str | Path, quick: bool, parts: Sequence[str] | None = None) -> dict:
+    """The real-footage benchmarks (`fer_app.bench_footage`) with the compact model as the app loads it,
+    and for the photos also the accurate stills model (`STILLS_MODEL`) when models/ has it."""
     from fer_app.bench_footage import run_footage_bench
-    from fer_app.model import ModelError, load_model
+    from fer_app.model import ModelError, load_model, stills_model
 
     try:
         model = load_model(compact)
     except ModelError as exc:
         return {"missing": str(exc)}
-    report = run_footage_bench(model, quick=quick)
+    parts = FOOTAGE_PARTS if parts is None else parts
+    stills = None
+    if "photos" in parts:
+        with contextlib.suppress(ModelError):  # no stills model here: the photos are timed with `compact` alone
+            stills = load_model(stills_model())
+    report = run_footage_bench(model, stills=stills, quick=quick, parts=parts)
     report["model"] = f"{model.name} ({runtimes.runtime_choice(model.encoder).summary()})"
     return report
 
@@ -611,10 +617,15 @@ def machine() -> dict:
 def run_bench(*, clip: str | Path | None = None, runtime_names: Sequence[str] | None = None,
               batches: Sequence[int] = DEFAULT_BATCHES, repeats: int = DEFAULT_REPEATS, quick: bool = False,
               threads: int | None = None, compact: str | Path = DEFAULT_MODEL, pipeline: bool = False,
-              pipeline_frames: int = 60, cache_dir: Path | None = None,
+              pipeline_frames: int = 60, cache_dir: Path | None = None, footage: Sequence[str] | None = None,
               progress: Progress | None = runtimes.log) -> dict:
-    """The whole benchmark as a JSON-serialisable report (see `format_report`)."""
+    """The whole benchmark as a JSON-serialisable report (see `format_report`); with `footage` (part
+    names of `fer_app.bench_footage.FOOTAGE_PARTS`) only those real-footage benchmarks."""
     threads = runtimes.resolve_threads(threads)
+    if footage is not None:
+        report = {"machine": dict(machine(), threads=threads), "footage": _footage(compact, quick, footage)}
+        report["machine"]["load_average_end"] = machine()["load_average"]
+        return report
     names = list(runtime_names or runtimes.RUNTIMES)
     runtimes.require_known(names)
     if TORCH not in names:
@@ -674,8 +685,22 @@ def format_report(report: dict) -> str:
     lines = [f"machine: {cpu['model']}, {cpu['cores']} physical cores ({', '.join(cpu['flags']) or 'no AVX'}); "
              f"{m['threads']} inference thread(s); load average {m['load_average']} at the start, "
              f"{m.get('load_average_end')} at the end",
-             f"versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}",
-             f"CLIP image encoder: {report['clip']['weights']}; {report['repeats']} timed calls per batch "
+             f"versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}"]
+    if "runtimes" in report:
+        lines += _format_timings(report)
+    footage = report.get("footage")
+    if footage:
+        from fer_app.bench_footage import format_footage
+
+        lines += ["", "=== REAL FOOTAGE (../shared/media) ===" + (f", model {footage['model']}" if "model" in footage
+                                                                else "")]
+        lines += format_footage(footage)
+    return "\n".join(lines)
+
+
+def _format_timings(report: dict) -> list[str]:
+    """The runtimes, detection, compact-model, synthetic-pipeline and load tables of `format_report`."""
+    lines = [f"CLIP image encoder: {report['clip']['weights']}; {report['repeats']} timed calls per batch "
              f"after 2 warm-up calls; peak memory = {report['memory_method']} increase while loading and running",
              "",
              f"{'runtime':<14} {'batch':>5} {'median ms/face':>14} {'p95 ms/face':>12} {'faces/s':>8} "
@@ -754,11 +779,4 @@ def format_report(report: dict) -> str:
                       f"{load['torch_s']:.2f} s with --runtime torch (no selection): the check costs "
                       f"{load['first_s'] - load['torch_s']:+.2f} s once, "
                       f"{load['later_s'] - load['torch_s']:+.2f} s after"]
-    footage = report.get("footage")
-    if footage:
-        from fer_app.bench_footage import format_footage
-
-        lines += ["", "=== REAL FOOTAGE (../shared/media) ===" + (f", model {footage['model']}" if "model" in footage
-                                                                else "")]
-        lines += format_footage(footage)
-    return "\n".join(lines)
+    return lines

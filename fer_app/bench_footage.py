@@ -14,6 +14,8 @@ that every window of the scan must reject. These benchmarks use the real clips a
   a face against a full scan of every frame, tracks (fragmentation), ms per frame.
 - `bench_tta_spread`: label accuracy per track with all TTA views every frame vs one view per frame,
   on FER-2013 val faces moving over a real background for several frames each.
+- `bench_photos`: the Photo page's engine on the real photos, per model (the bundled one and the
+  accurate stills model), and the `fer` package's classifier (`fer_peer.py classify`) in the same run.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import cv2
 import numpy as np
 
 from fer_app import config
-from fer_app.config import VIDEO_DETECTOR, ScanConfig
+from fer_app.config import FOOTAGE_PARTS, VIDEO_DETECTOR, DetectorConfig, ScanConfig
 
 MEDIA_DIR = config.MEDIA_DIR
 PEERS_DIR = config.PROJECT_ROOT.parent / "shared" / "peers"
@@ -40,6 +42,7 @@ PEER_PYTHON = Path(os.environ.get("FER_PEER_PYTHON", Path.home() / ".cache" / "f
 ONE_FACE_CLIP = "videos/woman2.mp4"
 SECOND_CLIP = "videos/fer_test.mp4"
 FACE_FREE_PHOTO = "photos/other/fer_no-faces.jpg"
+PHOTOS = "photos"
 
 
 def media(name: str) -> Path | None:
@@ -262,70 +265,172 @@ def bench_tta_spread(model, faces: int = 600, frames_per_face: int = 8, data: Pa
             "accuracy": {m: round(c / len(picks), 4) for m, c in correct.items()}}
 
 
-def run_footage_bench(model, *, quick: bool = False, peer: bool = True) -> dict:
-    """Everything above for one model, as a JSON-serialisable report."""
+def _best_ms(call, repeats: int):
+    """(the fastest of `repeats` calls in ms, the last call's result)."""
+    best, out = float("inf"), None
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        out = call()
+        best = min(best, (time.perf_counter() - start) * 1000)
+    return best, out
+
+
+def bench_photos(models: Sequence, *, repeats: int = 3, limit: int | None = None, peer: bool = True) -> dict:
+    """The Photo page's engine (`fer_app.pipeline.analyze_image`'s steps, the photo detector defaults
+    `DetectorConfig()`) on every real photo of ../shared/media/photos, for each model in one run.
+
+    Per photo, the fastest of `repeats` runs: detection (the same for every model, so timed once) and
+    classification of all its faces in one batch with each model's own TTA views. Then each model on one
+    real face at batch 1, against the `fer` package's classifier on one face (`fer_peer.py classify`,
+    batch 1, one view) run right after; the peer has no photo command, so its detection is not in it."""
+    from fer_app.detection import FaceDetector
+    from fer_app.imageio import load_image
+
+    folder = MEDIA_DIR / PHOTOS
+    paths = sorted(folder.rglob("*.jpg"))[:limit] if folder.is_dir() else []
+    if not paths:
+        return {"missing": f"no photos in {folder}"}
+    detector = FaceDetector(DetectorConfig())
+    detect_ms, crops, sides = [], [], []
+    for path in paths:
+        image = load_image(path)
+        sides.append(max(image.shape[:2]))
+        ms, faces = _best_ms(lambda: detector.detect(image), repeats)  # noqa: B023 - called at once
+        detect_ms.append(ms)
+        crops.append(detector.crop(image, faces))
+    faces = sum(len(c) for c in crops)
+    out = {"photos": len(paths), "folder": str(folder.relative_to(MEDIA_DIR.parent)), "faces": faces,
+           "photos_with_faces": sum(bool(c) for c in crops), "longest_side_median": int(statistics.median(sides)),
+           "detect_ms_median": round(statistics.median(detect_ms), 1), "detect_ms_total": round(sum(detect_ms), 1)}
+    one = next(([c[0]] for c in crops if c), None)
+    rows = []
+    for model in models:
+        if one is not None:
+            model.predict_proba(one)  # warm-up
+        classify = [_best_ms(lambda: model.predict_proba(c), repeats)[0] if c else 0.0  # noqa: B023
+                    for c in crops]
+        per_photo = [d + c for d, c in zip(detect_ms, classify)]
+        single = [_best_ms(lambda: model.predict_proba(one), 1)[0] for _ in range(20)] if one is not None else []
+        rows.append({"model": model.name, "views": model.views(), "classify_ms_total": round(sum(classify), 1),
+                     "classify_ms_per_face": round(sum(classify) / faces, 2) if faces else None,
+                     "photo_ms_median": round(statistics.median(per_photo), 1),
+                     "photo_ms_max": round(max(per_photo), 1),
+                     "face_batch1_ms": round(statistics.median(single), 2) if single else None})
+    out["models"] = rows
+    out["fer_package"] = run_peer(["classify"]) if peer else {"missing": "not run (--quick)"}
+    return out
+
+
+def run_footage_bench(model, *, stills=None, quick: bool = False, peer: bool = True,
+                      parts: Sequence[str] = FOOTAGE_PARTS) -> dict:
+    """The `parts` above for one model (and, for the photos, `stills`: the accurate photo model, when it
+    is another one), as a JSON-serialisable report. quick: a smoke test, a few frames of each, no peer."""
+    unknown = set(parts) - set(FOOTAGE_PARTS)
+    if unknown:
+        raise ValueError(f"unknown real-footage part(s) {sorted(unknown)}; choose from {FOOTAGE_PARTS}")
     if not MEDIA_DIR.is_dir():
         return {"missing": f"{MEDIA_DIR} is not here: no real-footage figures"}
-    if quick:  # a smoke test: a few frames of each, no peer
-        return {"media": str(MEDIA_DIR), "video": bench_video_cli(model, peer=False, limit=40),
-                "live": bench_live(model, 40),
-                "scan": bench_scan(((320, "clahe", 1), (320, "clahe", 10)), limit=40),
-                "tta_spread": bench_tta_spread(model, 20, 4)}
-    return {"media": str(MEDIA_DIR), "video": bench_video_cli(model, peer=peer), "live": bench_live(model, 300),
-            "scan": bench_scan(), "tta_spread": bench_tta_spread(model, 600)}
+    photo_models = [model] + ([stills] if stills is not None and stills.name != model.name else [])
+    run = {"video": lambda: bench_video_cli(model, peer=peer and not quick, limit=40 if quick else None),
+           "live": lambda: bench_live(model, 40 if quick else 300),
+           "scan": lambda: bench_scan(((320, "clahe", 1), (320, "clahe", 10)), limit=40) if quick else bench_scan(),
+           "tta_spread": lambda: bench_tta_spread(model, 20, 4) if quick else bench_tta_spread(model, 600),
+           "photos": lambda: bench_photos(photo_models, repeats=1 if quick else 3, limit=4 if quick else None,
+                                          peer=peer and not quick)}
+    return {"media": str(MEDIA_DIR), **{part: run[part]() for part in FOOTAGE_PARTS if part in parts}}
 
 
-def format_footage(report: dict) -> list[str]:
-    """Printed tables of `run_footage_bench`."""
-    if "missing" in report:
-        return [f"real footage: {report['missing']}"]
-    lines = [f"real footage from {report['media']}"]
-    v = report["video"]
+def _format_video(v: dict) -> list[str]:
     if "missing" in v:
-        lines.append(f"video CLI: {v['missing']}")
+        return [f"video CLI: {v['missing']}"]
+    t, f, peer = v["tracked"], v["full_scan_all_views"], v["fer_package"]
+    lines = [f"python -m fer_app video engine on {v['clip']} ({v['width']}x{v['height']}, {v['frames']} "
+             "frames), decoding excluded:",
+             f"  {'engine':<44}{'FPS':>7}{'frames with faces':>19}{'tracks':>8}{'detect ms':>11}{'classify ms':>13}"]
+    for name, row in (("tracked, 1 view/frame (the CLI's default)", t),
+                      ("full scan every frame, all views per frame", f)):
+        lines.append(f"  {name:<44}{row['fps']:>7.1f}{row['frames_with_faces']:>19}{row['tracks']:>8}"
+                     f"{row['detect_ms']:>11.1f}{row['classify_ms'] or 0:>13.1f}")
+    if "missing" in peer:
+        lines.append(f"  the fer package: not measured ({peer['missing']})")
     else:
-        t, f, peer = v["tracked"], v["full_scan_all_views"], v["fer_package"]
-        lines.append(f"python -m fer_app video engine on {v['clip']} ({v['width']}x{v['height']}, {v['frames']} "
-                     "frames), decoding excluded:")
-        lines.append(f"  {'engine':<44}{'FPS':>7}{'frames with faces':>19}{'tracks':>8}{'detect ms':>11}"
-                     f"{'classify ms':>13}")
-        for name, row in (("tracked, 1 view/frame (the CLI's default)", t),
-                          ("full scan every frame, all views per frame", f)):
-            lines.append(f"  {name:<44}{row['fps']:>7.1f}{row['frames_with_faces']:>19}{row['tracks']:>8}"
-                         f"{row['detect_ms']:>11.1f}{row['classify_ms'] or 0:>13.1f}")
-        if "missing" in peer:
-            lines.append(f"  the fer package: not measured ({peer['missing']})")
-        else:
-            lines.append(f"  {'the fer package (same clip, same run)':<44}{peer['processing_fps']:>7.1f}"
-                         f"{peer['frames_with_faces']:>19}")
-            lines.append(f"  ratio to the fer package: {t['fps'] / peer['processing_fps']:.2f}x the FPS, "
-                         f"{t['frames_with_faces'] / max(1, peer['frames_with_faces']):.3f}x the frames with faces")
-        lines.append(f"  the CLI with decoding: {v['cli_with_decoding_fps']:.1f} FPS")
-    lines.append("")
-    lines.append(f"live pipeline on real frames   {'engine':<24}{'FPS':>6}{'p50 ms':>8}{'p95 ms':>8}"
-                 f"{'faces':>7}{'labels/s':>10} mode")
-    for row in report["live"]:
+        lines.append(f"  {'the fer package (same clip, same run)':<44}{peer['processing_fps']:>7.1f}"
+                     f"{peer['frames_with_faces']:>19}")
+        lines.append(f"  ratio to the fer package: {t['fps'] / peer['processing_fps']:.2f}x the FPS, "
+                     f"{t['frames_with_faces'] / max(1, peer['frames_with_faces']):.3f}x the frames with faces")
+    lines.append(f"  the CLI with decoding: {v['cli_with_decoding_fps']:.1f} FPS")
+    return lines
+
+
+def _format_live(rows: list[dict]) -> list[str]:
+    lines = [f"live pipeline on real frames   {'engine':<24}{'FPS':>6}{'p50 ms':>8}{'p95 ms':>8}"
+             f"{'faces':>7}{'labels/s':>10} mode"]
+    for row in rows:
         if "missing" in row:
             lines.append(f"  {row['missing']}")
             continue
         lines.append(f"{row['footage'][:30]:<31}{row['engine']:<24}{row['fps']:>6.1f}{row['frame_p50_ms']:>8.1f}"
                      f"{row['frame_p95_ms']:>8.1f}{row['faces_found_mean']:>7.2f}{row['label_refresh_hz']:>10.1f} "
                      f"{'async' if row['asynchronous'] else 'sync'}")
-    lines.append("")
-    lines.append(f"detect-and-track settings   {'width':>6}{'contrast':>9}{'full every':>11}{'frames w/ face':>15}"
-                 f"{'vs full':>8}{'faces':>7}{'vs full':>8}{'tracks':>7}{'ms/frame':>9}")
-    for row in report["scan"]:
+    return lines
+
+
+def _format_scan(rows: list[dict]) -> list[str]:
+    lines = [f"detect-and-track settings   {'width':>6}{'contrast':>9}{'full every':>11}{'frames w/ face':>15}"
+             f"{'vs full':>8}{'faces':>7}{'vs full':>8}{'tracks':>7}{'ms/frame':>9}"]
+    for row in rows:
         lines.append(f"{row['clip'][:27]:<28}{row['width']:>6}{row['equalize']:>9}{row['full_every']:>11}"
                      f"{row['frames_with_faces']:>10}/{row['frames']:<4}{row['vs_full_scan']:>8.3f}"
                      f"{row['faces_found']:>7}{row['faces_vs_full_scan']:>8.3f}{row['tracks']:>7}"
                      f"{row['detect_ms_mean']:>9.2f}")
-    s = report["tta_spread"]
-    lines.append("")
+    return lines
+
+
+def _format_tta_spread(s: dict) -> list[str]:
     if "missing" in s:
-        lines.append(f"TTA spread: {s['missing']}")
+        return [f"TTA spread: {s['missing']}"]
+    return [f"TTA spread over frames, {s['faces']} FER-2013 val faces x {s['frames_per_face']} frames each "
+            f"(moving, rescaled), {s['views']} views, smoothing {s['smoothing']}: label accuracy per track "
+            + ", ".join(f"{k} {v:.2%}" for k, v in s["accuracy"].items())]
+
+
+def _format_photos(p: dict) -> list[str]:
+    if "missing" in p:
+        return [f"photos: {p['missing']}"]
+    lines = [f"the Photo page's engine on {p['photos']} real photos ({p['folder']}, longest side median "
+             f"{p['longest_side_median']} px), photo detector defaults: {p['faces']} faces in "
+             f"{p['photos_with_faces']} photos; detection {p['detect_ms_median']:.1f} ms a photo (median), "
+             f"{p['detect_ms_total']:.0f} ms for all; fastest of the repeats per photo",
+             f"  {'model':<34}{'views':>6}{'classify ms':>12}{'ms/face':>9}{'photo ms p50':>13}"
+             f"{'max':>8}{'1 face ms':>10}"]
+    for r in p["models"]:
+        lines.append(f"  {r['model'][:33]:<34}{r['views']:>6}{r['classify_ms_total']:>12.0f}"
+                     f"{_num(r['classify_ms_per_face'], '.1f'):>9}{r['photo_ms_median']:>13.1f}"
+                     f"{r['photo_ms_max']:>8.0f}{_num(r['face_batch1_ms'], '.2f'):>10}")
+    peer = p["fer_package"]
+    if "missing" in peer:
+        lines.append(f"  the fer package's classifier: not measured ({peer['missing']})")
     else:
-        acc = s["accuracy"]
-        lines.append(f"TTA spread over frames, {s['faces']} FER-2013 val faces x {s['frames_per_face']} frames each "
-                     f"(moving, rescaled), {s['views']} views, smoothing {s['smoothing']}: label accuracy per track "
-                     + ", ".join(f"{k} {v:.2%}" for k, v in acc.items()))
+        lines.append(f"  the fer package's classifier on 1 face (batch 1, 1 view, TFLite), same run: "
+                     f"{peer['classify_ms_per_face_batch1']:.2f} ms")
+    return lines
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+#: Each part's printer, in `FOOTAGE_PARTS` order.
+_FORMATTERS = {"video": _format_video, "live": _format_live, "scan": _format_scan, "tta_spread": _format_tta_spread,
+               "photos": _format_photos}
+
+
+def format_footage(report: dict) -> list[str]:
+    """Printed tables of `run_footage_bench` (the parts it ran)."""
+    if "missing" in report:
+        return [f"real footage: {report['missing']}"]
+    lines = [f"real footage from {report['media']}"]
+    for part in FOOTAGE_PARTS:
+        if part in report:
+            lines += ([""] if len(lines) > 1 else []) + _FORMATTERS[part](report[part])
     return lines

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fer_app.config import DEFAULT_MODEL, ENSEMBLE_MEANS, EQUALIZE_MODES, STILLS_MODEL
+from fer_app.config import DEFAULT_MODEL, ENSEMBLE_MEANS, EQUALIZE_MODES, FOOTAGE_PARTS, STILLS_MODEL
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 #: For help texts: `fer_app.runtimes.RUNTIMES` (a test keeps the two in step).
@@ -537,7 +537,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from fer_app.bench import format_report, run_bench
 
     report = run_bench(clip=args.clip, runtime_names=args.runtimes, batches=args.batches, repeats=args.repeats,
-                       quick=args.quick, threads=args.threads, compact=args.model, pipeline=args.pipeline)
+                       quick=args.quick, threads=args.threads, compact=args.model, pipeline=args.pipeline,
+                       footage=None if args.footage is None else args.footage or FOOTAGE_PARTS)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return EXIT_OK
 
@@ -876,7 +877,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", default=None, metavar="PATH", help="CLIP weights folder, or 'random' for the "
                    "full-size architecture with random weights (default: local weights, else random)")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"the compact model to time (default {DEFAULT_MODEL})")
-    p.add_argument("--pipeline", action="store_true", help="also run the live pipeline on synthetic 640x480 clips")
+    p.add_argument("--pipeline", action="store_true", help="also run the live pipeline on synthetic 640x480 clips "
+                   "and every real-footage benchmark")
+    p.add_argument("--footage", nargs="*", choices=FOOTAGE_PARTS, metavar="PART",
+                   help="only the real-footage benchmarks of ../shared/media, with the fer package side by side: all, "
+                   f"or the parts named ({', '.join(FOOTAGE_PARTS)}; photos: the Photo page's engine with the "
+                   "bundled and the stills model)")
     runtime_args(p, runtime=False)
     p.set_defaults(func=cmd_bench)
 

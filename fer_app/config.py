@@ -28,6 +28,10 @@ CLIP_LOCAL_DIR = MODELS_DIR / "clip-vit-base-patch32"
 #: Per-user state (embedding cache, calibration captures). Override with FER_APP_HOME.
 APP_HOME = Path(os.environ.get("FER_APP_HOME", Path.home() / ".fer_app"))
 
+#: The real-footage benchmarks (`fer_app.bench_footage`, `python -m fer_app bench --footage PART...`), in the
+#: order they run and print.
+FOOTAGE_PARTS = ("video", "live", "scan", "tta_spread", "photos")
+
 #: Images larger than this many pixels are downscaled on load (before decoding when possible).
 MAX_IMAGE_PIXELS = 40_000_000
 #: Longest side an image is reduced to before face detection work starts.

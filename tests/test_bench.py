@@ -208,3 +208,56 @@ def test_footage_bench_quick_report(tiny_model: Path):
     assert all(r["fps"] > 0 for r in report["live"])
     text = "\n".join(bench_footage.format_footage(report))
     assert "fer package: not measured" in text and "3-face composite" in text
+
+
+@needs_media
+def test_photo_bench_runs_the_photo_pages_engine_for_each_model(tiny_model: Path, tmp_path: Path):
+    import shutil
+
+    from fer_app.config import DetectorConfig
+    from fer_app.detection import FaceDetector
+    from fer_app.imageio import load_image
+    from fer_app.model import load_model
+    from fer_app.pipeline import analyze_image
+
+    fast = load_model(tiny_model, runtime="torch")
+    viewed = shutil.copytree(tiny_model, tmp_path / "tiny-views")  # the same net with more views per face
+    config = json.loads((viewed / "config.json").read_text())
+    config["name"], config["tta_zooms"] = "tiny-views", [0.9]
+    (viewed / "config.json").write_text(json.dumps(config))
+    stills = load_model(viewed, runtime="torch")
+    assert stills.views() == 2 * fast.views()
+
+    report = bench_footage.bench_photos([fast, stills], repeats=1, limit=3, peer=False)
+    paths = sorted((bench_footage.MEDIA_DIR / bench_footage.PHOTOS).rglob("*.jpg"))[:3]
+    detector = FaceDetector(DetectorConfig())
+    found = [len(analyze_image(load_image(p), fast, detector)) for p in paths]
+    assert report["photos"] == 3 and report["faces"] == sum(found) > 0  # what the Photo page finds
+    assert report["photos_with_faces"] == sum(n > 0 for n in found)
+    assert [(r["model"], r["views"]) for r in report["models"]] == [(fast.name, fast.views()),
+                                                                      ("tiny-views", 2 * fast.views())]
+    for row in report["models"]:
+        assert 0 < row["classify_ms_per_face"] and row["photo_ms_median"] <= row["photo_ms_max"]
+        assert row["photo_ms_max"] <= report["detect_ms_total"] + row["classify_ms_total"]
+    text = "\n".join(bench_footage.format_footage({"media": "m", "photos": report}))
+    assert "the Photo page's engine on 3 real photos" in text and "tiny-views" in text
+    assert "fer package's classifier: not measured" in text and "live pipeline" not in text
+
+
+@needs_media
+def test_footage_parts_run_only_what_is_named(tiny_model: Path, models_dir: Path, capsys: pytest.CaptureFixture[str]):
+    from fer_app.model import load_model
+
+    model = load_model(tiny_model, runtime="torch")
+    report = bench_footage.run_footage_bench(model, stills=model, quick=True, parts=("photos",))
+    assert report.keys() == {"media", "photos"} and len(report["photos"]["models"]) == 1  # the same model once
+    with pytest.raises(ValueError, match="unknown real-footage part"):
+        bench_footage.run_footage_bench(model, parts=("photo",))
+    # the CLI: only the photos, no CLIP runtimes; models/ has no stills model, so the bundled one alone
+    code, out, err = run(capsys, "bench", "--footage", "photos", "--quick", "--json", "--model", str(tiny_model))
+    assert code == 0, err
+    report = json.loads(out)
+    assert report.keys() == {"machine", "footage"} and set(report["footage"]) == {"media", "photos", "model"}
+    assert [r["model"] for r in report["footage"]["photos"]["models"]] == ["tiny"]
+    code, out, err = run(capsys, "bench", "--footage", "photos", "--quick", "--model", str(tiny_model))
+    assert code == 0 and "REAL FOOTAGE" in out and "the Photo page's engine" in out and "CLIP" not in out
