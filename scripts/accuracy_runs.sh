@@ -11,6 +11,7 @@
 #   bash scripts/accuracy_runs.sh                          # all of it (days on 2 CPU cores; minutes per run on a GPU)
 #   EPOCHS=120 SEEDS="1 2" WIDE=0 bash scripts/accuracy_runs.sh
 #   SEEDS= EPOCHS=60 TEACHERS_ONLY=1 bash scripts/accuracy_runs.sh   # only the wide teacher, then stop
+#   SEEDS= EPOCHS=60 TEACHERS_ONLY=1 WIDE_NAME=teacher-wide-s12 WIDE_SEED=12 bash scripts/accuracy_runs.sh  # another
 #   DATA=tiny.npz EPOCHS=1 STUDENT_EPOCHS=1 bash scripts/accuracy_runs.sh   # a smoke test of the steps
 #   SEEDS= BASE_TEACHERS=models/compact-fer2013-ensemble STUDENT_INIT=compact-fer2013-ft STUDENT_EPOCHS=40 \
 #     bash scripts/accuracy_runs.sh    # the student fine-tuned from a saved model (cosine, lr 0.01), not from scratch
@@ -24,6 +25,8 @@ EPOCHS=${EPOCHS:-120}                  # each teacher
 STUDENT_EPOCHS=${STUDENT_EPOCHS:-150}
 SEEDS=${SEEDS-"1 2 3"}                  # set and empty: no seed teachers
 WIDE=${WIDE:-1}                        # 1: also a wider teacher (widths 64 128 256 512)
+WIDE_NAME=${WIDE_NAME:-teacher-wide}   # its name under $ROOT/models: another name and seed for another one
+WIDE_SEED=${WIDE_SEED:-11}
 TEACHERS_ONLY=${TEACHERS_ONLY:-0}      # 1: stop after the teachers (choose the student recipe on their figures)
 STUDENT=${STUDENT:-compact-fer2013-kd}
 STUDENT_INIT=${STUDENT_INIT:-}         # a saved model: the student starts from it (cosine schedule, lr 0.01)
@@ -54,8 +57,8 @@ for seed in $SEEDS; do
   teachers+=("$ROOT/models/teacher-s$seed")
 done
 if [ "$WIDE" = 1 ]; then
-  run teacher-wide "$ROOT/models" --widths 64 128 256 512 --convs 2 2 2 2 --epochs "$EPOCHS" --seed 11
-  teachers+=("$ROOT/models/teacher-wide")
+  run "$WIDE_NAME" "$ROOT/models" --widths 64 128 256 512 --convs 2 2 2 2 --epochs "$EPOCHS" --seed "$WIDE_SEED"
+  teachers+=("$ROOT/models/$WIDE_NAME")
 fi
 for t in "${teachers[@]}"; do  # each teacher's own val figure, with its TTA views as saved
   "$PY" -m fer_app evaluate "$DATA" --split val --runtime torch --model "$t" --json |
