@@ -20,6 +20,7 @@ that every window of the scan must reject. These benchmarks use the real clips a
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -265,16 +266,6 @@ def bench_tta_spread(model, faces: int = 600, frames_per_face: int = 8, data: Pa
             "accuracy": {m: round(c / len(picks), 4) for m, c in correct.items()}}
 
 
-def _best_ms(call, repeats: int):
-    """(the fastest of `repeats` calls in ms, the last call's result)."""
-    best, out = float("inf"), None
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        out = call()
-        best = min(best, (time.perf_counter() - start) * 1000)
-    return best, out
-
-
 def bench_photos(models: Sequence, *, repeats: int = 3, limit: int | None = None, peer: bool = True) -> dict:
     """The Photo page's engine (`fer_app.pipeline.analyze_image`'s steps, the photo detector defaults
     `DetectorConfig()`) on every real photo of ../shared/media/photos, for each model in one run.
@@ -283,8 +274,13 @@ def bench_photos(models: Sequence, *, repeats: int = 3, limit: int | None = None
     classification of all its faces in one batch with each model's own TTA views. Then each model on one
     real face at batch 1, against the `fer` package's classifier on one face (`fer_peer.py classify`,
     batch 1, one view) run right after; the peer has no photo command, so its detection is not in it."""
+    from fer_app.bench import measure
     from fer_app.detection import FaceDetector
     from fer_app.imageio import load_image
+    from fer_app.runtimes import time_calls
+
+    def fastest(call) -> float:  # ms, the fastest of `repeats` calls after one warm-up
+        return min(time_calls(call, repeats, warmup=1)) * 1000
 
     folder = MEDIA_DIR / PHOTOS
     paths = sorted(folder.rglob("*.jpg"))[:limit] if folder.is_dir() else []
@@ -295,9 +291,8 @@ def bench_photos(models: Sequence, *, repeats: int = 3, limit: int | None = None
     for path in paths:
         image = load_image(path)
         sides.append(max(image.shape[:2]))
-        ms, faces = _best_ms(lambda: detector.detect(image), repeats)  # noqa: B023 - called at once
-        detect_ms.append(ms)
-        crops.append(detector.crop(image, faces))
+        detect_ms.append(fastest(functools.partial(detector.detect, image)))
+        crops.append(detector.crop(image, detector.detect(image)))
     faces = sum(len(c) for c in crops)
     out = {"photos": len(paths), "folder": str(folder.relative_to(MEDIA_DIR.parent)), "faces": faces,
            "photos_with_faces": sum(bool(c) for c in crops), "longest_side_median": int(statistics.median(sides)),
@@ -305,17 +300,14 @@ def bench_photos(models: Sequence, *, repeats: int = 3, limit: int | None = None
     one = next(([c[0]] for c in crops if c), None)
     rows = []
     for model in models:
-        if one is not None:
-            model.predict_proba(one)  # warm-up
-        classify = [_best_ms(lambda: model.predict_proba(c), repeats)[0] if c else 0.0  # noqa: B023
-                    for c in crops]
+        classify = [fastest(functools.partial(model.predict_proba, c)) if c else 0.0 for c in crops]
         per_photo = [d + c for d, c in zip(detect_ms, classify)]
-        single = [_best_ms(lambda: model.predict_proba(one), 1)[0] for _ in range(20)] if one is not None else []
+        single = measure(functools.partial(model.predict_proba, one), 1, 20) if one is not None else None
         rows.append({"model": model.name, "views": model.views(), "classify_ms_total": round(sum(classify), 1),
                      "classify_ms_per_face": round(sum(classify) / faces, 2) if faces else None,
                      "photo_ms_median": round(statistics.median(per_photo), 1),
                      "photo_ms_max": round(max(per_photo), 1),
-                     "face_batch1_ms": round(statistics.median(single), 2) if single else None})
+                     "face_batch1_ms": single.median_ms if single else None})
     out["models"] = rows
     out["fer_package"] = run_peer(["classify"]) if peer else {"missing": "not run (--quick)"}
     return out
