@@ -387,6 +387,8 @@ def _format_tta_spread(s: dict) -> list[str]:
 
 
 def _format_photos(p: dict) -> list[str]:
+    from fer_app.bench import _fmt
+
     if "missing" in p:
         return [f"photos: {p['missing']}"]
     lines = [f"the Photo page's engine on {p['photos']} real photos ({p['folder']}, longest side median "
@@ -397,8 +399,8 @@ def _format_photos(p: dict) -> list[str]:
              f"{'max':>8}{'1 face ms':>10}"]
     for r in p["models"]:
         lines.append(f"  {r['model'][:33]:<34}{r['views']:>6}{r['classify_ms_total']:>12.0f}"
-                     f"{_num(r['classify_ms_per_face'], '.1f'):>9}{r['photo_ms_median']:>13.1f}"
-                     f"{r['photo_ms_max']:>8.0f}{_num(r['face_batch1_ms'], '.2f'):>10}")
+                     f"{_fmt(r['classify_ms_per_face']):>9}{r['photo_ms_median']:>13.1f}"
+                     f"{r['photo_ms_max']:>8.0f}{_fmt(r['face_batch1_ms'], '.2f'):>10}")
     peer = p["fer_package"]
     if "missing" in peer:
         lines.append(f"  the fer package's classifier: not measured ({peer['missing']})")
@@ -406,10 +408,6 @@ def _format_photos(p: dict) -> list[str]:
         lines.append(f"  the fer package's classifier on 1 face (batch 1, 1 view, TFLite), same run: "
                      f"{peer['classify_ms_per_face_batch1']:.2f} ms")
     return lines
-
-
-def _num(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
 
 
 #: Each part's printer, in `FOOTAGE_PARTS` order.
