@@ -569,7 +569,7 @@ def bench_model_load(model_name: str | Path, repeats: int = 3) -> dict:
             "later_s": round(statistics.median(later), 3), "torch_s": round(statistics.median(plain), 3)}
 
 
-def _footage(compact: str | Path, quick: bool, parts: Sequence[str] | None = None) -> dict:
+def _footage(compact: str | Path, quick: bool, parts: Sequence[str] = FOOTAGE_PARTS) -> dict:
     """The real-footage benchmarks (`fer_app.bench_footage`) with the compact model as the app loads it,
     and for the photos also the accurate stills model (`STILLS_MODEL`) when models/ has it."""
     from fer_app.bench_footage import run_footage_bench
@@ -579,7 +579,6 @@ def _footage(compact: str | Path, quick: bool, parts: Sequence[str] | None = Non
         model = load_model(compact)
     except ModelError as exc:
         return {"missing": str(exc)}
-    parts = FOOTAGE_PARTS if parts is None else parts
     stills = None
     if "photos" in parts:
         with contextlib.suppress(ModelError):  # no stills model here: the photos are timed with `compact` alone
