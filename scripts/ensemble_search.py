@@ -1,0 +1,133 @@
+"""A measurement, not a feature: every logit-mean ensemble of some saved models, with its TTA views, on val.
+
+What `python -m fer_app ensemble NAME MODELS` then `python -m fer_app tta NAME DATA` would score, for every
+subset of MODELS at once, without saving a model per subset: each model's val logits are computed once per view
+(the face and each zoom of `fer_app.tta.CANDIDATES`, each mirrored when the model's views are) and cached
+under --cache, keyed by the sha256 of its weights file. A subset's logits per view are its members' mean
+(`fer_app.ensemble.combine`), its probabilities the mean over the views of their softmax
+(`Classifier.predict_pixels`); its views are chosen as `select_tta` chooses them for the new model (the most
+accurate zoom set within 4 views, ties to fewer views, taken only when it beats the first member's views by
+`MIN_GAIN`).
+
+Prints one line per subset, best first: views, val accuracy / macro-F1, the same without the train twins,
+recall of fear, disgust and sad. The best of many subsets is chosen on val and scored on it: read a lead of a
+few faces as noise, and prefer the rule fixed in advance (all members) unless a subset wins clearly.
+
+    PYTHONPATH=. .venv/bin/python scripts/ensemble_search.py models/compact-fer2013-soup \
+        runs/acc/models/teacher-wide runs/acc/models/wide-ft-mixup [--min-members 2] [--top 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fer_app.config import CLASSES
+from fer_app.data import load_npz, twins_in
+from fer_app.metrics import classification_report
+from fer_app.model import load_model, model_dir, zoom
+from fer_app.tta import CANDIDATES, MAX_VIEWS, MIN_GAIN
+
+CLASSES_OF_INTEREST = ("fear", "disgust", "sad")  # issue #12: report these recalls first
+
+
+def weights_sha(folder: Path) -> str:
+    digest = hashlib.sha256()
+    with open(folder / "model.safetensors", "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+@torch.inference_mode()
+def view_logits(name: str, images: np.ndarray, zooms: list[float | None], cache: Path,
+                batch: int = 256) -> tuple[dict[tuple[float | None, bool], np.ndarray], bool, tuple[float, ...]]:
+    """{(zoom, mirrored): (N, classes) logits} of one saved model on `images`, cached by its weights; its
+    mirroring and zooms."""
+    model = load_model(name, runtime="torch").eval()
+    folder = model_dir(name)
+    key = f"{folder.name}-{weights_sha(folder)}-{len(images)}"
+    file = cache / f"{key}.npz"
+    flips = (False, True) if model.tta_flip else (False,)
+    wanted = [(z, f) for z in zooms for f in flips]
+    stored = dict(np.load(file)) if file.exists() else {}
+    out = {}
+    pixels = None
+    for z, f in wanted:
+        label = f"{z}-{int(f)}"
+        if label not in stored:
+            if pixels is None:
+                pixels = model.encoder.preprocess(list(images))
+            parts = []
+            for i in range(0, len(pixels), batch):
+                x = pixels[i:i + batch]
+                x = zoom(x, z) if z is not None else x
+                parts.append(model(x.flip(-1) if f else x).float().numpy())
+            stored[label] = np.concatenate(parts)
+            print(f"  {folder.name}: view zoom={z} mirrored={f} computed", flush=True)
+        out[(z, f)] = stored[label]
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(file, **stored)
+    return out, model.tta_flip, tuple(model.tta_zooms)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("models", nargs="+", help="saved models (names or folders), compact, linear heads")
+    ap.add_argument("--data", default="../shared/data/fer2013-trainval.npz")
+    ap.add_argument("--cache", default="runs/acc/logits", help="folder for the cached val logits")
+    ap.add_argument("--min-members", type=int, default=1)
+    ap.add_argument("--top", type=int, default=30, help="lines printed")
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    splits = load_npz(args.data)
+    val = splits["val"]
+    twins = twins_in(val, splits["train"])
+    zooms: list[float | None] = [None, *sorted({z for c in CANDIDATES for z in c})]
+    logits, flips, own_zooms = {}, set(), {}
+    for name in args.models:
+        logits[name], flip, own_zooms[name] = view_logits(name, val.images, zooms, Path(args.cache))
+        flips.add(flip)
+    if len(flips) != 1:
+        raise SystemExit("the models differ in mirroring; an ensemble takes its first member's views")
+    flip = flips.pop()
+    mirrored = (False, True) if flip else (False,)
+    candidates = [c for c in CANDIDATES if (1 + len(c)) * len(mirrored) <= MAX_VIEWS]
+    rows = []
+    for k in range(max(1, args.min_members), len(args.models) + 1):
+        for subset in itertools.combinations(args.models, k):
+            probs = {(z, f): softmax(np.mean([logits[m][(z, f)] for m in subset], axis=0))
+                     for z in zooms for f in mirrored}
+            scored = {}
+            for c in dict.fromkeys([own_zooms[subset[0]], *candidates]):  # the first member's views, then the rest
+                p = np.mean([probs[(z, f)] for z in (None, *c) for f in mirrored], axis=0)
+                scored[c] = classification_report(val.labels, p.argmax(1), CLASSES, twins)
+            best = max(scored, key=lambda c: (round(scored[c]["accuracy"], 4), -len(c)))
+            current = own_zooms[subset[0]]
+            if round(scored[best]["accuracy"], 4) < round(scored[current]["accuracy"], 4) + MIN_GAIN:
+                best = current  # as select_tta: a change of views must gain MIN_GAIN
+            rows.append((round(scored[best]["accuracy"], 4), subset, best, scored[best]))
+    rows.sort(key=lambda row: row[0], reverse=True)  # stable: ties keep fewer members first
+    print(f"val: {len(val)} faces ({int(twins.sum())} with a train twin); views chosen on val per subset")
+    for _, subset, c, r in rows[:args.top]:
+        rest = r["without_twins"]
+        recall = " ".join(f"{cls} {r['per_class'][cls]['recall']:.3f}" for cls in CLASSES_OF_INTEREST)
+        names = " + ".join(Path(m).name for m in subset)
+        print(f"{r['accuracy']:.2%} / {r['macro_f1']:.3f} | without twins {rest['accuracy']:.2%} / "
+              f"{rest['macro_f1']:.3f} | zooms {list(c)} | {recall} | {names}")
+
+
+if __name__ == "__main__":
+    main()
