@@ -3,8 +3,8 @@
 What `python -m fer_app ensemble NAME MODELS` then `python -m fer_app tta NAME DATA` would score, for every
 subset of MODELS at once, without saving a model per subset: each model's val logits are computed once per view
 (the face and each zoom of `fer_app.tta.CANDIDATES`, each mirrored when the model's views are) and cached
-under --cache, keyed by the sha256 of its weights file. A subset's logits per view are its members' mean
-(`fer_app.ensemble.combine`), its probabilities the mean over the views of their softmax
+under --cache, keyed by the sha256 of its weights file and of the val faces. A subset's logits per view are
+its members' mean (`fer_app.ensemble.combine`), its probabilities the mean over the views of their softmax
 (`Classifier.predict_pixels`); its views are chosen as `select_tta` chooses them for the new model (the most
 accurate zoom set within 4 views, ties to fewer views, taken only when it beats the first member's views by
 `MIN_GAIN`).
@@ -47,11 +47,12 @@ def weights_sha(folder: Path) -> str:
 @torch.inference_mode()
 def view_logits(name: str, images: np.ndarray, zooms: list[float | None], cache: Path,
                 batch: int = 256) -> tuple[dict[tuple[float | None, bool], np.ndarray], bool, tuple[float, ...]]:
-    """{(zoom, mirrored): (N, classes) logits} of one saved model on `images`, cached by its weights; its
-    mirroring and zooms."""
+    """{(zoom, mirrored): (N, classes) logits} of one saved model on `images`, cached by its weights and the
+    faces; its mirroring and zooms."""
     model = load_model(name, runtime="torch").eval()
     folder = model_dir(name)
-    key = f"{folder.name}-{weights_sha(folder)}-{len(images)}"
+    faces = hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()[:12]
+    key = f"{folder.name}-{weights_sha(folder)}-{faces}"
     file = cache / f"{key}.npz"
     flips = (False, True) if model.tta_flip else (False,)
     wanted = [(z, f) for z in zooms for f in flips]
