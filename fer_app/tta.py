@@ -65,8 +65,10 @@ class TtaReport:
         return asdict(self)
 
 
-def _view_probs(model, pixels: torch.Tensor, zoom_factor: float | None, flip: bool, batch: int) -> np.ndarray:
-    """Probabilities of one view of every face (no TTA inside)."""
+@torch.inference_mode()
+def view_logits(model, pixels: torch.Tensor, zoom_factor: float | None, flip: bool, batch: int = 256) -> np.ndarray:
+    """(N, classes) logits of one view of every preprocessed face (no TTA inside): the face, zoomed by
+    `zoom_factor` when given, mirrored when `flip`. The view's probabilities are their softmax."""
     from fer_app.model import zoom
 
     out = []
@@ -76,7 +78,7 @@ def _view_probs(model, pixels: torch.Tensor, zoom_factor: float | None, flip: bo
             x = zoom(x, zoom_factor)
         if flip:
             x = x.flip(-1)
-        out.append(model.predict_pixels(x, tta=False).numpy())
+        out.append(model(x).float().numpy())
     return np.concatenate(out)
 
 
@@ -90,7 +92,7 @@ def score_candidates(model, val: FaceSet, candidates: Sequence[Sequence[float]],
     total, done = len(needed) * len(flips), 0
     for z in needed:
         for flip in flips:
-            views[(z, flip)] = _view_probs(model, pixels, z, flip, batch)
+            views[(z, flip)] = torch.softmax(torch.from_numpy(view_logits(model, pixels, z, flip, batch)), 1).numpy()
             done += 1
             if progress:
                 progress(done, total)

@@ -5,9 +5,9 @@ subset of MODELS at once, without saving a model per subset: each model's val lo
 (the face and each zoom of `fer_app.tta.CANDIDATES`, each mirrored when the model's views are) and cached
 under --cache, keyed by the sha256 of its weights file and of the val faces. A subset's logits per view are
 its members' mean (`fer_app.ensemble.combine`), its probabilities the mean over the views of their softmax
-(`Classifier.predict_pixels`); its views are chosen as `select_tta` chooses them for the new model (the most
-accurate zoom set within 4 views, ties to fewer views, taken only when it beats the first member's views by
-`MIN_GAIN`).
+(`Classifier.predict_pixels`; each view's logits from `fer_app.tta.view_logits`); its views are chosen as
+`select_tta` chooses them for the new model (the most accurate zoom set within 4 views, ties to fewer views,
+taken only when it beats the first member's views by `MIN_GAIN`).
 
 Prints one line per subset, best first: views, val accuracy / macro-F1, the same without the train twins,
 recall of fear, disgust and sad. The best of many subsets is chosen on val and scored on it: read a lead of a
@@ -20,7 +20,6 @@ few faces as noise, and prefer the rule fixed in advance (all members) unless a 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import itertools
 from pathlib import Path
 
@@ -30,29 +29,20 @@ import torch
 from fer_app.config import CLASSES
 from fer_app.data import load_npz, twins_in
 from fer_app.metrics import classification_report
-from fer_app.model import load_model, model_dir, zoom
-from fer_app.tta import CANDIDATES, MAX_VIEWS, MIN_GAIN
+from fer_app.model import load_model, model_dir
+from fer_app.runtimes import arrays_digest, file_digest
+from fer_app.tta import CANDIDATES, MAX_VIEWS, MIN_GAIN, view_logits
 
 CLASSES_OF_INTEREST = ("fear", "disgust", "sad")  # issue #12: report these recalls first
 
 
-def weights_sha(folder: Path) -> str:
-    digest = hashlib.sha256()
-    with open(folder / "model.safetensors", "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
-@torch.inference_mode()
-def view_logits(name: str, images: np.ndarray, zooms: list[float | None], cache: Path,
-                batch: int = 256) -> tuple[dict[tuple[float | None, bool], np.ndarray], bool, tuple[float, ...]]:
+def model_logits(name: str, images: np.ndarray, zooms: list[float | None], cache: Path
+                 ) -> tuple[dict[tuple[float | None, bool], np.ndarray], bool, tuple[float, ...]]:
     """{(zoom, mirrored): (N, classes) logits} of one saved model on `images`, cached by its weights and the
     faces; its mirroring and zooms."""
     model = load_model(name, runtime="torch").eval()
     folder = model_dir(name)
-    faces = hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()[:12]
-    key = f"{folder.name}-{weights_sha(folder)}-{faces}"
+    key = f"{folder.name}-{file_digest(folder / 'model.safetensors')[:16]}-{arrays_digest([images])[:12]}"
     file = cache / f"{key}.npz"
     flips = (False, True) if model.tta_flip else (False,)
     wanted = [(z, f) for z in zooms for f in flips]
@@ -64,12 +54,7 @@ def view_logits(name: str, images: np.ndarray, zooms: list[float | None], cache:
         if label not in stored:
             if pixels is None:
                 pixels = model.encoder.preprocess(list(images))
-            parts = []
-            for i in range(0, len(pixels), batch):
-                x = pixels[i:i + batch]
-                x = zoom(x, z) if z is not None else x
-                parts.append(model(x.flip(-1) if f else x).float().numpy())
-            stored[label] = np.concatenate(parts)
+            stored[label] = view_logits(model, pixels, z, f)
             print(f"  {folder.name}: view zoom={z} mirrored={f} computed", flush=True)
         out[(z, f)] = stored[label]
     cache.mkdir(parents=True, exist_ok=True)
@@ -99,7 +84,7 @@ def main() -> None:
     zooms: list[float | None] = [None, *sorted({z for c in CANDIDATES for z in c})]
     logits, flips, own_zooms = {}, set(), {}
     for name in args.models:
-        logits[name], flip, own_zooms[name] = view_logits(name, val.images, zooms, Path(args.cache))
+        logits[name], flip, own_zooms[name] = model_logits(name, val.images, zooms, Path(args.cache))
         flips.add(flip)
     if len(flips) != 1:
         raise SystemExit("the models differ in mirroring; an ensemble takes its first member's views")

@@ -15,7 +15,7 @@ from fer_app.evaluate import evaluate
 from fer_app.model import ModelError, load_model, zoom
 from fer_app.modelcard import TTA_TITLE, VALIDATION_TITLE
 from fer_app.training import TrainConfig, build_model
-from fer_app.tta import CONFIG_KEY, select_tta
+from fer_app.tta import CONFIG_KEY, select_tta, view_logits
 from test_cli import write_fer2013_csv
 
 
@@ -53,6 +53,19 @@ def test_predictions_average_the_models_views(tiny_model: Path, tiny_splits):
     model.tta_zooms = ()
     assert torch.allclose(model.predict_pixels(pixels), probs(pixels), atol=1e-6)  # no views of its own
     assert torch.allclose(model.predict_pixels(pixels, tta=True), mirror, atol=1e-6)  # forced: the mirror
+
+
+def test_view_logits_are_the_models_views_one_at_a_time(tiny_model: Path, tiny_splits):
+    model = load_model(tiny_model, runtime="torch").eval()
+    model.tta_zooms = (0.9,)
+    pixels = model.encoder.preprocess(list(tiny_splits["val"].images[:7]))
+    views = [view_logits(model, pixels, z, f, batch=3) for f in (False, True) for z in (None, 0.9)]  # view's order
+    for index, logits in enumerate(views):
+        with torch.inference_mode():
+            assert np.allclose(logits, model(model.view(pixels, index)).numpy(), atol=1e-5)
+    probs = np.mean([torch.softmax(torch.from_numpy(v), 1).numpy() for v in views], axis=0)
+    assert np.allclose(probs, model.predict_pixels(pixels).numpy(), atol=1e-5)
+    assert not np.allclose(views[0], views[2], atol=1e-3)  # the mirror is another view
 
 
 def test_candidates_are_scored_as_the_model_would_run(tiny_model: Path, tiny_splits):
