@@ -10,11 +10,14 @@ its members' mean (`fer_app.ensemble.combine`), its probabilities the mean over 
 taken only when it beats the first member's views by `MIN_GAIN`).
 
 Prints one line per subset, best first: views, val accuracy / macro-F1, the same without the train twins,
-recall of fear, disgust and sad. The best of many subsets is chosen on val and scored on it: read a lead of a
-few faces as noise, and prefer the rule fixed in advance (all members) unless a subset wins clearly.
+recall of fear, disgust and sad; with --against (some of MODELS, e.g. the shipped ensemble's members), each
+subset's lead over that one face by face (`fer_app.metrics.paired_comparison`: faces gained and lost, McNemar's
+z). The best of many subsets is chosen on val and scored on it: read a lead of a few faces, or |z| under 2, as
+noise, and prefer the rule fixed in advance (all members) unless a subset wins clearly.
 
     PYTHONPATH=. .venv/bin/python scripts/ensemble_search.py models/compact-fer2013-soup \
-        runs/acc/models/teacher-wide runs/acc/models/wide-ft-mixup [--min-members 2] [--top 20]
+        runs/acc/models/teacher-wide runs/acc/models/wide-ft-mixup [--min-members 2] [--top 20] \
+        [--against models/compact-fer2013-soup runs/acc/models/teacher-wide]
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch
 
 from fer_app.config import CLASSES
 from fer_app.data import load_npz, twins_in
-from fer_app.metrics import classification_report
+from fer_app.metrics import classification_report, paired_comparison
 from fer_app.model import load_model, model_dir
 from fer_app.runtimes import arrays_digest, file_digest
 from fer_app.tta import CANDIDATES, MAX_VIEWS, MIN_GAIN, view_logits
@@ -75,7 +78,11 @@ def main() -> None:
     ap.add_argument("--min-members", type=int, default=1)
     ap.add_argument("--top", type=int, default=30, help="lines printed")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--against", nargs="+", default=[], metavar="MODEL",
+                    help="some of MODELS: the ensemble each subset is compared with face by face")
     args = ap.parse_args()
+    if not set(args.against) <= set(args.models):
+        ap.error("--against takes some of the MODELS listed")
     if args.threads:
         torch.set_num_threads(args.threads)
     splits = load_npz(args.data)
@@ -91,28 +98,34 @@ def main() -> None:
     flip = flips.pop()
     mirrored = (False, True) if flip else (False,)
     candidates = [c for c in CANDIDATES if (1 + len(c)) * len(mirrored) <= MAX_VIEWS]
-    rows = []
-    for k in range(max(1, args.min_members), len(args.models) + 1):
-        for subset in itertools.combinations(args.models, k):
-            probs = {(z, f): softmax(np.mean([logits[m][(z, f)] for m in subset], axis=0))
-                     for z in zooms for f in mirrored}
-            scored = {}
-            for c in dict.fromkeys([own_zooms[subset[0]], *candidates]):  # the first member's views, then the rest
-                p = np.mean([probs[(z, f)] for z in (None, *c) for f in mirrored], axis=0)
-                scored[c] = classification_report(val.labels, p.argmax(1), CLASSES, twins)
-            best = max(scored, key=lambda c: (round(scored[c]["accuracy"], 4), -len(c)))
-            current = own_zooms[subset[0]]
-            if round(scored[best]["accuracy"], 4) < round(scored[current]["accuracy"], 4) + MIN_GAIN:
-                best = current  # as select_tta: a change of views must gain MIN_GAIN
-            rows.append((round(scored[best]["accuracy"], 4), subset, best, scored[best]))
-    rows.sort(key=lambda row: row[0], reverse=True)  # stable: ties keep fewer members first
+
+    def score(subset: tuple[str, ...]) -> tuple[tuple[float, ...], dict, np.ndarray]:
+        """The subset's views (chosen as `select_tta` chooses), its report and its predicted classes."""
+        probs = {(z, f): softmax(np.mean([logits[m][(z, f)] for m in subset], axis=0))
+                 for z in zooms for f in mirrored}
+        scored = {}
+        for c in dict.fromkeys([own_zooms[subset[0]], *candidates]):  # the first member's views, then the rest
+            predicted = np.mean([probs[(z, f)] for z in (None, *c) for f in mirrored], axis=0).argmax(1)
+            scored[c] = classification_report(val.labels, predicted, CLASSES, twins), predicted
+        best = max(scored, key=lambda c: (round(scored[c][0]["accuracy"], 4), -len(c)))
+        current = own_zooms[subset[0]]
+        if round(scored[best][0]["accuracy"], 4) < round(scored[current][0]["accuracy"], 4) + MIN_GAIN:
+            best = current  # as select_tta: a change of views must gain MIN_GAIN
+        return (best, *scored[best])
+
+    rows = [(subset, *score(subset)) for k in range(max(1, args.min_members), len(args.models) + 1)
+            for subset in itertools.combinations(args.models, k)]
+    rows.sort(key=lambda row: round(row[2]["accuracy"], 4), reverse=True)  # stable: ties keep fewer members first
+    against = tuple(m for m in args.models if m in args.against)  # in MODELS' order, as its row would be scored
+    reference = score(against)[2] if against else None
     print(f"val: {len(val)} faces ({int(twins.sum())} with a train twin); views chosen on val per subset")
-    for _, subset, c, r in rows[:args.top]:
+    for subset, c, r, predicted in rows[:args.top]:
         rest = r["without_twins"]
         recall = " ".join(f"{cls} {r['per_class'][cls]['recall']:.3f}" for cls in CLASSES_OF_INTEREST)
         names = " + ".join(Path(m).name for m in subset)
+        lead = "" if reference is None else f" | vs --against {paired_comparison(val.labels, predicted, reference)}"
         print(f"{r['accuracy']:.2%} / {r['macro_f1']:.3f} | without twins {rest['accuracy']:.2%} / "
-              f"{rest['macro_f1']:.3f} | zooms {list(c)} | {recall} | {names}")
+              f"{rest['macro_f1']:.3f} | zooms {list(c)} | {recall} | {names}{lead}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fer_app.config import CLASSES
-from fer_app.metrics import classification_report, confusion_image, confusion_png, format_report
+from fer_app.metrics import classification_report, confusion_image, confusion_png, format_report, paired_comparison
 
 ABC = ("a", "b", "c", "d")
 #: 7 faces: 3 true a (1 right, 2 taken for b), 2 true b (1 right, 1 taken for c), 2 true c (1 right, 1 taken for d);
@@ -207,3 +207,24 @@ def test_confusion_png_decodes_to_the_image() -> None:
     confusion = [[2, 1], [0, 5]]
     decoded = cv2.imdecode(np.frombuffer(confusion_png(confusion, ("a", "b")), np.uint8), cv2.IMREAD_COLOR)
     assert np.array_equal(decoded, confusion_image(confusion, ("a", "b")))
+
+
+def test_paired_comparison_counts_the_faces_each_model_alone_gets_right() -> None:
+    y = np.array([0, 1, 2, 3, 0, 1, 2, 3])
+    a = np.array([0, 1, 2, 0, 0, 1, 0, 0])  # right on faces 0, 1, 2, 4, 5
+    b = np.array([0, 0, 2, 3, 1, 1, 2, 0])  # right on faces 0, 2, 3, 5, 6
+    comparison = paired_comparison(y, a, b)
+    assert (comparison.n, comparison.gains, comparison.losses) == (8, 2, 2)  # A alone: 1, 4; B alone: 3, 6
+    assert comparison.difference == 0.0 and comparison.z == 0.0
+    reverse = paired_comparison(y, a, y)  # B right everywhere: A only loses
+    assert (reverse.gains, reverse.losses) == (0, 3)
+    assert reverse.difference == pytest.approx(-3 / 8) and reverse.z == pytest.approx(-3 / np.sqrt(3))
+    assert str(reverse) == "-37.50 points (0 gained, 3 lost, z -1.7)"
+
+
+def test_paired_comparison_of_identical_predictions_is_a_tie_and_shapes_must_match() -> None:
+    y = np.array([0, 1, 2])
+    same = paired_comparison(y, np.array([0, 2, 2]), np.array([0, 2, 2]))
+    assert (same.gains, same.losses, same.z, same.difference) == (0, 0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="shape"):
+        paired_comparison(y, np.array([0, 1]), np.array([0, 1, 2]))
