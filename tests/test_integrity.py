@@ -24,14 +24,14 @@ import torch
 from PIL import Image
 
 from fer_app.cli import main
-from fer_app.config import CLASSES
+from fer_app.config import CLASSES, DEFAULT_MODEL
 from fer_app.encoders.compact import CompactEncoder
 from fer_app.heads import Head
 from fer_app.model import DIGEST_KEY, Classifier, ModelError, list_models, load_model, save_model
 
 ROOT = Path(__file__).resolve().parent.parent
 ASTRONAUT = ROOT / "assets" / "astronaut.png"
-BUNDLED = ROOT / "models" / "compact-fer2013"
+BUNDLED = ROOT / "models" / DEFAULT_MODEL
 
 
 def classifier(seed: int = 0) -> Classifier:

@@ -145,12 +145,12 @@ def test_fine_tuned_clip_saves_and_loads_its_encoder(models_dir, tiny_clip_dir):
         load_model("clip-ft", runtime="torch")
 
 
-# ---------------------------------------------------------------- the shipped model (models/compact-fer2013)
+# ------------------------------------------------------- the shipped model (models/<DEFAULT_MODEL>)
 
 def _shipped():
     from fer_app import config
 
-    folder = config.PROJECT_ROOT / "models" / "compact-fer2013"
+    folder = config.PROJECT_ROOT / "models" / config.DEFAULT_MODEL
     if not (folder / "model.safetensors").is_file():
         pytest.skip(f"{folder} is not here")
     return load_model(folder, runtime="torch")
@@ -164,7 +164,7 @@ def test_shipped_model_sees_the_astronaut_smile():
     from fer_app.runtimes import astronaut_crops
 
     model = _shipped()
-    assert tuple(model.classes) == CLASSES and model.name == "compact-fer2013"
+    assert tuple(model.classes) == CLASSES and model.name == config.DEFAULT_MODEL
     image = load_image(config.PROJECT_ROOT / "assets" / "astronaut.png")
     detector = FaceDetector()
     faces = detector.detect(image)
