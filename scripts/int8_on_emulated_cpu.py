@@ -32,7 +32,8 @@ np.save(sys.argv[3], s.run(None, {s.get_inputs()[0].name: x})[0])
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", nargs="?", default=str(ROOT / "models" / "compact-fer2013"))
+    p.add_argument("model", nargs="?", default=None,
+                   help="a model folder (default the shipped default model, config.DEFAULT_MODEL)")
     p.add_argument("--cpu", default="EPYC-v1", help="qemu CPU model (qemu-x86_64 -cpu help)")
     p.add_argument("--int8", default=None, help="the int8 file to run (default the model's encoder.int8.onnx)")
     args = p.parse_args()
@@ -41,9 +42,10 @@ def main() -> int:
     import torch
 
     from fer_app import runtimes
+    from fer_app.config import DEFAULT_MODEL
     from fer_app.model import QUANTIZED_FILE, load_model
 
-    folder = Path(args.model)
+    folder = Path(args.model) if args.model else ROOT / "models" / DEFAULT_MODEL
     reference = runtimes.read_reference(folder)
     if reference is None:
         sys.exit(f"error: {folder}: no {runtimes.REFERENCE_FILE} (python -m fer_app quantize makes one)")

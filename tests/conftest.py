@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from fer_app.config import DEFAULT_MODEL
+
 
 def _tiny_clip_model():
     """A tiny randomly initialised CLIPModel (deterministic), with ViT-B/32's 224 px input and 32 px patches.
@@ -120,6 +122,9 @@ def models_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(config, "CLIP_LOCAL_DIR", tmp_path / "no-clip")
     return folder
 
+
+#: The shipped default model's folder in this checkout (`config.DEFAULT_MODEL` under the project's models/).
+BUNDLED = Path(__file__).resolve().parent.parent / "models" / DEFAULT_MODEL
 
 TINY_COMPACT = dict(widths=(8, 16), convs_per_stage=(1, 1), epochs=3, batch_size=16, lr=0.05, seed=0, augment=False,
                     label_smoothing=0.0, threads=1)

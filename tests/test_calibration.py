@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import make_faces
+from conftest import BUNDLED, make_faces
 
 from fer_app.calibration import (
     DEFAULT_GATE,
@@ -23,7 +23,7 @@ from fer_app.calibration import (
     time_split,
 )
 from fer_app.cli import main
-from fer_app.config import CLASSES, DEFAULT_MODEL
+from fer_app.config import CLASSES
 from fer_app.data import DataError, FaceSet, load_folders
 from fer_app.detection import crop_faces
 from fer_app.jobs import FINISHED, clear_job, current_job
@@ -225,7 +225,6 @@ def test_calibrated_model_keeps_the_int8_encoder_reference_and_tta_views(tiny_mo
 
 
 REAL_CLIP = Path(__file__).resolve().parents[2] / "shared" / "media" / "videos" / "woman2.mp4"
-BUNDLED = Path(__file__).resolve().parents[1] / "models" / DEFAULT_MODEL
 
 
 def real_session(session: CalibrationSession, step: int = 4) -> None:

@@ -23,15 +23,15 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import BUNDLED
 from fer_app.cli import main
-from fer_app.config import CLASSES, DEFAULT_MODEL
+from fer_app.config import CLASSES
 from fer_app.encoders.compact import CompactEncoder
 from fer_app.heads import Head
 from fer_app.model import DIGEST_KEY, Classifier, ModelError, list_models, load_model, save_model
 
 ROOT = Path(__file__).resolve().parent.parent
 ASTRONAUT = ROOT / "assets" / "astronaut.png"
-BUNDLED = ROOT / "models" / DEFAULT_MODEL
 
 
 def classifier(seed: int = 0) -> Classifier:

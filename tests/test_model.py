@@ -148,9 +148,8 @@ def test_fine_tuned_clip_saves_and_loads_its_encoder(models_dir, tiny_clip_dir):
 # ------------------------------------------------------- the shipped model (models/<DEFAULT_MODEL>)
 
 def _shipped():
-    from fer_app import config
+    from conftest import BUNDLED as folder
 
-    folder = config.PROJECT_ROOT / "models" / config.DEFAULT_MODEL
     if not (folder / "model.safetensors").is_file():
         pytest.skip(f"{folder} is not here")
     return load_model(folder, runtime="torch")

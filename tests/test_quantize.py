@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import make_faces
+from conftest import BUNDLED
 from fer_app.cli import main
-from fer_app.config import DEFAULT_MODEL
 from fer_app.evaluate import evaluate
 from fer_app.model import ModelError, load_model, save_model
 from fer_app.modelcard import QUANTIZED_TITLE
@@ -290,8 +290,6 @@ def test_quantize_needs_calibration_faces_and_takes_one(tiny_model: Path, tiny_s
 
 
 # ------------------------------------------------------------------ the bundled model's files
-
-BUNDLED = Path(__file__).resolve().parent.parent / "models" / DEFAULT_MODEL
 
 
 def test_the_bundled_int8_file_is_fresh_portable_and_gated():
