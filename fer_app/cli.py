@@ -211,8 +211,7 @@ def _train_config(args: argparse.Namespace):
                        threads=args.threads, clip_source=args.clip, soft_targets=args.soft_targets,
                        teachers=tuple(args.teacher or ()), kd_weight=args.kd_weight,
                        kd_temperature=args.kd_temperature, kd_online=args.kd_online, mixup=args.mixup,
-                       cutmix=args.cutmix,
-                       haar_views=args.haar_views)
+                       cutmix=args.cutmix, haar_views=args.haar_views, swa_epochs=args.swa_epochs)
 
 
 def _load_streamed(args: argparse.Namespace, verbose: bool = True):
@@ -729,6 +728,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show this share of the train faces as the app frames them: pasted into real scenes from "
                    "../shared/media, found by the Haar cascade, cut from its box (made once per run, cached in "
                    "--workdir; 0: off, 0.5 typical)")
+    p.add_argument("--swa-epochs", type=int, default=0, metavar="N",
+                   help="stochastic weight averaging: the mean of the weights at the end of each of the last N "
+                   "epochs becomes one more candidate, kept when it beats the best epoch on val (0: off; with "
+                   "--schedule constant, N about half the epochs)")
     p.add_argument("--no-augment", action="store_true", help="turn off flips/affine/jitter/erasing")
     p.add_argument("--no-tta", action="store_true", help="don't average with the mirror image at prediction")
     p.add_argument("--patience", type=int, default=0, help="early stopping after N epochs without val gain (0: off)")

@@ -46,6 +46,7 @@ def render_card(name: str, cfg: dict, command: str) -> str:
             f"- epochs run: {training.get('epochs_run')} (best val epoch {training.get('best_epoch')}); "
             f"time {hours:.2f} h on {training.get('device')}; {platform.processor() or platform.machine()}, "
             f"torch {torch.__version__}",
+            *([swa_line(training["swa"])] if training.get("swa") else []),
             f"- settings: `{training.get('config')}`",
             "",
         ]
@@ -72,6 +73,14 @@ def encoder_line(enc: dict) -> str:
         return f"- encoder: `ensemble` of {len(enc.get('members', []))} compact nets ({shapes})"
     settings = ", ".join(f"{k}={v}" for k, v in enc.items() if k != "type")
     return f"- encoder: `{enc.get('type')}` ({settings})" if enc else "- encoder: ?"
+
+
+def swa_line(swa: dict) -> str:
+    """The card's line on a run's weight mean (`--swa-epochs`): its val figures and whether it was kept."""
+    kept = "kept: it beat every epoch" if swa.get("chosen") else "not kept: an epoch scored higher"
+    n = swa.get("epochs_averaged", 0)
+    return (f"- weight mean of the last {n} epoch{'' if n == 1 else 's'} (SWA): val accuracy "
+            f"{swa.get('val_accuracy', 0):.2%}, macro-F1 {swa.get('val_macro_f1', 0):.3f}; {kept}")
 
 
 def members_section(entry: dict) -> str:

@@ -34,6 +34,7 @@ class RunRecord:
     val_accuracy: float | None
     val_macro_f1: float | None
     command: str | None = None
+    swa_epochs: int = 0        # > 0: the val figures are of the weight mean of this many last epochs (`--swa-epochs`)
 
     @classmethod
     def from_dict(cls, d: dict) -> RunRecord:
@@ -68,13 +69,16 @@ def record(training: dict, model: str | None) -> RunRecord:
     history = training.get("history", [])
     best = int(training.get("best_epoch", 0))
     row = next((h for h in history if h.get("epoch") == best), None)
+    swa = training.get("swa") or {}
+    if swa.get("chosen"):  # the weight mean beat every epoch on val and is what the run saved
+        row = {"val_accuracy": swa["val_accuracy"], "val_macro_f1": swa["val_macro_f1"]}
     return RunRecord(
         model=model, recipe=recipe(training.get("config", {})),
         epochs=int(training.get("epochs_run", training.get("epoch", len(history)))), best_epoch=best,
         hours=round(float(training.get("seconds", 0.0)) / 3600, 2), device=str(training.get("device", "?")),
         val_accuracy=None if row is None else round(float(row["val_accuracy"]), 4),
         val_macro_f1=None if row is None else round(float(row["val_macro_f1"]), 4),
-        command=training.get("command"))
+        command=training.get("command"), swa_epochs=int(swa["epochs_averaged"]) if swa.get("chosen") else 0)
 
 
 def runs_of(config: dict) -> list[RunRecord]:
@@ -132,14 +136,16 @@ def runs_section(rows: list[RunRecord]) -> str:
     """The model card's table of runs (Markdown, starting with its `## ` heading)."""
     lines = [RUNS_TITLE,
              "Every run behind this model, shipped or not. Val figures are each run's best epoch, as trained "
-             "(the face and its mirror image); `recipe` lists the settings that differ from the engine's "
+             "(the face and its mirror image), or the weight mean of its last epochs where that scored higher "
+             "(`swa_epochs`, shown as \"mean of N\"); `recipe` lists the settings that differ from the engine's "
              "defaults.", "",
              "| # | model | recipe | epochs (best) | hours | device | val accuracy | val macro-F1 |",
              "|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(rows, 1):
         acc = "–" if r.val_accuracy is None else f"{r.val_accuracy:.2%}"
         f1 = "–" if r.val_macro_f1 is None else f"{r.val_macro_f1:.3f}"
-        lines.append(f"| {i} | {r.model or '(not shipped)'} | {r.recipe} | {r.epochs} ({r.best_epoch}) | "
+        best = f"mean of {r.swa_epochs}" if r.swa_epochs else r.best_epoch
+        lines.append(f"| {i} | {r.model or '(not shipped)'} | {r.recipe} | {r.epochs} ({best}) | "
                      f"{r.hours:.2f} | {r.device} | {acc} | {f1} |")
     return "\n".join(lines) + "\n"
 

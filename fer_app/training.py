@@ -88,6 +88,9 @@ class TrainConfig:
     # the share of train faces shown as the app frames them: pasted into real scenes, found by the Haar
     # cascade and cut from its box (`fer_app.robustness.haar_views`, made once per run); 0 = off
     haar_views: float = 0.0
+    # stochastic weight averaging (Izmailov et al., 2018): the mean of the weights (and BatchNorm statistics)
+    # at the end of each of the last N epochs, scored on val as one more candidate beside the best epoch; 0 = off
+    swa_epochs: int = 0
 
     def __post_init__(self) -> None:
         self.widths, self.convs_per_stage = tuple(self.widths), tuple(self.convs_per_stage)
@@ -106,6 +109,8 @@ class TrainConfig:
             raise ValueError("kd_weight must be in [0, 1], kd_temperature > 0, mixup and cutmix >= 0")
         if not 0.0 <= self.haar_views <= 1.0:
             raise ValueError(f"haar_views must be in [0, 1] (got {self.haar_views})")
+        if not 0 <= self.swa_epochs <= self.epochs:
+            raise ValueError(f"swa_epochs must be in [0, epochs] (got {self.swa_epochs})")
         if self.kd_online and (not self.teachers or self.mode != "full"):
             raise ValueError("kd_online needs teachers and a full run (mode full): the teachers see the faces")
 
@@ -371,10 +376,12 @@ def _replace_atomically(path: Path, tensors: dict[str, torch.Tensor], metadata: 
 
 
 def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, state: dict,
-                     scaler: torch.amp.GradScaler | None = None) -> None:
-    """One file, replaced in one rename: model and optimizer tensors, and the JSON state (epoch, history,
-    optimizer scalars, the digest of the tensors) in its header. A kill leaves the old file or the new one."""
+                     scaler: torch.amp.GradScaler | None = None, swa: dict[str, torch.Tensor] | None = None) -> None:
+    """One file, replaced in one rename: model and optimizer tensors, the running weight mean (`swa`, when
+    averaging), and the JSON state (epoch, history, optimizer scalars, the digest of the tensors) in its header.
+    A kill leaves the old file or the new one."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors.update({f"swa.{k}": v.contiguous() for k, v in (swa or {}).items()})
     opt_state = opt.state_dict()
     scalars = {}
     for idx, st in opt_state["state"].items():
@@ -406,7 +413,8 @@ def read_checkpoint_meta(path: Path) -> dict:
 
 
 def _load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer,
-                     scaler: torch.amp.GradScaler | None = None) -> dict:
+                     scaler: torch.amp.GradScaler | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Restore model, optimizer and scaler from `path`; return its JSON state and the running weight mean."""
     meta = read_checkpoint_meta(path)
     try:
         tensors = load_file(str(path))
@@ -427,7 +435,7 @@ def _load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer,
     opt.load_state_dict({"state": state, "param_groups": meta["opt_param_groups"]})
     if scaler is not None and meta.get("scaler"):
         scaler.load_state_dict(meta["scaler"])
-    return meta
+    return meta, {k[4:]: v for k, v in tensors.items() if k.startswith("swa.")}
 
 
 # ---------------------------------------------------------------- the loop
@@ -642,6 +650,19 @@ def _haar_views(train_set: FaceSet, workdir: Path, ctx: distributed.Context, cal
     return views
 
 
+def _accumulate_mean(mean: dict[str, torch.Tensor], state: dict[str, torch.Tensor], count: int) -> int:
+    """Fold `state` into `mean`, the running mean of `count` earlier states (in place; integer tensors such as
+    BatchNorm's batch counter take the latest value); return the new count."""
+    count += 1
+    for k, v in state.items():
+        v = v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+        if k in mean and v.is_floating_point():
+            mean[k] += (v - mean[k]) / count
+        else:
+            mean[k] = v.clone()
+    return count
+
+
 def _best_file(workdir: Path, epoch: int) -> Path:
     return workdir / f"best-{epoch:04d}.safetensors"
 
@@ -783,9 +804,12 @@ def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, 
     ckpt = workdir / "checkpoint.safetensors"
     start_epoch, best_acc, best_epoch, stale, resumes = 1, -1.0, 0, 0, []
     best_state: dict[str, torch.Tensor] | None = None
+    swa: dict[str, torch.Tensor] = {}  # the running mean of `net`'s tensors over the averaged epochs
+    swa_count = 0
     config_json = json.loads(json.dumps(asdict(cfg)))
     if resume and ckpt.is_file():
-        meta = _load_checkpoint(ckpt, net, opt, scaler)
+        meta, swa = _load_checkpoint(ckpt, net, opt, scaler)
+        swa_count = meta.get("swa_count", 0)
         # a checkpoint from before a setting existed ran with its default
         if {**json.loads(json.dumps(asdict(TrainConfig()))), **meta.get("config", {})} != config_json:
             raise TrainingError(f"{ckpt}: the checkpoint was made with other settings; start a new run "
@@ -870,6 +894,8 @@ def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, 
                 _replace_atomically(_best_file(workdir, epoch), best_state)
         else:
             stale += 1
+        if not stopped and epoch > cfg.epochs - cfg.swa_epochs:
+            swa_count = _accumulate_mean(swa, net.state_dict(), swa_count)
         stats = EpochStats(epoch, cfg.epochs, loss_sum / max(1, seen), correct / max(1, seen), val_loss,
                            rep["accuracy"], rep["macro_f1"], progress.lr, time.perf_counter() - t0, improved)
         history.append(stats)
@@ -879,7 +905,7 @@ def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, 
                 "stale": stale, "history": [asdict(h) for h in history], "world_size": ctx.world_size,
                 "resumes": resumes, "best_file": _best_file(workdir, best_epoch).name,
                 "best_sha256": tensors_digest(best_state), "seconds": time.perf_counter() - started,
-                "device": device_name(device)}, scaler)
+                "device": device_name(device), "swa_count": swa_count}, scaler, swa)
             for old in workdir.glob("best-*.safetensors"):  # only the committed best is kept
                 if old.name != _best_file(workdir, best_epoch).name:
                     old.unlink(missing_ok=True)
@@ -890,6 +916,17 @@ def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, 
 
     if best_state is None:
         raise TrainingError("no epoch finished; nothing to save (the previous model is intact)")
+    swa_meta = {}
+    if swa_count:  # the weight mean is one more candidate, chosen on val as the epochs are
+        net.load_state_dict(swa)
+        net.eval()
+        _, swa_rep = _evaluate(eval_forward, val_data.eval_batches(eval_batch), ctx, cfg.tta_flip and not head_only,
+                               prepare)
+        chosen = swa_rep["accuracy"] > best_acc
+        swa_meta = {"swa": {"epochs_averaged": swa_count, "val_accuracy": swa_rep["accuracy"],
+                            "val_macro_f1": swa_rep["macro_f1"], "chosen": chosen}}
+        if chosen:
+            best_state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
     model.load_state_dict(best_state)
     model.to(memory_format=torch.contiguous_format)
     model.eval()  # the final report is in fp32, as the model will run
@@ -908,7 +945,7 @@ def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, 
                      "epochs_run": len(history), "best_epoch": best_epoch, "seconds": round(seconds, 1),
                      "device": device_name(device), "precision": PRECISION_NAMES[amp],
                      "processes": ctx.world_size, **({"resumed_after_epochs": resumes} if resumes else {}),
-                     "history": [asdict(h) for h in history], "command": None, **(extra_meta or {})},
+                     "history": [asdict(h) for h in history], **swa_meta, "command": None, **(extra_meta or {})},
         "metrics": {"val": report},
     })
     own = runs.record(model.meta["training"], name)  # the table of runs: the parents' and teachers' runs, then this

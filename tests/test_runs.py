@@ -35,6 +35,11 @@ def test_record_takes_the_best_epochs_val_figures():
     checkpoint_state = {k: v for k, v in training.items() if k != "epochs_run"} | {"epoch": 3}
     assert record(checkpoint_state, None).epochs == 3  # a checkpoint says "epoch"
     assert record({"history": [], "best_epoch": 0}, None).val_accuracy is None
+    swa = {"epochs_averaged": 2, "val_accuracy": 0.63, "val_macro_f1": 0.57}
+    kept = record(training | {"swa": swa | {"chosen": True}}, "m")
+    assert (kept.val_accuracy, kept.val_macro_f1, kept.swa_epochs) == (0.63, 0.57, 2)
+    assert "| 3 (mean of 2) |" in runs_section([kept])
+    assert record(training | {"swa": swa | {"chosen": False}}, "m").val_accuracy == 0.6123
 
 
 def test_merged_keeps_order_and_drops_repeats():

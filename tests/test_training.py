@@ -341,15 +341,69 @@ def test_haar_views_are_drawn_per_face_and_a_run_resumes_exactly(models_dir, tin
         train(TrainConfig(mode="head", haar_views=0.5), tiny_splits, workdir=tmp_path / "head")
 
 
-def test_cli_train_with_haar_views(models_dir, tmp_path, capsys, fake_haar_views):
+def test_cli_train_with_haar_views_and_swa(models_dir, tmp_path, capsys, fake_haar_views):
     from conftest import make_faces
     from fer_app.cli import main
     from test_cli import write_fer2013_csv
 
     data = write_fer2013_csv(tmp_path / "fer2013.csv", {"train": make_faces(6, 1), "val": make_faces(2, 2)})
     code = main(["train", str(data), "--name", "framed", "--widths", "8", "16", "--convs", "1", "1", "--epochs", "1",
-                 "--batch-size", "16", "--threads", "1", "--haar-views", "0.5", "--workdir", str(tmp_path / "w")])
+                 "--batch-size", "16", "--threads", "1", "--haar-views", "0.5", "--swa-epochs", "1",
+                 "--workdir", str(tmp_path / "w")])
     assert code == 0 and len(fake_haar_views) == 1
     assert "haar-views 42/42" in capsys.readouterr().err  # a log file sees the phase before the epochs
-    assert load_model("framed").meta["training"]["config"]["haar_views"] == 0.5
-    assert "--haar-views 0.5" in (models_dir / "framed" / "README.md").read_text()  # the recipe reproduces it
+    training = load_model("framed").meta["training"]
+    assert training["config"]["haar_views"] == 0.5 and training["config"]["swa_epochs"] == 1
+    assert training["swa"]["epochs_averaged"] == 1
+    card = (models_dir / "framed" / "README.md").read_text()
+    assert "--haar-views 0.5" in card and "--swa-epochs 1" in card  # the recipe reproduces it
+    assert "weight mean of the last 1 epoch (SWA)" in card
+
+
+# ---------------------------------------------------------------- stochastic weight averaging
+
+
+def test_running_mean_of_states():
+    from fer_app.training import _accumulate_mean
+
+    mean: dict[str, torch.Tensor] = {}
+    count = 0
+    for i in range(3):
+        count = _accumulate_mean(mean, {"w": torch.full((2, 2), float(i)), "n": torch.tensor(i)}, count)
+    assert count == 3 and torch.equal(mean["w"], torch.full((2, 2), 1.0))
+    assert int(mean["n"]) == 2  # integer counters (BatchNorm's batches seen) take the latest value
+
+
+def test_swa_mean_of_the_last_epochs_survives_a_resume_and_is_chosen_on_val(tiny_splits, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from fer_app import training
+
+    folded: list[dict[str, torch.Tensor]] = []
+    accumulate = training._accumulate_mean
+
+    def recording(mean, state, count):
+        folded.append({k: v.detach().float().clone() for k, v in state.items()})
+        return accumulate(mean, state, count)
+
+    monkeypatch.setattr(training, "_accumulate_mean", recording)
+    cfg = TrainConfig(**{**TINY_COMPACT, "schedule": "constant", "lr": 0.02, "swa_epochs": 2})
+    resumed = interrupted_and_resumed(cfg, tiny_splits, tmp_path)
+    # folded: epochs 2 and 3 of the resumed run, then of the fresh one (epoch 1 is outside the window)
+    assert len(folded) == 4
+    saved = load_file(str(tmp_path / "run" / "checkpoint.safetensors"))
+    w = next(k for k, v in folded[0].items() if v.dim() == 4)  # the first conv's weights
+    assert torch.allclose(saved[f"swa.{w}"], (folded[0][w] + folded[1][w]) / 2, atol=1e-6)
+    assert torch.allclose(folded[0][w], folded[2][w], atol=1e-5)  # the resumed run retraced the fresh one
+    swa = resumed.model.meta["training"]["swa"]
+    assert swa["epochs_averaged"] == 2
+    best_epoch = max(h.val_accuracy for h in resumed.history)
+    assert swa["chosen"] == (swa["val_accuracy"] > best_epoch)
+    assert resumed.report["accuracy"] == pytest.approx(max(best_epoch, swa["val_accuracy"]))
+    if swa["chosen"]:
+        assert torch.allclose(resumed.model.state_dict()[w], saved[f"swa.{w}"], atol=1e-6)
+
+
+def test_swa_window_checked():
+    with pytest.raises(ValueError, match="swa_epochs"):
+        TrainConfig(epochs=3, swa_epochs=4)
