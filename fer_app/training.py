@@ -25,7 +25,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -663,6 +663,34 @@ def _accumulate_mean(mean: dict[str, torch.Tensor], state: dict[str, torch.Tenso
     return count
 
 
+def refresh_batchnorm(net: nn.Module, batches: Iterable[torch.Tensor],
+                      prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+    """Replace `net`'s BatchNorm running statistics by their mean over `batches` (each image and its mirror
+    image, no augmentation; in fp32): the statistics of averaged weights, which no one batch ever saw
+    (SWA's `update_bn`). `prepare` turns each batch into the network's input. Nets without BatchNorm are
+    left as they are."""
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative mean over the batches
+    was_training = net.training
+    net.train()
+    with torch.no_grad():
+        for xb in batches:
+            if prepare is not None:
+                xb = prepare(xb)
+            if xb.dim() == 4:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+                net(xb.flip(-1))
+            net(xb)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    net.train(was_training)
+
+
 def _best_file(workdir: Path, epoch: int) -> Path:
     return workdir / f"best-{epoch:04d}.safetensors"
 
@@ -917,8 +945,14 @@ def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, 
     if best_state is None:
         raise TrainingError("no epoch finished; nothing to save (the previous model is intact)")
     swa_meta = {}
-    if swa_count:  # the weight mean is one more candidate, chosen on val as the epochs are
+    if swa_count:  # the weight mean, its BatchNorm statistics measured anew, is one more candidate
         net.load_state_dict(swa)
+        refresh_batchnorm(net, (xb for xb, *_ in train_data.eval_batches(eval_batch)), prepare)
+        if ctx.distributed:  # each rank measured its share of train: all take the ranks' mean
+            for m in net.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    for stat in (m.running_mean, m.running_var):
+                        stat.copy_(distributed.sum_across(ctx, stat.double()).to(stat) / ctx.world_size)
         net.eval()
         _, swa_rep = _evaluate(eval_forward, val_data.eval_batches(eval_batch), ctx, cfg.tta_flip and not head_only,
                                prepare)

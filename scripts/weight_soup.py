@@ -23,21 +23,14 @@ from fer_app.data import FaceSet, load_npz, twins_in
 from fer_app.ensemble import average
 from fer_app.evaluate import evaluate
 from fer_app.model import Classifier, load_model
+from fer_app.training import refresh_batchnorm
 
 
 def recompute_batchnorm(model: Classifier, train: FaceSet, batch: int = 512) -> None:
-    """Replace the encoder's BatchNorm running statistics by their cumulative mean over `train`."""
-    enc = model.encoder
-    for mod in enc.modules():
-        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
-            mod.reset_running_stats()
-            mod.momentum = None
-    enc.train()
-    with torch.no_grad():
-        for i in range(0, len(train), batch):
-            x = enc.normalize(torch.from_numpy(train.images[i:i + batch]))
-            enc(x)
-            enc(x.flip(-1))
+    """Replace the encoder's BatchNorm running statistics by their mean over `train` (the engine's
+    `refresh_batchnorm`, as `--swa-epochs` does it)."""
+    refresh_batchnorm(model.encoder, (torch.from_numpy(train.images[i:i + batch]) for i in range(0, len(train), batch)),
+                      model.encoder.normalize)
     model.eval()
 
 

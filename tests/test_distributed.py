@@ -22,9 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 #: 8 epochs of the tiny compact net, fp32 (bf16 rounding would add noise to the comparison).
 SETTINGS = dict(widths=(8, 16), convs_per_stage=(1, 1), epochs=8, batch_size=16, lr=0.05, seed=0, augment=False,
-                label_smoothing=0.0, balance="none", precision="fp32", threads=1)
+                label_smoothing=0.0, balance="none", precision="fp32", threads=1, swa_epochs=3)
 ARGS = ["--widths", "8", "16", "--convs", "1", "1", "--epochs", "8", "--batch-size", "16", "--lr", "0.05",
-        "--no-augment", "--label-smoothing", "0", "--balance", "none", "--precision", "fp32", "--threads", "1"]
+        "--no-augment", "--label-smoothing", "0", "--balance", "none", "--precision", "fp32", "--threads", "1",
+        "--swa-epochs", "3"]
 #: Final val accuracy of 2 processes vs 1 with the same global batch: within 0.1 (6 of 56 val faces).
 #: The batches are the same (see test_ranks_share_the_global_batch); what differs is BatchNorm, whose
 #: batch statistics each rank takes over its 8 faces instead of 16, and the order of float sums.
@@ -104,6 +105,10 @@ def test_two_processes_match_one_with_the_same_global_batch(data, two_processes,
     assert config["training"]["processes"] == 2 and one.model.meta["training"]["processes"] == 1
     acc2, acc1 = config["metrics"]["val"]["accuracy"], one.report["accuracy"]
     assert acc1 > 0.8 and abs(acc2 - acc1) <= TOLERANCE, (acc1, acc2)
+    # the weight mean of the last 3 epochs, its BatchNorm statistics measured by both ranks, scored on val
+    assert config["training"]["swa"]["epochs_averaged"] == one.model.meta["training"]["swa"]["epochs_averaged"] == 3
+    assert abs(config["training"]["swa"]["val_accuracy"] - one.model.meta["training"]["swa"]["val_accuracy"]) \
+        <= TOLERANCE
     # the same format as one process's model: the same tensors, the same config keys
     config1, shapes1 = saved(models_dir.parent, "one")
     assert shapes == shapes1

@@ -404,6 +404,28 @@ def test_swa_mean_of_the_last_epochs_survives_a_resume_and_is_chosen_on_val(tiny
         assert torch.allclose(resumed.model.state_dict()[w], saved[f"swa.{w}"], atol=1e-6)
 
 
+def test_batchnorm_statistics_measured_anew_over_the_batches():
+    from torch import nn
+
+    from fer_app.training import refresh_batchnorm
+
+    net = nn.Sequential(nn.Conv2d(1, 1, 1, bias=False), nn.BatchNorm2d(1))
+    nn.init.constant_(net[0].weight, 2.0)
+    net.eval()
+    batches = [torch.full((4, 1, 3, 3), 1.0), torch.full((4, 1, 3, 3), 3.0)]
+    batches[1][:, :, 0, 0] = 5.0  # a batch whose variance is not zero
+    refresh_batchnorm(net, batches, prepare=lambda x: x - 1.0)
+    seen = torch.cat([b - 1.0 for b in batches]) * 2.0  # through the prepare step and the conv
+    assert net[1].running_mean.item() == pytest.approx(seen.mean().item())
+    per_batch_var = [((b - 1.0) * 2.0).var().item() for b in batches]  # unbiased, as BatchNorm keeps it
+    assert net[1].running_var.item() == pytest.approx(sum(per_batch_var) / 2)
+    assert net[1].momentum == 0.1 and not net.training  # restored
+    head = nn.Linear(2, 2)
+    before = {k: v.clone() for k, v in head.state_dict().items()}
+    refresh_batchnorm(head, [torch.ones(3, 2)])  # nothing to measure
+    assert all(torch.equal(v, before[k]) for k, v in head.state_dict().items())
+
+
 def test_swa_window_checked():
     with pytest.raises(ValueError, match="swa_epochs"):
         TrainConfig(epochs=3, swa_epochs=4)
