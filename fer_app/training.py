@@ -88,8 +88,9 @@ class TrainConfig:
     # the share of train faces shown as the app frames them: pasted into real scenes, found by the Haar
     # cascade and cut from its box (`fer_app.robustness.haar_views`, made once per run); 0 = off
     haar_views: float = 0.0
-    # stochastic weight averaging (Izmailov et al., 2018): the mean of the weights (and BatchNorm statistics)
-    # at the end of each of the last N epochs, scored on val as one more candidate beside the best epoch; 0 = off
+    # stochastic weight averaging (Izmailov et al., 2018): the mean of the weights at the end of each of the last
+    # N epochs, its BatchNorm statistics measured anew, scored on val as one more candidate beside the best
+    # epoch; 0 = off
     swa_epochs: int = 0
 
     def __post_init__(self) -> None:
