@@ -782,6 +782,7 @@ def write_reference(target: Path, encoder: Encoder, crops: Sequence[np.ndarray] 
     digest = tensors_digest(encoder)
     save_file({"crops": torch.from_numpy(grey), "embeddings": embeddings.contiguous()}, str(tmp),
               metadata={"weights_sha256": digest, "source": REFERENCE_SOURCE})
+    os.chmod(tmp, target.parent.stat().st_mode & 0o666)  # the folder's, as its other files (safetensors writes 0600)
     os.replace(tmp, target)
     source = f"{len(grey)} reference crops ({REFERENCE_SOURCE})"
     return Reference(CheckCrops([np.ascontiguousarray(c) for c in grey], source), embeddings, digest, target)

@@ -61,6 +61,8 @@ def test_quantized_model_is_used_under_auto_and_agrees(tiny_model: Path, tiny_sp
                                   "per_class": "equal"}
     assert report.weight_range == list(weight_range(tiny_model / QUANTIZED_FILE))
     reference = runtimes.read_reference(tiny_model)  # the gate checked on the batch it ships
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tiny_model.iterdir()}
+    assert modes[runtimes.REFERENCE_FILE] == modes[QUANTIZED_FILE] == modes["config.json"]  # not safetensors' 0600
     assert report.reference_check["passed"] and report.reference_check["n"] == len(reference.crops.crops)
     assert report.reference_check["crops"].startswith(f"{len(reference.crops.crops)} reference crops")
     assert report.val["source"] == tiny_splits["val"].source and report.val["n"] == len(tiny_splits["val"])
