@@ -692,6 +692,16 @@ def refresh_batchnorm(net: nn.Module, batches: Iterable[torch.Tensor],
     net.train(was_training)
 
 
+def _batchnorm_mean_across_ranks(net: nn.Module, ctx: distributed.Context) -> None:
+    """Under torchrun each rank measured its share of train (`refresh_batchnorm`): all take the ranks' mean."""
+    if not ctx.distributed:
+        return
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            for stat in (m.running_mean, m.running_var):
+                stat.copy_(distributed.sum_across(ctx, stat.double()).to(stat) / ctx.world_size)
+
+
 def _best_file(workdir: Path, epoch: int) -> Path:
     return workdir / f"best-{epoch:04d}.safetensors"
 
@@ -949,11 +959,7 @@ def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, 
     if swa_count:  # the weight mean, its BatchNorm statistics measured anew, is one more candidate
         net.load_state_dict(swa)
         refresh_batchnorm(net, (xb for xb, *_ in train_data.eval_batches(eval_batch)), prepare)
-        if ctx.distributed:  # each rank measured its share of train: all take the ranks' mean
-            for m in net.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    for stat in (m.running_mean, m.running_var):
-                        stat.copy_(distributed.sum_across(ctx, stat.double()).to(stat) / ctx.world_size)
+        _batchnorm_mean_across_ranks(net, ctx)
         net.eval()
         _, swa_rep = _evaluate(eval_forward, val_data.eval_batches(eval_batch), ctx, cfg.tta_flip and not head_only,
                                prepare)

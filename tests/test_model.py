@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import BUNDLED
 from fer_app.config import CLASSES
 from fer_app.encoders.compact import CompactEncoder
 from fer_app.heads import Head
@@ -148,11 +149,9 @@ def test_fine_tuned_clip_saves_and_loads_its_encoder(models_dir, tiny_clip_dir):
 # ------------------------------------------------------- the shipped model (models/<DEFAULT_MODEL>)
 
 def _shipped():
-    from conftest import BUNDLED as folder
-
-    if not (folder / "model.safetensors").is_file():
-        pytest.skip(f"{folder} is not here")
-    return load_model(folder, runtime="torch")
+    if not (BUNDLED / "model.safetensors").is_file():
+        pytest.skip(f"{BUNDLED} is not here")
+    return load_model(BUNDLED, runtime="torch")
 
 
 def test_shipped_model_sees_the_astronaut_smile():

@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_faces
-from conftest import BUNDLED
+from conftest import BUNDLED, make_faces
 from fer_app.cli import main
 from fer_app.evaluate import evaluate
 from fer_app.model import ModelError, load_model, save_model
