@@ -769,8 +769,8 @@ def write_reference(target: Path, encoder: Encoder, crops: Sequence[np.ndarray] 
     encoder's input size (default `reference_crops`) and torch fp32's embeddings of them, with the
     weights' digest; atomically."""
     import cv2
-    from safetensors.torch import save_file
 
+    from fer_app.files import save_tensors_atomically
     from fer_app.imageio import to_grey
 
     side = int(encoder.config().get("input_size", REFERENCE_SIDE))
@@ -778,12 +778,10 @@ def write_reference(target: Path, encoder: Encoder, crops: Sequence[np.ndarray] 
                      for c in (crops if crops is not None else reference_crops())])
     embeddings = embed(encoder.eval(), list(grey))
     target = Path(target)
-    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
     digest = tensors_digest(encoder)
-    save_file({"crops": torch.from_numpy(grey), "embeddings": embeddings.contiguous()}, str(tmp),
-              metadata={"weights_sha256": digest, "source": REFERENCE_SOURCE})
-    os.chmod(tmp, target.parent.stat().st_mode & 0o666)  # the folder's, as its other files (safetensors writes 0600)
-    os.replace(tmp, target)
+    save_tensors_atomically(target, {"crops": torch.from_numpy(grey), "embeddings": embeddings.contiguous()},
+                            metadata={"weights_sha256": digest, "source": REFERENCE_SOURCE},
+                            mode=target.parent.stat().st_mode & 0o666)  # the folder's, as its other files
     source = f"{len(grey)} reference crops ({REFERENCE_SOURCE})"
     return Reference(CheckCrops([np.ascontiguousarray(c) for c in grey], source), embeddings, digest, target)
 

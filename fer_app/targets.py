@@ -19,17 +19,17 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from fer_app.config import CLASSES
 from fer_app.data import FaceSet
+from fer_app.files import save_tensors_atomically
 
 SOFT_TARGETS = ("none", "ferplus")
 
@@ -92,9 +92,7 @@ def teacher_targets(teachers: Sequence[str], faces: FaceSet, cache_dir: Path, *,
         total += predict_faces(load(name), faces, batch_size, each)
     probs = torch.from_numpy((total / len(teachers)).astype(np.float32))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    save_file({"probs": probs.contiguous()}, str(tmp))
-    os.replace(tmp, path)
+    save_tensors_atomically(path, {"probs": probs.contiguous()})
     return probs
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from fer_app import distributed, runs, targets
@@ -40,6 +40,7 @@ from fer_app.augment import AugmentConfig, augment
 from fer_app.config import APP_HOME, CLASSES, MODELS_DIR
 from fer_app.data import DataError, FaceSet, Splits
 from fer_app.encoders.compact import CompactEncoder
+from fer_app.files import save_tensors_atomically
 from fer_app.heads import Head
 from fer_app.metrics import classification_report, confusion_png
 from fer_app.model import Classifier, ModelError, build_encoder, load_model, save_model
@@ -344,9 +345,7 @@ def cached_embeddings(model: Classifier, faces: FaceSet, device: torch.device, c
             path.unlink(missing_ok=True)
     emb = compute_embeddings(model, faces, device, report=report)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"embeddings": emb.contiguous()}, str(tmp))
-    os.replace(tmp, path)
+    save_tensors_atomically(path, {"embeddings": emb.contiguous()})
     return emb
 
 
@@ -369,13 +368,6 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def _replace_atomically(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Write a safetensors file next to `path` (a name of this process's own), then rename it over `path`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-
-
 def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, state: dict,
                      scaler: torch.amp.GradScaler | None = None, swa: dict[str, torch.Tensor] | None = None) -> None:
     """One file, replaced in one rename: model and optimizer tensors, the running weight mean (`swa`, when
@@ -394,7 +386,7 @@ def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, s
     meta = {**state, "opt_scalars": scalars, "opt_param_groups": opt_state["param_groups"],
             "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
             "tensors_sha256": tensors_digest(tensors)}
-    _replace_atomically(path, tensors, {CHECKPOINT_META_KEY: json.dumps(meta)})
+    save_tensors_atomically(path, tensors, metadata={CHECKPOINT_META_KEY: json.dumps(meta)})
 
 
 def read_checkpoint_meta(path: Path) -> dict:
@@ -645,7 +637,7 @@ def _haar_views(train_set: FaceSet, workdir: Path, ctx: distributed.Context, cal
                                               progress=_phase_report("haar-views", callback, started))
         views = torch.from_numpy(images)
         if ctx.is_main:
-            _replace_atomically(path, {"views": views.contiguous(), "found": torch.from_numpy(found)})
+            save_tensors_atomically(path, {"views": views.contiguous(), "found": torch.from_numpy(found)})
     if ctx.is_main:
         distributed.barrier(ctx)
     return views
@@ -930,7 +922,7 @@ def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, 
             best_acc, best_epoch, stale = rep["accuracy"], epoch, 0
             best_state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
             if ctx.is_main:
-                _replace_atomically(_best_file(workdir, epoch), best_state)
+                save_tensors_atomically(_best_file(workdir, epoch), best_state)
         else:
             stale += 1
         if not stopped and epoch > cfg.epochs - cfg.swa_epochs:

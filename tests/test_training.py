@@ -214,9 +214,10 @@ def test_kill_while_writing_a_checkpoint_resumes_from_the_last_whole_one(models_
     """The checkpoint is one file (tensors, and the JSON state with the tensors' digest in its header),
     renamed into place: a kill while epoch 2's is written leaves epoch 1's whole, never epoch 2's
     weights with epoch 1's state, and the resumed run ends as an uninterrupted one."""
+    import fer_app.files as files
     import fer_app.training as training
 
-    real, calls = training.save_file, []
+    real, calls = files.save_file, []
 
     def dying_save(tensors, filename, metadata=None):
         calls.append(filename)
@@ -227,10 +228,10 @@ def test_kill_while_writing_a_checkpoint_resumes_from_the_last_whole_one(models_
             raise Killed
 
     cfg = TrainConfig(**TINY_COMPACT)
-    monkeypatch.setattr(training, "save_file", dying_save)
+    monkeypatch.setattr(files, "save_file", dying_save)
     with pytest.raises(Killed):
         train(cfg, tiny_splits, workdir=tmp_path / "run")
-    monkeypatch.setattr(training, "save_file", real)
+    monkeypatch.setattr(files, "save_file", real)
     ckpt = tmp_path / "run" / "checkpoint.safetensors"
     assert read_checkpoint_meta(ckpt)["epoch"] == 1
     resumed = train(cfg, tiny_splits, workdir=tmp_path / "run", resume=True)
