@@ -13,6 +13,7 @@ and `--teacher` work on it as on any model.
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -50,6 +51,40 @@ def combine(models: Sequence[Classifier], *, name: str = "") -> Classifier:
         head.net[-1].bias.copy_(torch.stack([m.head.net[-1].bias for m in models]).mean(0))
     return Classifier(encoder, head, name=name, classes=models[0].classes, tta_flip=models[0].tta_flip,
                       tta_zooms=models[0].tta_zooms).eval()
+
+
+def member(ensemble: Classifier, index: int, others: Sequence[Classifier], *, name: str = "") -> Classifier:
+    """Member `index` (from 0) of a logit-mean ensemble (`combine`) as a model of its own, exactly: its encoder
+    and its block of the head come out as they went in, but the ensemble keeps only the mean of the members'
+    head biases, so `others`, the rest of the members in order, give theirs: the missing bias is N times the mean
+    less the others'. Each of `others` is checked against its place in the ensemble (encoder tensors and head
+    block): a wrong or changed model is refused by name. Its TTA views are the ensemble's, for `fer_app.tta`."""
+    encoder = ensemble.encoder
+    if not isinstance(encoder, EnsembleEncoder) or ensemble.head.kind != "linear":
+        raise ModelError(f"{ensemble.name}: not a logit-mean ensemble (encoder {encoder.encoder_id}, "
+                         f"head {ensemble.head.kind})")
+    n = len(encoder.members)
+    if not 0 <= index < n:
+        raise ModelError(f"{ensemble.name} has {n} members; index {index} is not one of 0..{n - 1}")
+    if len(others) != n - 1:
+        raise ModelError(f"member {index} of {ensemble.name} needs the other {n - 1} members, got {len(others)}")
+    weight, bias = ensemble.head.net[-1].weight.detach(), ensemble.head.net[-1].bias.detach()
+    edges = [0, *itertools.accumulate(m.embed_dim for m in encoder.members)]
+    blocks = [weight[:, edges[i]:edges[i + 1]] * n for i in range(n)]
+    known = [i for i in range(n) if i != index]
+    for i, other in zip(known, others):
+        state, kept = other.encoder.state_dict(), encoder.members[i].state_dict()
+        same = state.keys() == kept.keys() and all(torch.equal(state[k], kept[k]) for k in kept) \
+            and other.head.kind == "linear" and other.head.net[-1].weight.shape == blocks[i].shape \
+            and torch.allclose(other.head.net[-1].weight, blocks[i], rtol=1e-5, atol=1e-6)
+        if not same:
+            raise ModelError(f"{other.name} is not member {i} of {ensemble.name} (its weights differ)")
+    head = Head(encoder.members[index].embed_dim, len(ensemble.classes), "linear")
+    with torch.no_grad():
+        head.net[-1].weight.copy_(blocks[index])
+        head.net[-1].bias.copy_(bias * n - sum(o.head.net[-1].bias.detach() for o in others))
+    return Classifier(copy.deepcopy(encoder.members[index]), head, name=name, classes=ensemble.classes,
+                      tta_flip=ensemble.tta_flip, tta_zooms=ensemble.tta_zooms).eval()
 
 
 def average(models: Sequence[Classifier], *, name: str = "") -> Classifier:

@@ -13,7 +13,7 @@ import torch
 
 from fer_app.config import CLASSES
 from fer_app.encoders.compact import CompactEncoder
-from fer_app.ensemble import average, combine, save_ensemble
+from fer_app.ensemble import average, combine, member, save_ensemble
 from fer_app.heads import Head
 from fer_app.model import Classifier, ModelError, load_model, save_model
 
@@ -230,3 +230,34 @@ def test_photos_default_to_the_stills_model_when_it_is_there(capsys, models_dir,
 
     assert main(["predict", str(PROJECT_ROOT / "assets" / "astronaut.png"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["model"] == "ens"
+
+
+def test_a_member_comes_back_out_of_an_ensemble_exactly():
+    members = [_member(0), _member(1, widths=(12, 24)), _member(2)]
+    with torch.no_grad():  # distinct biases: the ensemble keeps only their mean
+        for i, m in enumerate(members):
+            m.head.net[-1].bias.copy_(torch.arange(7.0) * (i + 1) - 2 * i)
+    ensemble = combine(members, name="ens")
+    pixels = members[0].encoder.preprocess(_crops())
+    for index in range(3):
+        others = [m for i, m in enumerate(members) if i != index]
+        back = member(ensemble, index, others, name="back")
+        with torch.inference_mode():
+            torch.testing.assert_close(back(pixels), members[index](pixels), atol=1e-5, rtol=1e-5)
+        assert back.encoder is not ensemble.encoder.members[index]  # a copy: the ensemble is left as it was
+        assert back.encoder.embed_dim == members[index].encoder.embed_dim and back.name == "back"
+
+
+def test_a_member_is_refused_with_wrong_others_or_index():
+    members = [_member(0), _member(1), _member(2)]
+    ensemble = combine(members, name="ens")
+    with pytest.raises(ModelError, match="m3 is not member 1 of ens"):
+        member(ensemble, 0, [_member(3), members[2]])
+    with pytest.raises(ModelError, match="m2 is not member 1 of ens"):
+        member(ensemble, 0, [members[2], members[1]])  # the right models in the wrong order
+    with pytest.raises(ModelError, match="needs the other 2 members, got 1"):
+        member(ensemble, 0, [members[1]])
+    with pytest.raises(ModelError, match="index 3 is not one of 0..2"):
+        member(ensemble, 3, members[:2])
+    with pytest.raises(ModelError, match="not a logit-mean ensemble"):
+        member(members[0], 0, [members[1]])
