@@ -12,6 +12,7 @@
 #   EPOCHS=120 SEEDS="1 2" WIDE=0 bash scripts/accuracy_runs.sh
 #   SEEDS= EPOCHS=60 TEACHERS_ONLY=1 bash scripts/accuracy_runs.sh   # only the wide teacher, then stop
 #   SEEDS= EPOCHS=60 TEACHERS_ONLY=1 WIDE_NAME=teacher-wide-s12 WIDE_SEED=12 bash scripts/accuracy_runs.sh  # another
+#   SEEDS= EPOCHS=60 WIDE_FT=1 TEACHERS_ONLY=1 bash scripts/accuracy_runs.sh  # the wide net, then its mixup fine-tune
 #   DATA=tiny.npz EPOCHS=1 STUDENT_EPOCHS=1 bash scripts/accuracy_runs.sh   # a smoke test of the steps
 #   SEEDS= BASE_TEACHERS=models/compact-fer2013-ensemble STUDENT_INIT=compact-fer2013-ft STUDENT_EPOCHS=40 \
 #     bash scripts/accuracy_runs.sh    # the student fine-tuned from a saved model (cosine, lr 0.01), not from scratch
@@ -27,6 +28,8 @@ SEEDS=${SEEDS-"1 2 3"}                  # set and empty: no seed teachers
 WIDE=${WIDE:-1}                        # 1: also a wider teacher (widths 64 128 256 512)
 WIDE_NAME=${WIDE_NAME:-teacher-wide}   # its name under $ROOT/models: another name and seed for another one
 WIDE_SEED=${WIDE_SEED:-11}
+WIDE_FT=${WIDE_FT:-0}                  # 1: then fine-tune it with mixup ($WIDE_NAME-mixup), which teaches in its place
+WIDE_FT_EPOCHS=${WIDE_FT_EPOCHS:-24}
 TEACHERS_ONLY=${TEACHERS_ONLY:-0}      # 1: stop after the teachers (choose the student recipe on their figures)
 STUDENT=${STUDENT:-compact-fer2013-kd}
 STUDENT_INIT=${STUDENT_INIT:-}         # a saved model: the student starts from it (cosine schedule, lr 0.01)
@@ -58,7 +61,13 @@ for seed in $SEEDS; do
 done
 if [ "$WIDE" = 1 ]; then
   run "$WIDE_NAME" "$ROOT/models" --widths 64 128 256 512 --convs 2 2 2 2 --epochs "$EPOCHS" --seed "$WIDE_SEED"
-  teachers+=("$ROOT/models/$WIDE_NAME")
+  wide=$WIDE_NAME
+  if [ "$WIDE_FT" = 1 ]; then  # the recipe that lifted both wide nets it was tried on (README, Results)
+    wide=$WIDE_NAME-mixup
+    run "$wide" "$ROOT/models" --init-from "$ROOT/models/$WIDE_NAME" --lr 0.01 --schedule cosine \
+      --epochs "$WIDE_FT_EPOCHS" --mixup 0.2
+  fi
+  teachers+=("$ROOT/models/$wide")
 fi
 for t in "${teachers[@]}"; do  # each teacher's own val figure, with its TTA views as saved
   "$PY" -m fer_app evaluate "$DATA" --split val --runtime torch --model "$t" --json |
