@@ -10,6 +10,20 @@ from fer_app.metrics import format_report
 from fer_app.runs import runs_of, runs_section
 
 
+#: Training settings that a run started from a saved model (`init_from`) does not use: the saved model fixes its
+#: encoder and shape (`training.build_model`), so the card leaves the command-line defaults for them out.
+_SHAPE_SETTINGS = ("encoder", "widths", "convs_per_stage")
+
+
+def settings_line(config: dict | None) -> str:
+    """The card's line on a run's training settings; for a fine-tune (`init_from`), without the shape settings
+    the saved model fixes (the encoder line above gives the real shape)."""
+    if config and config.get("init_from"):
+        kept = {k: v for k, v in config.items() if k not in _SHAPE_SETTINGS}
+        return f"- settings: `{kept}` (encoder and shape: `init_from`'s, see Model)"
+    return f"- settings: `{config}`"
+
+
 def render_card(name: str, cfg: dict, command: str) -> str:
     """Markdown model card from a saved model's config (training data, settings, metrics)."""
     training = cfg.get("training", {})
@@ -47,7 +61,7 @@ def render_card(name: str, cfg: dict, command: str) -> str:
             f"time {hours:.2f} h on {training.get('device')}; {platform.processor() or platform.machine()}, "
             f"torch {torch.__version__}",
             *([swa_line(training["swa"])] if training.get("swa") else []),
-            f"- settings: `{training.get('config')}`",
+            settings_line(training.get("config")),
             "",
         ]
     if cfg.get("ensemble"):

@@ -261,9 +261,7 @@ def build_model(cfg: TrainConfig, splits: Splits) -> Classifier:
     """The model a run starts from: a saved model (init_from), or a fresh compact net, or CLIP + a new head."""
     if cfg.init_from:
         model = load_model(cfg.init_from, clip_source=cfg.clip_source, runtime="torch")  # trainable torch modules
-        if cfg.head != model.head.kind and model.head.kind != "zero-shot":
-            model.head = Head(model.encoder.embed_dim, len(CLASSES), cfg.head, dropout=0.2)
-        elif model.head.kind == "zero-shot":
+        if cfg.head != model.head.kind or model.head.kind == "zero-shot":  # a new head (zero-shot has no weights)
             model.head = Head(model.encoder.embed_dim, len(CLASSES), cfg.head, dropout=0.2)
         model.tta_flip = cfg.tta_flip
         # What was chosen or built for the old weights doesn't carry over to the new ones.
