@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import platform
-
-import torch
-
 from fer_app.metrics import format_report
 from fer_app.runs import runs_of, runs_section
 
@@ -22,6 +18,17 @@ def settings_line(config: dict | None) -> str:
         kept = {k: v for k, v in config.items() if k not in _SHAPE_SETTINGS}
         return f"- settings: `{kept}` (encoder and shape: `init_from`'s, see Model)"
     return f"- settings: `{config}`"
+
+
+def host_text(host: dict | None) -> str:
+    """The machine a run trained on, as its training record kept it (CPU model, the ISA flags that set its speed,
+    torch); runs saved before records kept it say so rather than show the machine that renders the card."""
+    if not host:
+        return "CPU and torch version not recorded"
+    cpu = host.get("cpu", {})
+    flags = " ".join(cpu.get("flags", [])) or "none of AVX2, AVX-512, AMX"
+    return (f"{cpu.get('model', '?')} ({cpu.get('machine', '?')}, flags {flags}, {cpu.get('cores', '?')} cores), "
+            f"torch {host.get('torch', '?')}")
 
 
 def render_card(name: str, cfg: dict, command: str) -> str:
@@ -58,8 +65,7 @@ def render_card(name: str, cfg: dict, command: str) -> str:
         lines += [
             "## Training",
             f"- epochs run: {training.get('epochs_run')} (best val epoch {training.get('best_epoch')}); "
-            f"time {hours:.2f} h on {training.get('device')}; {platform.processor() or platform.machine()}, "
-            f"torch {torch.__version__}",
+            f"time {hours:.2f} h on {training.get('device')}; {host_text(training.get('host'))}",
             *([swa_line(training["swa"])] if training.get("swa") else []),
             settings_line(training.get("config")),
             "",

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from fer_app import distributed, runs, targets
+from fer_app import distributed, runs, runtimes, targets
 from fer_app.augment import AugmentConfig, augment
 from fer_app.config import APP_HOME, CLASSES, MODELS_DIR
 from fer_app.data import DataError, FaceSet, Splits
@@ -975,6 +975,7 @@ def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, 
         "training": {"config": config_json, "data": data_meta,
                      "epochs_run": len(history), "best_epoch": best_epoch, "seconds": round(seconds, 1),
                      "device": device_name(device), "precision": PRECISION_NAMES[amp],
+                     "host": {"cpu": runtimes.cpu_info(), "torch": torch.__version__},  # what the hours were on
                      "processes": ctx.world_size, **({"resumed_after_epochs": resumes} if resumes else {}),
                      "history": [asdict(h) for h in history], **swa_meta, "command": None, **(extra_meta or {})},
         "metrics": {"val": report},

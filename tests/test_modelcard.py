@@ -1,12 +1,16 @@
-"""The model card's settings line: a fine-tune's card leaves out the shape settings its saved model fixes."""
+"""The model card: a fine-tune's settings line leaves out the shape settings its saved model fixes; the training
+line names the machine the run trained on, as its record kept it."""
 
 from __future__ import annotations
 
-from fer_app.modelcard import render_card, settings_line
 import json
 from dataclasses import asdict
 
-from fer_app.training import TrainConfig
+from conftest import TINY_COMPACT
+from fer_app import runtimes
+from fer_app.model import read_config
+from fer_app.modelcard import host_text, render_card, settings_line
+from fer_app.training import TrainConfig, train
 
 
 def _saved(cfg: TrainConfig) -> dict:
@@ -29,3 +33,22 @@ def test_a_fine_tune_leaves_out_the_shape_it_did_not_use() -> None:
                               "head": {"kind": "linear"}, "training": {"config": config, "epochs_run": 1}}, "cmd")
     assert line in card and "widths=[64, 128, 256, 512]" in card
     assert "[32, 64, 128, 256]" not in card  # the command line's default shape, which the fine-tune never built
+
+
+def test_the_card_names_the_machine_the_run_trained_on(models_dir, tiny_splits, tmp_path, monkeypatch):
+    """The hours of a run hold for its CPU: the record keeps that CPU, and a card rendered later, on another
+    machine, still shows it (not the renderer's)."""
+    result = train(TrainConfig(**TINY_COMPACT), tiny_splits, name="tiny", workdir=tmp_path / "w")
+    host = read_config(result.saved_to)["training"]["host"]
+    assert host["cpu"] == runtimes.cpu_info() and host["torch"]
+    monkeypatch.setattr(runtimes, "cpu_info", lambda: {"model": "Another CPU", "flags": ["avx2"]})
+    card = render_card("tiny", read_config(result.saved_to), "cmd")
+    assert host_text(host) in card and str(host["cpu"]["model"]) in card and "Another CPU" not in card
+
+
+def test_a_record_without_its_machine_says_so() -> None:
+    card = render_card("old", {"encoder": {"type": "compact"}, "head": {"kind": "linear"},
+                               "training": {"config": {}, "epochs_run": 1, "device": "CPU (2 logical cores)"}}, "c")
+    assert "CPU (2 logical cores); CPU and torch version not recorded" in card
+    flagless = {"cpu": {"model": "Old CPU", "machine": "x86_64", "flags": [], "cores": 4}, "torch": "2.13.0"}
+    assert host_text(flagless) == "Old CPU (x86_64, flags none of AVX2, AVX-512, AMX, 4 cores), torch 2.13.0"
