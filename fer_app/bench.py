@@ -680,8 +680,7 @@ def _check_text(check: dict | None) -> str:
 def format_report(report: dict) -> str:
     """The benchmark as text tables."""
     m = report["machine"]
-    cpu = m["cpu"]
-    lines = [f"machine: {cpu['model']}, {cpu['cores']} physical cores ({', '.join(cpu['flags']) or 'no AVX'}); "
+    lines = [f"machine: {runtimes.cpu_text(m['cpu'])}; "
              f"{m['threads']} inference thread(s); load average {m['load_average']} at the start, "
              f"{m.get('load_average_end')} at the end",
              f"versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}"]

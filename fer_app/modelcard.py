@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fer_app.metrics import format_report
 from fer_app.runs import runs_of, runs_section
+from fer_app.runtimes import cpu_text
 
 
 #: Training settings that a run started from a saved model (`init_from`) does not use: the saved model fixes its
@@ -25,10 +26,7 @@ def host_text(host: dict | None) -> str:
     torch); runs saved before records kept it say so rather than show the machine that renders the card."""
     if not host:
         return "CPU and torch version not recorded"
-    cpu = host.get("cpu", {})
-    flags = " ".join(cpu.get("flags", [])) or "none of AVX2, AVX-512, AMX"
-    return (f"{cpu.get('model', '?')} ({cpu.get('machine', '?')}, flags {flags}, {cpu.get('cores', '?')} cores), "
-            f"torch {host.get('torch', '?')}")
+    return f"{cpu_text(host.get('cpu', {}))}, torch {host.get('torch', '?')}"
 
 
 def render_card(name: str, cfg: dict, command: str) -> str:

@@ -392,6 +392,12 @@ def cpu_info() -> dict[str, object]:
             "cores": physical_cores(), "logical": os.cpu_count()}
 
 
+def cpu_text(cpu: Mapping[str, Any]) -> str:
+    """One line for a `cpu_info()` record, as the bench report and model cards print it; tolerates partial records."""
+    flags = ", ".join(cpu.get("flags", [])) or "none of AVX2, AVX-512, AMX"
+    return f"{cpu.get('model', '?')}, {cpu.get('cores', '?')} physical cores ({flags})"
+
+
 # --------------------------------------------------------------------------------------- cache
 
 def default_cache_dir() -> Path:

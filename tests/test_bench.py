@@ -84,6 +84,7 @@ def test_bench_quick_table(capsys: pytest.CaptureFixture[str], tiny_clip_dir: Pa
     assert "best runtime passing the check" in out
     assert "Haar detection per 640x480 frame" in out
     assert "compact model no-such-model: missing" in out
+    assert f"machine: {runtimes.cpu_text(runtimes.cpu_info())}; 1 inference thread(s)" in out  # the card's wording too
 
 
 def test_bench_rejects_an_unknown_runtime(capsys: pytest.CaptureFixture[str]) -> None:

@@ -51,4 +51,4 @@ def test_a_record_without_its_machine_says_so() -> None:
                                "training": {"config": {}, "epochs_run": 1, "device": "CPU (2 logical cores)"}}, "c")
     assert "CPU (2 logical cores); CPU and torch version not recorded" in card
     flagless = {"cpu": {"model": "Old CPU", "machine": "x86_64", "flags": [], "cores": 4}, "torch": "2.13.0"}
-    assert host_text(flagless) == "Old CPU (x86_64, flags none of AVX2, AVX-512, AMX, 4 cores), torch 2.13.0"
+    assert host_text(flagless) == "Old CPU, 4 physical cores (none of AVX2, AVX-512, AMX), torch 2.13.0"

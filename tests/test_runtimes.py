@@ -458,3 +458,11 @@ def test_auto_refuses_a_diverging_runtime_through_the_real_check(diverging: dict
     assert runtime_name(chosen) == TORCH
     decision = json.loads(next(tmp_path.rglob("auto-*.json")).read_text())
     assert decision["runtime"] == TORCH and decision["candidates"][ONNX_FP32]["check"]["passed"] is False
+
+
+def test_cpu_text_names_the_flags_or_says_there_are_none() -> None:
+    assert runtimes.cpu_text({"model": "EPYC", "cores": 2, "flags": ["avx2", "avx512f"]}) == (
+        "EPYC, 2 physical cores (avx2, avx512f)")
+    none = "none of AVX2, AVX-512, AMX"
+    assert runtimes.cpu_text({"model": "Old", "cores": 4, "flags": []}) == f"Old, 4 physical cores ({none})"
+    assert runtimes.cpu_text({}) == f"?, ? physical cores ({none})"
