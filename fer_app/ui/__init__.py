@@ -6,6 +6,10 @@ from pathlib import Path
 
 import streamlit as st
 
+from fer_app.compat import serialize_ast_parse
+
+serialize_ast_parse()  # before the model-loading threads start: see fer_app.compat
+
 PAGES_DIR = Path(__file__).resolve().parent
 
 
