@@ -14,6 +14,7 @@ import ast
 import functools
 import sys
 import threading
+from typing import Any
 
 __all__ = ["AST_PARSE_LOCK", "ast_parse_race", "serialize_ast_parse"]
 
@@ -38,7 +39,7 @@ def serialize_ast_parse(version: tuple[int, ...] = tuple(sys.version_info[:3])) 
     bare = ast.parse
 
     @functools.wraps(bare)
-    def parse(*args, **kwargs):
+    def parse(*args: Any, **kwargs: Any) -> Any:
         with AST_PARSE_LOCK:
             return bare(*args, **kwargs)
 
