@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -19,13 +21,13 @@ def test_ast_parse_race_versions(version: tuple[int, int, int], affected: bool) 
 
 
 @pytest.fixture
-def bare_parse(monkeypatch: pytest.MonkeyPatch):
+def bare_parse(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
     """`ast.parse` as Python has it (the app may have wrapped it already in this process); restored after."""
     monkeypatch.setattr(ast, "parse", getattr(ast.parse, "__wrapped__", ast.parse))
     return ast.parse
 
 
-def test_serialize_ast_parse_makes_a_second_thread_wait(bare_parse) -> None:
+def test_serialize_ast_parse_makes_a_second_thread_wait(bare_parse: Callable[..., Any]) -> None:
     bare = bare_parse
     assert compat.serialize_ast_parse((3, 11, 7))
     assert ast.parse is not bare and compat.serialize_ast_parse((3, 11, 7))  # idempotent: wrapped once
@@ -40,7 +42,7 @@ def test_serialize_ast_parse_makes_a_second_thread_wait(bare_parse) -> None:
     reader.join()
 
 
-def test_serialize_ast_parse_leaves_fixed_pythons_alone(bare_parse) -> None:
+def test_serialize_ast_parse_leaves_fixed_pythons_alone(bare_parse: Callable[..., Any]) -> None:
     bare = bare_parse
     assert not compat.serialize_ast_parse((3, 12, 2))
     assert ast.parse is bare
