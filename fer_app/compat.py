@@ -1,11 +1,11 @@
 """Workarounds for bugs of the Python the app runs on, each with the versions it is needed on.
 
 CPython before 3.11.8, and 3.12 before 3.12.2, keep `ast.parse`'s recursion depth in one
-process-wide counter (python/cpython#106905; 3.10 never got the fix, so it is counted in). When a garbage collection inside one thread's parse
-lets another thread parse too, the first fails with "SystemError: AST constructor recursion depth
-mismatch". The Streamlit app meets it: a page's script is parsed (Streamlit's magic) while the model
-loads in a thread of its own, which reads an .npz, and numpy parses each array header with
-`ast.literal_eval`. `serialize_ast_parse` makes the parses take turns, on those versions only.
+process-wide counter (python/cpython#106905; 3.10 never got the fix, so it is counted in). When a
+garbage collection inside one thread's parse lets another thread parse too, the first fails with
+"SystemError: AST constructor recursion depth mismatch". The Streamlit app meets it: a page's
+script is parsed (Streamlit's magic) while the model loads in a thread of its own, which reads an
+.npz, and numpy parses each array header with `ast.literal_eval`. `serialize_ast_parse` makes the parses take turns, on those versions only.
 """
 
 from __future__ import annotations

@@ -28,10 +28,9 @@ def bare_parse(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
 
 
 def test_serialize_ast_parse_makes_a_second_thread_wait(bare_parse: Callable[..., Any]) -> None:
-    bare = bare_parse
     assert compat.serialize_ast_parse((3, 11, 7))
-    assert ast.parse is not bare and compat.serialize_ast_parse((3, 11, 7))  # idempotent: wrapped once
-    assert ast.parse.__wrapped__ is bare
+    assert ast.parse is not bare_parse and compat.serialize_ast_parse((3, 11, 7))  # idempotent: wrapped once
+    assert ast.parse.__wrapped__ is bare_parse
     done = threading.Event()
     reader = threading.Thread(target=lambda: (ast.literal_eval("{'shape': (3,)}"), done.set()))  # as numpy's header
     with compat.AST_PARSE_LOCK:  # another thread's parse in progress
@@ -43,6 +42,5 @@ def test_serialize_ast_parse_makes_a_second_thread_wait(bare_parse: Callable[...
 
 
 def test_serialize_ast_parse_leaves_fixed_pythons_alone(bare_parse: Callable[..., Any]) -> None:
-    bare = bare_parse
     assert not compat.serialize_ast_parse((3, 12, 2))
-    assert ast.parse is bare
+    assert ast.parse is bare_parse
