@@ -5,7 +5,8 @@ process-wide counter (python/cpython#106905; 3.10 never got the fix, so it is co
 garbage collection inside one thread's parse lets another thread parse too, the first fails with
 "SystemError: AST constructor recursion depth mismatch". The Streamlit app meets it: a page's
 script is parsed (Streamlit's magic) while the model loads in a thread of its own, which reads an
-.npz, and numpy parses each array header with `ast.literal_eval`. `serialize_ast_parse` makes the parses take turns, on those versions only.
+.npz, and numpy parses each array header with `ast.literal_eval`. `serialize_ast_parse` makes the
+parses take turns, on those versions only.
 """
 
 from __future__ import annotations
