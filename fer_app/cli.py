@@ -209,6 +209,7 @@ def _train_config(args: argparse.Namespace):
                        balance=args.balance, augment=not args.no_augment, tta_flip=not args.no_tta,
                        patience=args.patience, seed=args.seed, device=args.device, precision=args.precision,
                        threads=args.threads, clip_source=args.clip, soft_targets=args.soft_targets,
+                       ferplus_weight=args.ferplus_weight,
                        teachers=tuple(args.teacher or ()), kd_weight=args.kd_weight,
                        kd_temperature=args.kd_temperature, kd_online=args.kd_online, mixup=args.mixup,
                        cutmix=args.cutmix, haar_views=args.haar_views, swa_epochs=args.swa_epochs)
@@ -710,6 +711,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class weights against imbalance (disgust is rare)")
     p.add_argument("--soft-targets", choices=("none", "ferplus"), default="none",
                    help="ferplus: train on the faces' FER+ vote shares (the dev npz has them, or --ferplus CSV)")
+    p.add_argument("--ferplus-weight", type=float, default=1.0, metavar="W",
+                   help="with --soft-targets ferplus: W x the vote shares + (1 - W) x the smoothed label "
+                   "(1: the votes alone; on FER-2013 they agree with its labels on 67-68%% of faces)")
     p.add_argument("--teacher", nargs="+", metavar="MODEL", help="distil: the mean probabilities of these saved "
                    "models (e.g. trained with other seeds or shapes) are soft targets; computed once per run and "
                    "cached in --workdir")

@@ -5,7 +5,8 @@ Every option turns a batch's labels into distributions and the loss into a soft-
 
     loss = (1 - kd_weight) * CE(student, base) + kd_weight * T^2 * CE(student / T, teacher sharpened by T)
 
-`base` is the one-hot label with label smoothing, or the face's FER+ vote shares (`soft_targets="ferplus"`);
+`base` is the one-hot label with label smoothing, or the face's FER+ vote shares (`soft_targets="ferplus"`),
+alone or blended with the smoothed label (`ferplus_weight` < 1);
 `teacher` is the mean probability of the teacher models on the face: by default computed once per run on
 the unaugmented faces, with each teacher's own test-time views, and cached in the run's work folder; with
 `kd_online` (consistent teaching), computed every step on the batch exactly as the student sees it
@@ -41,11 +42,13 @@ def smoothed_one_hot(labels: torch.Tensor, smoothing: float, num_classes: int = 
     return out
 
 
-def base_targets(faces: FaceSet, soft: str, smoothing: float) -> torch.Tensor:
-    """(N, C) targets before distillation: FER+ vote shares with `soft="ferplus"` (faces without votes: the
-    smoothed label), else the smoothed one-hot label."""
+def base_targets(faces: FaceSet, soft: str, smoothing: float, ferplus_weight: float = 1.0) -> torch.Tensor:
+    """(N, C) targets before distillation: with `soft="ferplus"`, `ferplus_weight` x the FER+ vote shares +
+    the rest x the smoothed label (faces without votes: the smoothed label alone), else the smoothed label."""
     if soft not in SOFT_TARGETS:
         raise ValueError(f"soft targets must be one of {', '.join(SOFT_TARGETS)} (got {soft!r})")
+    if not 0.0 < ferplus_weight <= 1.0:
+        raise ValueError(f"ferplus_weight must be in (0, 1] (got {ferplus_weight})")
     labels = torch.from_numpy(np.asarray(faces.labels, np.int64))
     out = smoothed_one_hot(labels, smoothing)
     if soft == "ferplus":
@@ -54,7 +57,8 @@ def base_targets(faces: FaceSet, soft: str, smoothing: float) -> torch.Tensor:
                              "(the dev npz has them; or give --ferplus fer2013new.csv)")
         shares = torch.from_numpy(np.asarray(faces.soft_labels, np.float32))
         voted = torch.isfinite(shares).all(1) & (shares.sum(1) > 0)
-        out[voted] = shares[voted] / shares[voted].sum(1, keepdim=True)
+        shares = shares[voted] / shares[voted].sum(1, keepdim=True)
+        out[voted] = ferplus_weight * shares + (1.0 - ferplus_weight) * out[voted]
     return out
 
 

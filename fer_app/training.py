@@ -80,6 +80,7 @@ class TrainConfig:
     clip_source: str | None = None
     # soft targets (fer_app.targets): FER+ vote shares, distillation from saved models, mixup, CutMix
     soft_targets: str = "none"          # "none" or "ferplus" (the train faces' FER+ vote shares)
+    ferplus_weight: float = 1.0         # with "ferplus": the votes' share of the base target, the rest the label
     teachers: tuple[str, ...] = ()      # saved models whose mean probabilities are soft targets
     kd_weight: float = 0.5              # share of the loss given to the teachers' targets
     kd_temperature: float = 2.0         # distillation temperature
@@ -107,6 +108,9 @@ class TrainConfig:
             raise ValueError("epochs, batch_size and lr must be positive")
         if self.soft_targets not in SOFT_TARGETS:
             raise ValueError(f"soft_targets must be one of {', '.join(SOFT_TARGETS)} (got {self.soft_targets!r})")
+        if not 0.0 < self.ferplus_weight <= 1.0 or (self.ferplus_weight != 1.0 and self.soft_targets != "ferplus"):
+            raise ValueError(f"ferplus_weight must be in (0, 1] and goes with soft_targets 'ferplus' "
+                             f"(got {self.ferplus_weight})")
         if not 0.0 <= self.kd_weight <= 1.0 or self.kd_temperature <= 0 or self.mixup < 0 or self.cutmix < 0:
             raise ValueError("kd_weight must be in [0, 1], kd_temperature > 0, mixup and cutmix >= 0")
         if not 0.0 <= self.haar_views <= 1.0:
@@ -598,7 +602,7 @@ def _soft_targets(cfg: TrainConfig, train_set: FaceSet, workdir: Path, ctx: dist
                   started: float) -> torch.Tensor:
     """(N, C) or (N, 2C) soft targets of the train faces: base, then the teachers' (rank 0 computes and
     caches them in the work folder; the other ranks read its cache)."""
-    base = targets.base_targets(train_set, cfg.soft_targets, cfg.label_smoothing)
+    base = targets.base_targets(train_set, cfg.soft_targets, cfg.label_smoothing, cfg.ferplus_weight)
     if not cfg.teachers or cfg.kd_online:  # online teachers give their targets batch by batch
         return base
     if not ctx.is_main:

@@ -275,8 +275,8 @@ def test_cli_train_with_mix(capsys, models_dir, tmp_path):
 def test_train_command_round_trips_through_the_parser(tmp_path):
     cfg = TrainConfig(encoder="compact", mode="full", head="mlp", widths=(8, 16), convs_per_stage=(1, 1), epochs=3,
                       optimizer="adamw", lr=0.002, augment=False, tta_flip=False, patience=2, seed=7, threads=1,
-                      soft_targets="ferplus", teachers=("a", "models/b c"), kd_weight=0.7, kd_temperature=3.0,
-                      mixup=0.2)
+                      soft_targets="ferplus", ferplus_weight=0.4, teachers=("a", "models/b c"), kd_weight=0.7,
+                      kd_temperature=3.0, mixup=0.2)
     sources = [Source(tmp_path / "fer 2013.csv", 1.0, tmp_path / "fer2013new.csv"), Source(tmp_path / "mine", 5.0)]
     command = train_command(cfg, sources, name="m", workdir=tmp_path / "w", val_fraction=0.2, on_error="skip")
     argv = shlex.split(command)[3:]

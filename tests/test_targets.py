@@ -69,6 +69,24 @@ def test_ferplus_shares_replace_the_label_where_there_are_votes():
         base_targets(make_faces(1, 0), "ferplus", 0.1)
 
 
+def test_ferplus_weight_blends_the_votes_with_the_smoothed_label():
+    faces = make_faces(1, 0)
+    shares = np.full((K, K), np.nan, np.float32)
+    shares[0] = [0.0, 0, 0.4, 0, 0.6, 0, 0]  # face 0 (angry): FER+ says sad 6, fear 4
+    faces = replace(faces, soft_labels=shares)
+    label = smoothed_one_hot(torch.from_numpy(faces.labels), 0.1)
+    out = base_targets(faces, "ferplus", 0.1, ferplus_weight=0.25)
+    assert out[0].tolist() == pytest.approx((0.25 * torch.tensor(shares[0]) + 0.75 * label[0]).tolist())
+    assert out[0].argmax().item() == faces.labels[0] and out.sum(1).allclose(torch.ones(K))
+    assert out[1:].allclose(label[1:])  # no votes: the label alone, whatever the weight
+    assert base_targets(faces, "ferplus", 0.1, ferplus_weight=1.0)[0].tolist() == pytest.approx(shares[0].tolist())
+    for weight in (0.0, 1.5):
+        with pytest.raises(ValueError, match="ferplus_weight"):
+            base_targets(faces, "ferplus", 0.1, ferplus_weight=weight)
+    with pytest.raises(ValueError, match="ferplus_weight"):
+        TrainConfig(ferplus_weight=0.5)  # without soft_targets="ferplus" it would do nothing
+
+
 def test_mixup_blends_inputs_targets_and_weights_alike():
     x = torch.arange(4 * 2, dtype=torch.float32).reshape(4, 2)
     base = smoothed_one_hot(torch.tensor([0, 1, 2, 3]), 0.0)
@@ -236,7 +254,7 @@ def test_online_teachers_must_take_the_students_pixels():
         online_teachers(["same"], lambda grey: torch.zeros(len(grey), 3, 56, 56), load=nets.__getitem__)
 
 
-@pytest.mark.parametrize("blending", [{"mixup": 0.2}, {"mixup": 0.2, "cutmix": 1.0}])
+@pytest.mark.parametrize("blending", [{"mixup": 0.2, "ferplus_weight": 0.5}, {"mixup": 0.2, "cutmix": 1.0}])
 def test_mixup_cutmix_and_ferplus_runs_learn_and_resume_exactly(models_dir, tiny_splits, tmp_path, blending):
     train_set = tiny_splits["train"]
     votes = np.eye(K, dtype=np.float32)[train_set.labels] * 0.8 + 0.2 / K  # mostly the label
