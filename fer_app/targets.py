@@ -72,32 +72,48 @@ def teacher_targets(teachers: Sequence[str], faces: FaceSet, cache_dir: Path, *,
                     load: Callable[[str], object] | None = None, batch_size: int = 256,
                     report: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """(N, C) mean probabilities of the `teachers` (model names or folders) on `faces`, each with its own
-    test-time views; cached in `cache_dir`, keyed by the teachers' weights and the faces."""
+    test-time views; cached in `cache_dir`, keyed by the teachers' weights and the faces: the mean in
+    `teachers-<key>.safetensors`, and each teacher's share in `teacher-<key>.safetensors` as soon as it is
+    computed, so a run stopped part way through (a session's end) computes only the teachers it lacks."""
     from fer_app.model import WEIGHTS_FILE, file_sha256, load_model, model_dir
 
     if not teachers:
         raise ValueError("no teacher models given")
-    digest = hashlib.sha256(faces.fingerprint().encode())
+    faces_key = faces.fingerprint().encode()
+    keys = []
     for name in teachers:
         weights = model_dir(name) / WEIGHTS_FILE
-        digest.update(file_sha256(weights).encode() if weights.is_file() else str(name).encode())
-    path = Path(cache_dir) / f"teachers-{digest.hexdigest()[:20]}.safetensors"
-    if path.is_file():
-        try:
-            return load_file(str(path))["probs"]
-        except Exception:  # noqa: BLE001 - a damaged cache is rebuilt, never trusted
-            path.unlink(missing_ok=True)
+        keys.append(file_sha256(weights).encode() if weights.is_file() else str(name).encode())
+    cache_dir = Path(cache_dir)
+    path = cache_dir / f"teachers-{hashlib.sha256(faces_key + b''.join(keys)).hexdigest()[:20]}.safetensors"
+    if (probs := _cached(path)) is not None:
+        return probs
     from fer_app.evaluate import predict_faces
 
     load = load or (lambda name: load_model(name, runtime="torch"))
-    total = np.zeros((len(faces), len(CLASSES)), np.float64)
-    for k, name in enumerate(teachers):
-        each = (lambda done, n, k=k: report(k * n + done, len(teachers) * n)) if report else None
-        total += predict_faces(load(name), faces, batch_size, each)
-    probs = torch.from_numpy((total / len(teachers)).astype(np.float32))
-    path.parent.mkdir(parents=True, exist_ok=True)
+    total = torch.zeros((len(faces), len(CLASSES)), dtype=torch.float64)
+    for k, (name, key) in enumerate(zip(teachers, keys)):
+        own = cache_dir / f"teacher-{hashlib.sha256(faces_key + key).hexdigest()[:20]}.safetensors"
+        if (probs := _cached(own)) is None:
+            each = (lambda done, n, k=k: report(k * n + done, len(teachers) * n)) if report else None
+            probs = torch.from_numpy(np.asarray(predict_faces(load(name), faces, batch_size, each), np.float32))
+            own.parent.mkdir(parents=True, exist_ok=True)
+            save_tensors_atomically(own, {"probs": probs.contiguous()})
+        total += probs.double()
+    probs = (total / len(teachers)).float()
     save_tensors_atomically(path, {"probs": probs.contiguous()})
     return probs
+
+
+def _cached(path: Path) -> torch.Tensor | None:
+    """The probabilities saved at `path`, or None where there are none (a damaged file is removed, never trusted)."""
+    if not path.is_file():
+        return None
+    try:
+        return load_file(str(path))["probs"]
+    except Exception:  # noqa: BLE001 - a damaged cache is rebuilt, never trusted
+        path.unlink(missing_ok=True)
+        return None
 
 
 def online_teachers(teachers: Sequence[str], normalize: Callable[[torch.Tensor], torch.Tensor], *,

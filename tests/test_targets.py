@@ -168,8 +168,31 @@ def test_teacher_targets_average_the_teachers_and_are_cached(tmp_path: Path):
     assert probs[:, 3].allclose(torch.full((len(faces),), 0.5)) and loaded == ["a", "b"]
     again = teacher_targets(["a", "b"], faces, tmp_path, load=lambda n: pytest.fail("cached: nothing to load"))
     assert again.equal(probs)
-    other = teacher_targets(["a"], faces, tmp_path, load=lambda n: teachers[n])  # another ensemble: its own entry
-    assert other[:, 0].allclose(torch.ones(len(faces)))
+    other = teacher_targets(["a"], faces, tmp_path, load=lambda n: pytest.fail("a's own share is cached"))
+    assert other[:, 0].allclose(torch.ones(len(faces)))  # another ensemble: its own mean, from a's share
+
+
+def test_teacher_targets_stopped_part_way_compute_only_the_missing_teachers(tmp_path: Path):
+    faces = make_faces(2, 0)
+    teachers = {"a": _Fixed(np.eye(K)[0]), "b": _Fixed(np.eye(K)[3])}
+
+    def stopped_at_b(name):
+        if name == "b":
+            raise KeyboardInterrupt  # the session ends while b runs
+        return teachers[name]
+
+    with pytest.raises(KeyboardInterrupt):
+        teacher_targets(["a", "b"], faces, tmp_path, load=stopped_at_b)
+    assert len(list(tmp_path.glob("teacher-*.safetensors"))) == 1 and not list(tmp_path.glob("teachers-*"))
+    loaded = []
+    probs = teacher_targets(["a", "b"], faces, tmp_path, load=lambda n: loaded.append(n) or teachers[n])
+    assert loaded == ["b"] and probs[:, 0].allclose(torch.full((len(faces),), 0.5))
+    (tmp_path / next(tmp_path.glob("teacher-*")).name).write_bytes(b"damaged")  # a torn file is computed again
+    for f in tmp_path.glob("teachers-*"):
+        f.unlink()
+    loaded.clear()
+    again = teacher_targets(["a", "b"], faces, tmp_path, load=lambda n: loaded.append(n) or teachers[n])
+    assert len(loaded) == 1 and again.equal(probs)
 
 
 def _rolled(splits: dict) -> dict:
