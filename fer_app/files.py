@@ -1,5 +1,6 @@
 """Tensor files written atomically: a safetensors file goes to a name of this process's own beside its target,
-then is renamed over it, so a reader (or a kill) finds the old file or the new one, never half of one."""
+then is renamed over it, so a reader (or a kill) finds the old file or the new one, never half of one; and
+read back as caches, where a missing or damaged file means "compute it again"."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 
 def save_tensors_atomically(path: Path, tensors: dict[str, torch.Tensor], *,
@@ -20,3 +21,14 @@ def save_tensors_atomically(path: Path, tensors: dict[str, torch.Tensor], *,
     if mode is not None:
         os.chmod(tmp, mode)
     os.replace(tmp, path)
+
+
+def load_cached_tensor(path: Path, name: str) -> torch.Tensor | None:
+    """The tensor `name` of the cache file at `path`, or None when the file is missing or damaged (never trusted:
+    the caller computes it again and its atomic save replaces the file)."""
+    if not Path(path).is_file():
+        return None
+    try:
+        return load_file(str(path))[name]
+    except Exception:  # noqa: BLE001 - a damaged cache is rebuilt, never trusted
+        return None

@@ -26,11 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
 from fer_app.config import CLASSES
 from fer_app.data import FaceSet
-from fer_app.files import save_tensors_atomically
+from fer_app.files import load_cached_tensor, save_tensors_atomically
 
 SOFT_TARGETS = ("none", "ferplus")
 
@@ -86,7 +85,7 @@ def teacher_targets(teachers: Sequence[str], faces: FaceSet, cache_dir: Path, *,
         keys.append(file_sha256(weights).encode() if weights.is_file() else str(name).encode())
     cache_dir = Path(cache_dir)
     path = cache_dir / f"teachers-{hashlib.sha256(faces_key + b''.join(keys)).hexdigest()[:20]}.safetensors"
-    if (probs := _cached(path)) is not None:
+    if (probs := load_cached_tensor(path, "probs")) is not None:
         return probs
     from fer_app.evaluate import predict_faces
 
@@ -94,7 +93,7 @@ def teacher_targets(teachers: Sequence[str], faces: FaceSet, cache_dir: Path, *,
     total = torch.zeros((len(faces), len(CLASSES)), dtype=torch.float64)
     for k, (name, key) in enumerate(zip(teachers, keys)):
         own = cache_dir / f"teacher-{hashlib.sha256(faces_key + key).hexdigest()[:20]}.safetensors"
-        if (probs := _cached(own)) is None:
+        if (probs := load_cached_tensor(own, "probs")) is None:
             each = (lambda done, n, k=k: report(k * n + done, len(teachers) * n)) if report else None
             probs = torch.from_numpy(np.asarray(predict_faces(load(name), faces, batch_size, each), np.float32))
             own.parent.mkdir(parents=True, exist_ok=True)
@@ -103,17 +102,6 @@ def teacher_targets(teachers: Sequence[str], faces: FaceSet, cache_dir: Path, *,
     probs = (total / len(teachers)).float()
     save_tensors_atomically(path, {"probs": probs.contiguous()})
     return probs
-
-
-def _cached(path: Path) -> torch.Tensor | None:
-    """The probabilities saved at `path`, or None where there are none (a damaged file is removed, never trusted)."""
-    if not path.is_file():
-        return None
-    try:
-        return load_file(str(path))["probs"]
-    except Exception:  # noqa: BLE001 - a damaged cache is rebuilt, never trusted
-        path.unlink(missing_ok=True)
-        return None
 
 
 def online_teachers(teachers: Sequence[str], normalize: Callable[[torch.Tensor], torch.Tensor], *,

@@ -40,7 +40,7 @@ from fer_app.augment import AugmentConfig, augment
 from fer_app.config import APP_HOME, CLASSES, MODELS_DIR
 from fer_app.data import DataError, FaceSet, Splits
 from fer_app.encoders.compact import CompactEncoder
-from fer_app.files import save_tensors_atomically
+from fer_app.files import load_cached_tensor, save_tensors_atomically
 from fer_app.heads import Head
 from fer_app.metrics import classification_report, confusion_png
 from fer_app.model import Classifier, ModelError, build_encoder, load_model, save_model
@@ -340,11 +340,8 @@ def cached_embeddings(model: Classifier, faces: FaceSet, device: torch.device, c
     """Embeddings from the on-disk cache keyed by encoder weights and data, computed once."""
     key = f"{model.encoder.encoder_id}-{module_fingerprint(model.encoder)}-{faces.fingerprint()}"
     path = cache_dir / f"{key}.safetensors"
-    if path.is_file():
-        try:
-            return load_file(str(path))["embeddings"]
-        except Exception:  # noqa: BLE001 - a corrupt cache entry is rebuilt, never trusted
-            path.unlink(missing_ok=True)
+    if (emb := load_cached_tensor(path, "embeddings")) is not None:
+        return emb
     emb = compute_embeddings(model, faces, device, report=report)
     cache_dir.mkdir(parents=True, exist_ok=True)
     save_tensors_atomically(path, {"embeddings": emb.contiguous()})
@@ -630,10 +627,7 @@ def _haar_views(train_set: FaceSet, workdir: Path, ctx: distributed.Context, cal
     path = workdir / f"haar-views-{digest.hexdigest()[:20]}.safetensors"
     if not ctx.is_main:
         distributed.barrier(ctx)
-    try:
-        views = load_file(str(path))["views"] if path.is_file() else None
-    except Exception:  # noqa: BLE001 - a damaged cache is made again, never trusted
-        views = None
+    views = load_cached_tensor(path, "views")
     if views is None or tuple(views.shape) != tuple(train_set.images.shape):
         images, found = robustness.haar_views(train_set, backgrounds=backgrounds, seed=seed,
                                               progress=_phase_report("haar-views", callback, started))

@@ -1,4 +1,4 @@
-"""fer_app.files: safetensors files replaced in one rename, with the permission bits asked for."""
+"""fer_app.files: safetensors files replaced in one rename, with the permission bits asked for; caches read back."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 
 import fer_app.files as files
-from fer_app.files import save_tensors_atomically
+from fer_app.files import load_cached_tensor, save_tensors_atomically
 
 
 def test_the_file_is_replaced_whole_with_its_header_and_mode(tmp_path):
@@ -36,3 +36,13 @@ def test_a_write_that_dies_leaves_the_old_file(tmp_path, monkeypatch):
     with safe_open(str(path), "pt") as f:
         assert torch.equal(f.get_tensor("a"), torch.ones(2))
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(f".{os.getpid()}.tmp")]  # the caller's to clear
+
+
+def test_load_cached_tensor_reads_good_files_and_refuses_missing_or_damaged_ones(tmp_path):
+    path = tmp_path / "cache.safetensors"
+    assert load_cached_tensor(path, "probs") is None
+    save_tensors_atomically(path, {"probs": torch.arange(6.0).reshape(2, 3)})
+    assert load_cached_tensor(path, "probs").equal(torch.arange(6.0).reshape(2, 3))
+    assert load_cached_tensor(path, "views") is None  # another cache's name
+    path.write_bytes(b"torn")
+    assert load_cached_tensor(path, "probs") is None
