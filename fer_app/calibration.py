@@ -44,7 +44,7 @@ from fer_app.metrics import classification_report, confusion_png
 from fer_app.model import (DIGEST_KEY, ENCODER_DIGEST, QUANTIZED_FILE, QUANTIZED_KEY, WEIGHTS_FILE, Classifier,
                            ModelError, encoder_sha256, load_model, model_dir, read_config, save_model, shipped_problem)
 from fer_app.modelcard import render_card, with_section
-from fer_app.training import Callback, Progress
+from fer_app.training import Callback, phase_reporter
 from fer_app.types import Face
 
 #: Captures per emotion a session aims at.
@@ -373,20 +373,15 @@ def _base_probs(head: nn.Module, emb: torch.Tensor) -> torch.Tensor:
         return torch.stack([torch.softmax(head(emb[:, v]).float(), 1) for v in range(emb.shape[1])], 1)
 
 
-class _Phases:
-    """Progress of a calibration for a training callback: one phase at a time, its own clock (an honest ETA)."""
-
-    def __init__(self, callback: Callback | None) -> None:
-        self.callback = callback or Callback()
-
-    def __call__(self, phase: str) -> Callable[[int, int], None]:
-        began = time.perf_counter()
-
-        def report(done: int, total: int) -> None:
-            self.callback.on_progress(Progress(phase, 1, 1, done, max(total, 1), elapsed=time.perf_counter() - began))
-
+def _phases(callback: Callback | None) -> Callable[[str], Callable[[int, int], None]]:
+    """Progress of a calibration for a training callback: one phase at a time, each on its own clock
+    (`fer_app.training.phase_reporter`), shown at once."""
+    def start(phase: str) -> Callable[[int, int], None]:
+        report = phase_reporter(phase, callback or Callback())
         report(0, 1)
         return report
+
+    return start
 
 
 def calibrate(base_model: str | Path, captures_root: str | Path, fer_splits: Splits | None = None, *,
@@ -407,7 +402,7 @@ def calibrate(base_model: str | Path, captures_root: str | Path, fer_splits: Spl
     began = time.perf_counter()
     if name is not None and check_name(name, "model name") == Path(base_model).name:
         raise ValueError(f"save the calibrated model under another name than its starting model {name!r}")
-    phases = _Phases(callback)
+    phases = _phases(callback)
     loading = phases("load")
     if threads:
         torch.set_num_threads(threads)

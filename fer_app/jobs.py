@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -256,8 +256,7 @@ class Job(Callback):
     def on_progress(self, progress: Progress) -> None:
         with self._lock:
             self._record.phase = progress.phase
-            self._record.progress = Progress(progress.phase, progress.epoch, progress.epochs, progress.step,
-                                             progress.steps, progress.loss, progress.lr, progress.elapsed)
+            self._record.progress = replace(progress, history=[])  # the history is kept once, below
             if len(progress.history) != len(self._record.history):
                 self._record.history = tuple(progress.history)
 
@@ -451,7 +450,8 @@ class ProgressFile(Callback):
         if now - self._last >= self.every:
             self._last = now
             self._write({"progress": {k: getattr(progress, k) for k in
-                                      ("phase", "epoch", "epochs", "step", "steps", "loss", "lr", "elapsed")}})
+                                      ("phase", "epoch", "epochs", "step", "steps", "loss", "lr", "elapsed",
+                                       "steps_before")}})
 
     def on_epoch(self, stats: EpochStats, progress: Progress) -> None:
         self.inner.on_epoch(stats, progress)
@@ -505,7 +505,7 @@ def _run_launched(job: Job, argv: list[str], processes: int, workdir: Path, resu
                                                  p.get("epochs", base.epochs), p.get("step", base.step),
                                                  p.get("steps", base.steps), p.get("loss", base.loss),
                                                  p.get("lr", base.lr), p.get("elapsed", base.elapsed),
-                                                 history=list(history)))
+                                                 history=list(history), steps_before=p.get("steps_before", 0)))
             if done:
                 break
             time.sleep(0.5)

@@ -142,7 +142,13 @@ class EpochStats:
 
 @dataclass
 class Progress:
-    """What a callback sees during a run: phase ("embed", "train"), step counters and the latest numbers."""
+    """What a callback sees during a run: phase ("embed", "train"), step counters and the latest numbers.
+
+    `elapsed` is this phase's time in this process, and `steps_before` the steps (of all epochs) done before
+    that clock started, by an earlier process of a resumed run: the ETA is the pace of this process's own
+    steps, not the run's total time over its total steps (which would count the phases before the epochs,
+    and sessions past, against the steps of this one).
+    """
 
     phase: str
     epoch: int
@@ -153,16 +159,22 @@ class Progress:
     lr: float = 0.0
     elapsed: float = 0.0
     history: list[EpochStats] = field(default_factory=list)
+    steps_before: int = 0
+
+    @property
+    def done(self) -> int:
+        """Steps done, of all epochs."""
+        return (self.epoch - 1) * self.steps + self.step
 
     @property
     def fraction(self) -> float:
-        done = (self.epoch - 1) * self.steps + self.step
-        return done / max(1, self.epochs * self.steps)
+        return self.done / max(1, self.epochs * self.steps)
 
     @property
     def eta(self) -> float:
-        f = self.fraction
-        return self.elapsed * (1 - f) / f if f > 0 else math.nan
+        """Seconds left at this process's pace; nan before its first step."""
+        paced = self.done - self.steps_before
+        return self.elapsed * (self.epochs * self.steps - self.done) / paced if paced > 0 else math.nan
 
 
 class Callback:
@@ -174,6 +186,17 @@ class Callback:
 
     def should_stop(self) -> bool:
         return False
+
+
+def phase_reporter(phase: str, callback: Callback) -> Callable[[int, int], None]:
+    """A (done, total) progress function for one phase before (or outside) the epochs: embeddings, teachers'
+    targets, Haar views, a calibration's steps; the phase's own clock starts now."""
+    began = time.perf_counter()
+
+    def report(done: int, total: int) -> None:
+        callback.on_progress(Progress(phase, 1, 1, done, max(total, 1), elapsed=time.perf_counter() - began))
+
+    return report
 
 
 @dataclass
@@ -584,19 +607,8 @@ def _step_loss(logits: torch.Tensor, yb: torch.Tensor, mask: torch.Tensor | None
     return (per * mask).sum() / (weights[yb] * mask).sum().clamp_min(1e-12)
 
 
-def _phase_report(phase: str, callback: Callback, started: float) -> Callable[[int, int], None]:
-    """A (done, total) progress function for a phase before the epochs (embeddings, teachers)."""
-    progress = Progress(phase, 1, 1, 0, 1)
-
-    def report(done: int, total: int) -> None:
-        progress.step, progress.steps, progress.elapsed = done, total, time.perf_counter() - started
-        callback.on_progress(progress)
-
-    return report
-
-
-def _soft_targets(cfg: TrainConfig, train_set: FaceSet, workdir: Path, ctx: distributed.Context, callback: Callback,
-                  started: float) -> torch.Tensor:
+def _soft_targets(cfg: TrainConfig, train_set: FaceSet, workdir: Path, ctx: distributed.Context,
+                  callback: Callback) -> torch.Tensor:
     """(N, C) or (N, 2C) soft targets of the train faces: base, then the teachers' (rank 0 computes and
     caches them in the work folder; the other ranks read its cache)."""
     base = targets.base_targets(train_set, cfg.soft_targets, cfg.label_smoothing, cfg.ferplus_weight)
@@ -605,14 +617,14 @@ def _soft_targets(cfg: TrainConfig, train_set: FaceSet, workdir: Path, ctx: dist
     if not ctx.is_main:
         distributed.barrier(ctx)
     teach = targets.teacher_targets(cfg.teachers, train_set, workdir,
-                                    report=_phase_report("teachers", callback, started))
+                                    report=phase_reporter("teachers", callback))
     if ctx.is_main:
         distributed.barrier(ctx)
     return torch.cat([base, teach], 1)
 
 
 def _haar_views(train_set: FaceSet, workdir: Path, ctx: distributed.Context, callback: Callback,
-                started: float, seed: int) -> torch.Tensor:
+                seed: int) -> torch.Tensor:
     """The train faces as the app frames them (`fer_app.robustness.haar_views`), cached in the work folder,
     keyed by the faces, the backgrounds, the detector, the crop margin and the seed (rank 0 makes them)."""
     import hashlib
@@ -630,7 +642,7 @@ def _haar_views(train_set: FaceSet, workdir: Path, ctx: distributed.Context, cal
     views = load_cached_tensor(path, "views")
     if views is None or tuple(views.shape) != tuple(train_set.images.shape):
         images, found = robustness.haar_views(train_set, backgrounds=backgrounds, seed=seed,
-                                              progress=_phase_report("haar-views", callback, started))
+                                              progress=phase_reporter("haar-views", callback))
         views = torch.from_numpy(images)
         if ctx.is_main:
             save_tensors_atomically(path, {"views": views.contiguous(), "found": torch.from_numpy(found)})
@@ -762,12 +774,11 @@ def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, 
     head_only = cfg.mode == "head"
     y_train = torch.from_numpy(train_set.labels.astype(np.int64))
     if head_only:
-        report = _phase_report("embed", callback, started)
         cache = APP_HOME / "cache" / "embeddings"
         if not ctx.is_main:  # rank 0 embeds and caches; the others read its cache (or embed themselves)
             distributed.barrier(ctx)
-        x_train = cached_embeddings(model, train_set, device, cache, report)
-        x_val = cached_embeddings(model, val_set, device, cache, report)
+        x_train = cached_embeddings(model, train_set, device, cache, phase_reporter("embed", callback))
+        x_val = cached_embeddings(model, val_set, device, cache, phase_reporter("embed", callback))
         if ctx.is_main:
             distributed.barrier(ctx)
         net: nn.Module = model.head
@@ -785,8 +796,8 @@ def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, 
         val_data: _InMemory | _Streamed = _Streamed(val_set, device, ctx, workers)
     else:
         train_data = _InMemory(x_train, y_train, device, ctx,
-                               _soft_targets(cfg, train_set, workdir, ctx, callback, started) if cfg.soft else None,
-                               _haar_views(train_set, workdir, ctx, callback, started, cfg.seed)
+                               _soft_targets(cfg, train_set, workdir, ctx, callback) if cfg.soft else None,
+                               _haar_views(train_set, workdir, ctx, callback, cfg.seed)
                                if cfg.haar_views > 0 else None, cfg.haar_views)
         val_data = _InMemory(x_val, torch.from_numpy(val_set.labels.astype(np.int64)), device, ctx)
     net.to(device)
@@ -860,7 +871,9 @@ def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, 
                                     "start a new run")
 
     stopped = False
-    progress = Progress("train", start_epoch, cfg.epochs, 0, steps_per_epoch, history=history)
+    progress = Progress("train", start_epoch, cfg.epochs, 0, steps_per_epoch, history=history,
+                        steps_before=(start_epoch - 1) * steps_per_epoch)
+    epochs_began = time.perf_counter()  # the ETA's clock: this process's epochs only
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
         # every draw reproducible per epoch and rank, so resumes match: dropout, then augmentation
@@ -905,7 +918,7 @@ def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, 
             hits = (logits.argmax(1) == yb) if mask is None else (logits.argmax(1) == yb) & mask
             sums += torch.tensor([loss.item() * n_good, int(hits.sum()), n_good], dtype=torch.float64)
             progress.epoch, progress.step, progress.loss, progress.lr = epoch, b + 1, loss.item(), lr
-            progress.elapsed = time.perf_counter() - started
+            progress.elapsed = time.perf_counter() - epochs_began
             callback.on_progress(progress)
         loss_sum, correct, seen = distributed.sum_across(ctx, sums).tolist()
         if stopped and seen == 0:

@@ -185,3 +185,19 @@ def test_default_lr_matches_the_cli():
         args = build_parser().parse_args(["train", "data.csv", "--optimizer", optimizer, "--encoder", "clip-vit-b32"])
         assert _train_config(args).lr == lr == jobs.default_lr(optimizer, "clip-vit-b32", "full")
     assert jobs.default_lr("adamw", "clip-vit-b32", "head") == jobs.DEFAULT_LR["adamw"]
+
+
+def test_a_resumed_runs_pace_reaches_the_page_through_the_progress_file(tmp_path):
+    """A torchrun job's progress is written by the CLI and read back by the page's job: `steps_before`
+    (the epochs an earlier process did) travels with it, so the page's ETA is the pace of this process."""
+    import json
+
+    from fer_app.training import Progress
+
+    p = Progress("train", 3, 10, 5, 100, elapsed=21.0, steps_before=200)  # 5 steps here in 21 s
+    jobs.ProgressFile(tmp_path / "progress.jsonl", None).on_progress(p)
+    record = json.loads((tmp_path / "progress.jsonl").read_text())["progress"]
+    job = jobs.Job("train", "t", "run", lambda job: None)
+    job.on_progress(Progress(**record))
+    assert job.status().eta == pytest.approx(21.0 / 5 * (1000 - 205))
+    assert job.status().fraction == pytest.approx(205 / 1000)

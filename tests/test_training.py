@@ -57,6 +57,34 @@ def test_resume_continues_from_checkpoint(models_dir, tiny_splits, tmp_path):
         train(other, tiny_splits, workdir=tmp_path / "run", resume=True)
 
 
+def test_a_resumed_runs_eta_is_its_own_pace_not_the_earlier_sessions(models_dir, tiny_splits, tmp_path):
+    """The first session is slowed to 0.2 s a step; the resumed one runs at full speed, and its ETA says so
+    (the run's total seconds over its total steps would carry the slow session's pace into the estimate)."""
+    import time
+
+    class SlowFirstEpoch(StopAfterFirstEpoch):
+        def on_progress(self, progress):
+            time.sleep(0.2)
+
+    class Seen(Callback):
+        def __init__(self):
+            self.seen = []
+
+        def on_progress(self, progress):
+            self.seen.append((progress.done, progress.steps_before, progress.elapsed, progress.eta,
+                              progress.epochs * progress.steps))
+
+    cfg = TrainConfig(**TINY_COMPACT)
+    train(cfg, tiny_splits, workdir=tmp_path / "run", callback=SlowFirstEpoch())
+    seen = Seen()
+    train(cfg, tiny_splits, workdir=tmp_path / "run", resume=True, callback=seen)
+    steps = seen.seen[0][4] // cfg.epochs
+    assert seen.seen[0][:2] == (steps + 1, steps)  # epoch 2's first step, epoch 1's steps done before
+    for done, _, elapsed, eta, total in seen.seen:
+        assert elapsed < 0.2 * (done - steps)  # this process's clock only
+        assert 0 <= eta < 0.1 * (total - done) or done == total
+
+
 def test_diverged_run_keeps_previous_model(tiny_model, tiny_splits, models_dir):
     before = (tiny_model / "model.safetensors").read_bytes()
     cfg = TrainConfig(**{**TINY_COMPACT, "lr": 1e12, "optimizer": "sgd"})
