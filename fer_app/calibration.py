@@ -376,6 +376,7 @@ def _base_probs(head: nn.Module, emb: torch.Tensor) -> torch.Tensor:
 def _phases(callback: Callback | None) -> Callable[[str], Callable[[int, int], None]]:
     """Progress of a calibration for a training callback: one phase at a time, each on its own clock
     (`fer_app.training.phase_reporter`), shown at once."""
+
     def start(phase: str) -> Callable[[int, int], None]:
         report = phase_reporter(phase, callback or Callback())
         report(0, 1)
