@@ -90,15 +90,17 @@ def teacher_targets(teachers: Sequence[str], faces: FaceSet, cache_dir: Path, *,
     from fer_app.evaluate import predict_faces
 
     load = load or (lambda name: load_model(name, runtime="torch"))
+    owns = [cache_dir / f"teacher-{hashlib.sha256(faces_key + key).hexdigest()[:20]}.safetensors" for key in keys]
+    shares = [load_cached_tensor(own, "probs") for own in owns]
+    missing = [i for i, share in enumerate(shares) if share is None]
+    for k, i in enumerate(missing):  # progress counts only the teachers computed now, so its ETA is their pace
+        each = (lambda done, n, k=k: report(k * n + done, len(missing) * n)) if report else None
+        shares[i] = torch.from_numpy(np.asarray(predict_faces(load(teachers[i]), faces, batch_size, each), np.float32))
+        owns[i].parent.mkdir(parents=True, exist_ok=True)
+        save_tensors_atomically(owns[i], {"probs": shares[i].contiguous()})
     total = torch.zeros((len(faces), len(CLASSES)), dtype=torch.float64)
-    for k, (name, key) in enumerate(zip(teachers, keys)):
-        own = cache_dir / f"teacher-{hashlib.sha256(faces_key + key).hexdigest()[:20]}.safetensors"
-        if (probs := load_cached_tensor(own, "probs")) is None:
-            each = (lambda done, n, k=k: report(k * n + done, len(teachers) * n)) if report else None
-            probs = torch.from_numpy(np.asarray(predict_faces(load(name), faces, batch_size, each), np.float32))
-            own.parent.mkdir(parents=True, exist_ok=True)
-            save_tensors_atomically(own, {"probs": probs.contiguous()})
-        total += probs.double()
+    for share in shares:
+        total += share.double()
     probs = (total / len(teachers)).float()
     save_tensors_atomically(path, {"probs": probs.contiguous()})
     return probs

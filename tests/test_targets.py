@@ -195,6 +195,18 @@ def test_teacher_targets_stopped_part_way_compute_only_the_missing_teachers(tmp_
     assert len(loaded) == 1 and again.equal(probs)
 
 
+def test_teacher_targets_progress_counts_only_the_teachers_computed_now(tmp_path: Path):
+    faces = make_faces(2, 0)
+    teachers = {"a": _Fixed(np.eye(K)[0]), "b": _Fixed(np.eye(K)[3])}
+    teacher_targets(["a"], faces, tmp_path, load=lambda n: teachers[n])  # a's share is cached
+    reports: list[tuple[int, int]] = []
+    teacher_targets(["a", "b"], faces, tmp_path, load=lambda n: teachers[n], batch_size=5,
+                    report=lambda done, total: reports.append((done, total)))
+    # only b is computed: the phase runs from nothing to all of b's faces, not from half (a counted as just done)
+    assert reports and {total for _, total in reports} == {len(faces)}
+    assert reports[0][0] < len(faces) and reports[-1] == (len(faces), len(faces))
+
+
 def _rolled(splits: dict) -> dict:
     """The same faces, every label moved to the next class: a teacher trained on it is wrong on purpose."""
     return {s: replace(f, labels=(f.labels + 1) % K) for s, f in splits.items()}
