@@ -73,7 +73,8 @@ def teacher_targets(teachers: Sequence[str], faces: FaceSet, cache_dir: Path, *,
     """(N, C) mean probabilities of the `teachers` (model names or folders) on `faces`, each with its own
     test-time views; cached in `cache_dir`, keyed by the teachers' weights and the faces: the mean in
     `teachers-<key>.safetensors`, and each teacher's share in `teacher-<key>.safetensors` as soon as it is
-    computed, so a run stopped part way through (a session's end) computes only the teachers it lacks."""
+    computed, so a run stopped part way through (a session's end) computes only the teachers it lacks;
+    `report(done, total)` counts the faces of those alone, so its pace is theirs."""
     from fer_app.model import WEIGHTS_FILE, file_sha256, load_model, model_dir
 
     if not teachers:
