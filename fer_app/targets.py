@@ -99,10 +99,7 @@ def teacher_targets(teachers: Sequence[str], faces: FaceSet, cache_dir: Path, *,
         shares[i] = torch.from_numpy(np.asarray(predict_faces(load(teachers[i]), faces, batch_size, each), np.float32))
         owns[i].parent.mkdir(parents=True, exist_ok=True)
         save_tensors_atomically(owns[i], {"probs": shares[i].contiguous()})
-    total = torch.zeros((len(faces), len(CLASSES)), dtype=torch.float64)
-    for share in shares:
-        total += share.double()
-    probs = (total / len(teachers)).float()
+    probs = torch.stack(shares).double().mean(0).float()
     save_tensors_atomically(path, {"probs": probs.contiguous()})
     return probs
 
