@@ -70,15 +70,14 @@ if [ "$WIDE" = 1 ]; then
   teachers+=("$ROOT/models/$wide")
 fi
 if [ -f "$ROOT/work/$STUDENT/checkpoint.safetensors" ] && [ "$TEACHERS_ONLY" != 1 ]; then
-  teachers_val=()  # a resumed student: the teachers' figures were printed when it started (minutes on 2 cores)
+  # a resumed student: the teachers' figures were printed when it started (minutes on 2 cores)
   echo "== teachers' val figures: printed when $STUDENT started (its log)"
 else
-  teachers_val=("${teachers[@]}")
+  for t in "${teachers[@]}"; do  # each teacher's own val figure, with its TTA views as saved
+    "$PY" -m fer_app evaluate "$DATA" --split val --runtime torch --model "$t" --json |
+      "$PY" -c 'import json,sys; d=json.load(sys.stdin); print(d["model"], round(d["accuracy"], 4), round(d["macro_f1"], 4))'
+  done
 fi
-for t in "${teachers_val[@]}"; do  # each teacher's own val figure, with its TTA views as saved
-  "$PY" -m fer_app evaluate "$DATA" --split val --runtime torch --model "$t" --json |
-    "$PY" -c 'import json,sys; d=json.load(sys.stdin); print(d["model"], round(d["accuracy"], 4), round(d["macro_f1"], 4))'
-done
 if [ "$TEACHERS_ONLY" = 1 ]; then exit 0; fi
 start=("${SHAPE[@]}")
 [ -n "$STUDENT_INIT" ] && start=(--init-from "$STUDENT_INIT" --lr 0.01 --schedule cosine)
