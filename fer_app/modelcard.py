@@ -64,6 +64,7 @@ def render_card(name: str, cfg: dict, command: str) -> str:
             "## Training",
             f"- epochs run: {training.get('epochs_run')} (best val epoch {training.get('best_epoch')}); "
             f"time {hours:.2f} h on {training.get('device')}; {host_text(training.get('host'))}",
+            *([resumes_line(training)] if training.get("resumed_after_epochs") else []),
             *([swa_line(training["swa"])] if training.get("swa") else []),
             settings_line(training.get("config")),
             "",
@@ -91,6 +92,15 @@ def encoder_line(enc: dict) -> str:
         return f"- encoder: `ensemble` of {len(enc.get('members', []))} compact nets ({shapes})"
     settings = ", ".join(f"{k}={v}" for k, v in enc.items() if k != "type")
     return f"- encoder: `{enc.get('type')}` ({settings})" if enc else "- encoder: ?"
+
+
+def resumes_line(training: dict) -> str:
+    """The card's line on a run's resumes, and the settings given new values on one (`--swa-epochs` only)."""
+    after = ", ".join(str(e) for e in training.get("resumed_after_epochs", []))
+    changes = "".join(f"; `{c['setting']}` {c['was']} -> {c['now']} on the resume after epoch {c['after_epoch']} "
+                      f"(before its window began, so the recipe below reproduces the run)"
+                      for c in training.get("changed_on_resume", []))
+    return f"- resumed from its checkpoint after epochs {after}{changes}"
 
 
 def swa_line(swa: dict) -> str:

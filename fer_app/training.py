@@ -702,6 +702,14 @@ def _batchnorm_mean_across_ranks(net: nn.Module, ctx: distributed.Context) -> No
                 stat.copy_(distributed.sum_across(ctx, stat.double()).to(stat) / ctx.world_size)
 
 
+def _settable_on_resume(saved: dict, now: dict, epochs_done: int) -> set[str]:
+    """The settings a resume may give new values: the weight mean's length (`swa_epochs`) while no epoch run so
+    far lies in the old or the new window, as the mean only reads the weights and never steers the training, so
+    the run stays the one its recorded settings would make from scratch. Every other setting must match."""
+    window = max(saved.get("swa_epochs", 0), now.get("swa_epochs", 0))
+    return {"swa_epochs"} if epochs_done <= now["epochs"] - window else set()
+
+
 def _best_file(workdir: Path, epoch: int) -> Path:
     return workdir / f"best-{epoch:04d}.safetensors"
 
@@ -845,13 +853,20 @@ def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, 
     swa: dict[str, torch.Tensor] = {}  # the running mean of `net`'s tensors over the averaged epochs
     swa_count = 0
     config_json = json.loads(json.dumps(asdict(cfg)))
+    changed: list[dict] = []  # settings given new values on a resume (`_settable_on_resume`)
     if resume and ckpt.is_file():
         meta, swa = _load_checkpoint(ckpt, net, opt, scaler)
         swa_count = meta.get("swa_count", 0)
         # a checkpoint from before a setting existed ran with its default
-        if {**json.loads(json.dumps(asdict(TrainConfig()))), **meta.get("config", {})} != config_json:
+        saved = {**json.loads(json.dumps(asdict(TrainConfig()))), **meta.get("config", {})}
+        loose = _settable_on_resume(saved, config_json, meta["epoch"])
+        if {k: v for k, v in saved.items() if k not in loose} != {k: v for k, v in config_json.items()
+                                                                   if k not in loose}:
             raise TrainingError(f"{ckpt}: the checkpoint was made with other settings; start a new run "
                                 f"(another work folder) or resume with the same settings")
+        changed = [*meta.get("changed_on_resume", []),
+                   *({"after_epoch": meta["epoch"], "setting": k, "was": saved[k], "now": config_json[k]}
+                     for k in sorted(loose) if saved[k] != config_json[k])]
         if meta.get("world_size", 1) != ctx.world_size:
             raise TrainingError(f"{ckpt}: the checkpoint was made by {meta.get('world_size', 1)} process(es), "
                                 f"not {ctx.world_size}; resume with the same number (the batches depend on it)")
@@ -945,7 +960,7 @@ def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, 
                 "stale": stale, "history": [asdict(h) for h in history], "world_size": ctx.world_size,
                 "resumes": resumes, "best_file": _best_file(workdir, best_epoch).name,
                 "best_sha256": tensors_digest(best_state), "seconds": time.perf_counter() - started,
-                "device": device_name(device), "swa_count": swa_count}, scaler, swa)
+                "device": device_name(device), "swa_count": swa_count, "changed_on_resume": changed}, scaler, swa)
             for old in workdir.glob("best-*.safetensors"):  # only the committed best is kept
                 if old.name != _best_file(workdir, best_epoch).name:
                     old.unlink(missing_ok=True)
@@ -988,6 +1003,7 @@ def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, 
                      "device": device_name(device), "precision": PRECISION_NAMES[amp],
                      "host": {"cpu": runtimes.cpu_info(), "torch": torch.__version__},  # what the hours were on
                      "processes": ctx.world_size, **({"resumed_after_epochs": resumes} if resumes else {}),
+                     **({"changed_on_resume": changed} if changed else {}),
                      "history": [asdict(h) for h in history], **swa_meta, "command": None, **(extra_meta or {})},
         "metrics": {"val": report},
     })

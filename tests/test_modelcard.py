@@ -1,5 +1,5 @@
 """The model card: a fine-tune's settings line leaves out the shape settings its saved model fixes; the training
-line names the machine the run trained on, as its record kept it."""
+line names the machine the run trained on, as its record kept it, and its resumes."""
 
 from __future__ import annotations
 
@@ -52,3 +52,14 @@ def test_a_record_without_its_machine_says_so() -> None:
     assert "CPU (2 logical cores); CPU and torch version not recorded" in card
     flagless = {"cpu": {"model": "Old CPU", "machine": "x86_64", "flags": [], "cores": 4}, "torch": "2.13.0"}
     assert host_text(flagless) == "Old CPU, 4 physical cores (none of AVX2, AVX-512, AMX), torch 2.13.0"
+
+
+def test_the_card_names_a_runs_resumes_and_a_setting_changed_on_one() -> None:
+    training = {"config": _saved(TrainConfig(swa_epochs=16)), "epochs_run": 300, "resumed_after_epochs": [52, 252],
+                "changed_on_resume": [{"after_epoch": 252, "setting": "swa_epochs", "was": 0, "now": 16}]}
+    card = render_card("long", {"encoder": {"type": "compact"}, "head": {"kind": "linear"}, "training": training}, "c")
+    said = "resumed from its checkpoint after epochs 52, 252; `swa_epochs` 0 -> 16 on the resume after epoch 252"
+    assert said in card
+    plain = render_card("short", {"encoder": {"type": "compact"}, "head": {"kind": "linear"},
+                                  "training": {"config": {}, "epochs_run": 3}}, "c")
+    assert "resumed" not in plain

@@ -433,6 +433,26 @@ def test_swa_mean_of_the_last_epochs_survives_a_resume_and_is_chosen_on_val(tiny
         assert torch.allclose(resumed.model.state_dict()[w], saved[f"swa.{w}"], atol=1e-6)
 
 
+def test_a_weight_mean_not_yet_begun_may_be_asked_for_on_resume(tiny_splits, tmp_path):
+    """A run started without a weight mean gets one on resume while no epoch run lies in its window; the run is the
+    one its new settings make from scratch (the mean never steers training), and the change is on record."""
+    cfg = TrainConfig(**TINY_COMPACT)  # 3 epochs, no weight mean
+    train(cfg, tiny_splits, workdir=tmp_path / "run", callback=StopAfterFirstEpoch())
+    too_late = TrainConfig(**{**TINY_COMPACT, "swa_epochs": 3})  # would have averaged epoch 1, already run
+    with pytest.raises(TrainingError, match="other settings"):
+        train(too_late, tiny_splits, workdir=tmp_path / "run", resume=True)
+    with_mean = TrainConfig(**{**TINY_COMPACT, "swa_epochs": 2})
+    resumed = train(with_mean, tiny_splits, workdir=tmp_path / "run", resume=True)
+    fresh = train(with_mean, tiny_splits, workdir=tmp_path / "fresh")
+    assert resumed.history[-1].train_loss == pytest.approx(fresh.history[-1].train_loss, rel=1e-4)
+    training = resumed.model.meta["training"]
+    assert training["swa"]["epochs_averaged"] == 2
+    assert training["swa"]["val_accuracy"] == pytest.approx(fresh.model.meta["training"]["swa"]["val_accuracy"])
+    assert training["config"]["swa_epochs"] == 2
+    assert training["changed_on_resume"] == [{"after_epoch": 1, "setting": "swa_epochs", "was": 0, "now": 2}]
+    assert "changed_on_resume" not in fresh.model.meta["training"]
+
+
 def test_batchnorm_statistics_measured_anew_over_the_batches():
     from torch import nn
 
