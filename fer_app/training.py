@@ -859,14 +859,13 @@ def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, 
         swa_count = meta.get("swa_count", 0)
         # a checkpoint from before a setting existed ran with its default
         saved = {**json.loads(json.dumps(asdict(TrainConfig()))), **meta.get("config", {})}
-        loose = _settable_on_resume(saved, config_json, meta["epoch"])
-        if {k: v for k, v in saved.items() if k not in loose} != {k: v for k, v in config_json.items()
-                                                                   if k not in loose}:
+        differ = {k for k, v in saved.items() if k not in config_json or v != config_json[k]}  # saved has every key
+        if differ - _settable_on_resume(saved, config_json, meta["epoch"]):
             raise TrainingError(f"{ckpt}: the checkpoint was made with other settings; start a new run "
                                 f"(another work folder) or resume with the same settings")
         changed = [*meta.get("changed_on_resume", []),
                    *({"after_epoch": meta["epoch"], "setting": k, "was": saved[k], "now": config_json[k]}
-                     for k in sorted(loose) if saved[k] != config_json[k])]
+                     for k in sorted(differ))]
         if meta.get("world_size", 1) != ctx.world_size:
             raise TrainingError(f"{ckpt}: the checkpoint was made by {meta.get('world_size', 1)} process(es), "
                                 f"not {ctx.world_size}; resume with the same number (the batches depend on it)")
