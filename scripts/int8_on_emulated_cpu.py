@@ -3,13 +3,15 @@
 
     apt-get install qemu-user                      # once (Debian's qemu-user, 7.2 emulates AVX2)
     .venv/bin/python scripts/int8_on_emulated_cpu.py [MODEL_DIR] [--cpu EPYC-v1] [--int8 FILE]
+    .venv/bin/python scripts/int8_on_emulated_cpu.py --cpu native --int8 OLD_FILE   # on this CPU, no qemu
 
 The int8 kernels ONNX Runtime picks depend on the CPU (u8s8 without VNNI: VPMADDUBSW, whose int16
 pair sums saturate), so a file must be checked on each kind of CPU. This runs the int8 file on the
 model's reference batch under `qemu-x86_64 -cpu CPU` (default EPYC-v1: first-generation Zen, AVX2,
 no AVX-512, no VNNI), slowly (about 0.3 s per face), then compares the embeddings with the torch
 fp32 embeddings stored in the batch: mean cosine and the head's top-1 agreement, the thresholds of
-`fer_app.runtimes.AccuracyCheck`.
+`fer_app.runtimes.AccuracyCheck`. `--cpu native` runs the same check on this machine's own CPU
+without qemu: on a real AVX2-only CPU, the measurement the emulation stands in for.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", nargs="?", default=None,
                    help="a model folder (default the shipped default model, config.DEFAULT_MODEL)")
-    p.add_argument("--cpu", default="EPYC-v1", help="qemu CPU model (qemu-x86_64 -cpu help)")
+    p.add_argument("--cpu", default="EPYC-v1", help="qemu CPU model (qemu-x86_64 -cpu help), or 'native': this CPU, no emulation")
     p.add_argument("--int8", default=None, help="the int8 file to run (default the model's encoder.int8.onnx)")
     args = p.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -53,7 +55,8 @@ def main() -> int:
     cfg = model.encoder.config()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "emb.npy"
-        cmd = ["qemu-x86_64", "-cpu", args.cpu, sys.executable, "-c", CHILD, str(reference.path),
+        emulate = [] if args.cpu == "native" else ["qemu-x86_64", "-cpu", args.cpu]
+        cmd = [*emulate, sys.executable, "-c", CHILD, str(reference.path),
                str(args.int8 or folder / QUANTIZED_FILE), str(out), str(cfg.get("mean", 0.5)),
                str(cfg.get("std", 0.25))]
         subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL)
@@ -62,7 +65,8 @@ def main() -> int:
         cosine = torch.nn.functional.cosine_similarity(got, reference.embeddings, dim=1)
         top1 = float((model.head(got).argmax(1) == model.head(reference.embeddings).argmax(1)).float().mean())
     passed = float(cosine.mean()) >= runtimes.COSINE_MIN and top1 >= runtimes.TOP1_MIN
-    print(f"{args.int8 or folder / QUANTIZED_FILE} on an emulated {args.cpu}, {len(got)} reference crops: "
+    where = "this CPU (no emulation)" if args.cpu == "native" else f"an emulated {args.cpu}"
+    print(f"{args.int8 or folder / QUANTIZED_FILE} on {where}, {len(got)} reference crops: "
           f"cosine mean {float(cosine.mean()):.4f} (min {float(cosine.min()):.4f}), top-1 agreement {top1:.1%} "
           f"with torch fp32 -> {'passes' if passed else 'FAILS'}")
     return 0 if passed else 1
