@@ -42,15 +42,13 @@ from fer_app.data import FaceSet
 from fer_app.model import (CARD_FILE, CONFIG_FILE, QUANTIZED_FILE, QUANTIZED_KEY, WEIGHTS_FILE, Classifier,
                            file_sha256, load_model, read_config)
 from fer_app.modelcard import quantized_section, with_section
-from fer_app.runtimes import ONNX_INT8_STATIC
+from fer_app.runtimes import ONNX_INT8_STATIC, weight_range
 
 CONFIG_KEY = QUANTIZED_KEY
 #: Calibration faces drawn from the training data (stratified by class).
 DEFAULT_CALIBRATION = 512
 #: The val top-1 agreement with fp32 a file needs to be kept.
 MIN_AGREEMENT = 0.99
-#: Largest |int8 weight| that cannot saturate VPMADDUBSW's int16 pair sums with uint8 activations.
-SAFE_WEIGHT_MAX = 64
 METHOD = ("ONNX Runtime static QDQ: weights int8 per channel with reduce_range (7-bit, |w| <= 64: no "
           "VPMADDUBSW saturation on CPUs without VNNI), activations uint8 (min-max calibration); the first "
           "convolution (1 input channel, 0.5% of the MACs) stays fp32")
@@ -66,7 +64,7 @@ class QuantizeReport:
     weights_sha256: str
     method: str
     calibration: dict
-    #: The int8 weights' range: [min, max]; within +-SAFE_WEIGHT_MAX on every CPU kernel.
+    #: The int8 weights' range: [min, max]; within +-runtimes.SAFE_WEIGHT_MAX on every CPU kernel.
     weight_range: list[int]
     #: The runtime check on the reference batch (`fer_app.runtimes.CheckResult` as a dict).
     reference_check: dict
@@ -128,21 +126,6 @@ def _first_conv(path: Path) -> list[str]:
     return [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"][:1]
 
 
-def weight_range(path: Path) -> tuple[int, int]:
-    """The smallest and largest int8 weight that the file's DequantizeLinear nodes read."""
-    import onnx
-    from onnx import numpy_helper
-
-    graph = onnx.load(str(path)).graph
-    initializers = {i.name: i for i in graph.initializer}
-    values = [numpy_helper.to_array(initializers[n.input[0]]) for n in graph.node
-              if n.op_type == "DequantizeLinear" and n.input[0] in initializers]
-    values = [v for v in values if v.dtype == np.int8]
-    if not values:
-        return (0, 0)
-    return (int(min(v.min() for v in values)), int(max(v.max() for v in values)))
-
-
 def quantize_model(folder: Path, calibration: FaceSet, val: FaceSet | None = None, *,
                    count: int = DEFAULT_CALIBRATION, min_agreement: float = MIN_AGREEMENT,
                    threads: int | None = None) -> QuantizeReport:
@@ -162,9 +145,9 @@ def quantize_model(folder: Path, calibration: FaceSet, val: FaceSet | None = Non
     reference_tmp = folder / (runtimes.REFERENCE_FILE + ".new")
     try:
         low, high = weight_range(tmp)
-        if max(-low, high) > SAFE_WEIGHT_MAX:
-            raise QuantizeError(f"int8 weights span [{low}, {high}]: beyond +-{SAFE_WEIGHT_MAX} they can saturate on "
-                                "CPUs without VNNI; not kept")
+        problem = runtimes.saturation_risk(low, high)
+        if problem is not None:
+            raise QuantizeError(f"{problem}; not kept")
         quantized = load_model(folder, runtime="torch")
         quantized.encoder = runtimes.load_runtime(quantized.encoder, ONNX_INT8_STATIC, threads=threads,
                                                   shipped={ONNX_INT8_STATIC: tmp}, progress=None)

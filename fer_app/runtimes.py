@@ -7,7 +7,8 @@ works unchanged. The runtimes (`RUNTIMES`):
 - `torch`: torch eager fp32, the reference every other runtime is checked against.
 - `torch-int8`: torch's dynamic int8 quantization of the Linear layers.
 - `onnx-fp32`: ONNX Runtime on the encoder exported to ONNX (dynamic batch axis).
-- `onnx-int8`: ONNX Runtime on that export with dynamic int8 quantization of its MatMuls.
+- `onnx-int8`: ONNX Runtime on that export with dynamic int8 quantization of its MatMuls (7-bit weights
+  per output channel, which cannot saturate on CPUs without VNNI: `SAFE_WEIGHT_MAX`).
 - `openvino-fp32`, `openvino-bf16`: OpenVINO's CPU plugin on the same ONNX export, in fp32 or in
   bfloat16 (only offered on CPUs with native bf16, e.g. AVX512_BF16 or AMX).
 - `onnx-int8-static`: ONNX Runtime on a static-int8 file shipped in the model's folder
@@ -123,10 +124,15 @@ ENV_THREADS = "FER_APP_THREADS"
 ENV_RUNTIME = "FER_APP_RUNTIME"
 #: Exporters tried in order, with their opsets: the first whose export reproduces torch is kept.
 EXPORTERS: tuple[tuple[str, int], ...] = (("dynamo", 18), ("torchscript", 17))
-#: Bump when the layout of the cache or the way artifacts are made changes.
-CACHE_FORMAT = "fer-app-onnx-cache/2"
+#: Bump when the layout of the cache or the way artifacts are made changes (3: `onnx-int8` with 7-bit weights).
+CACHE_FORMAT = "fer-app-onnx-cache/3"
+#: Largest |int8 weight| that cannot saturate the int16 pair sums of x86's u8s8 kernels without VNNI (VPMADDUBSW:
+#: 2 x 255 x 64 = 32640 < 32767). Every int8 file the app makes keeps within it (ONNX Runtime's `reduce_range`):
+#: with 8-bit weights the same file is exact on a VNNI CPU and wrong on an AVX2-only one.
+SAFE_WEIGHT_MAX = 64
 #: How `onnx-int8` is made (part of its cache key through CACHE_FORMAT; described in its manifest).
-QUANTIZATION = "dynamic: weights of the MatMuls with a constant weight int8 per tensor, activations uint8 at run time"
+QUANTIZATION = ("dynamic: weights of the MatMuls with a constant weight int8 per output channel with reduce_range "
+                "(7-bit, |w| <= 64: no saturation on CPUs without VNNI), activations uint8 at run time")
 MANIFEST, MODEL_FILE = "manifest.json", "model.onnx"
 INPUT_NAME, OUTPUT_NAME = "pixels", "embeddings"
 
@@ -595,7 +601,9 @@ def _verify_export(encoder: Encoder, path: Path) -> None:
 
 
 def quantize_onnx_dynamic(source: Path, target: Path) -> None:
-    """Dynamic int8 quantization of the MatMuls (weights int8 ahead of time, activations at run time)."""
+    """Dynamic int8 quantization of the MatMuls (`QUANTIZATION`: weights int8 ahead of time, per output channel and
+    within +-SAFE_WEIGHT_MAX; activations at run time). Raises RuntimeUnavailable when it fails, or when the weights
+    come out beyond that range."""
     if not _importable("onnxruntime"):
         raise RuntimeUnavailable("onnxruntime is not installed")
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -603,9 +611,33 @@ def quantize_onnx_dynamic(source: Path, target: Path) -> None:
     try:
         with _quiet():
             quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                             extra_options={"MatMulConstBOnly": True})
+                             per_channel=True, reduce_range=True, extra_options={"MatMulConstBOnly": True})
     except Exception as exc:  # noqa: BLE001 - the quantizer raises many types; the runtime is then unavailable
         raise RuntimeUnavailable(f"int8 quantization failed: {type(exc).__name__}: {str(exc).strip()[:200]}") from exc
+    problem = saturation_risk(*weight_range(target))
+    if problem is not None:
+        target.unlink(missing_ok=True)
+        raise RuntimeUnavailable(problem)
+
+
+def saturation_risk(low: int, high: int) -> str | None:
+    """Why int8 weights spanning [low, high] could saturate on CPUs without VNNI, or None within +-SAFE_WEIGHT_MAX."""
+    if max(-low, high) <= SAFE_WEIGHT_MAX:
+        return None
+    return f"int8 weights span [{low}, {high}]: beyond +-{SAFE_WEIGHT_MAX} they can saturate on CPUs without VNNI"
+
+
+def weight_range(path: Path) -> tuple[int, int]:
+    """The smallest and largest int8 value stored in an ONNX file's initializers: its int8 weights (static QDQ or
+    dynamic) and their zero points; (0, 0) for a file without any."""
+    import onnx
+    from onnx import numpy_helper
+
+    values = [v for v in (numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer)
+              if v.dtype == np.int8 and v.size]
+    if not values:
+        return (0, 0)
+    return (int(min(v.min() for v in values)), int(max(v.max() for v in values)))
 
 
 # ------------------------------------------------------------------------------------ building

@@ -15,9 +15,9 @@ from fer_app.evaluate import evaluate
 from fer_app.model import ModelError, load_model, save_model
 from fer_app.modelcard import QUANTIZED_TITLE
 from fer_app import runtimes
-from fer_app.quantize import (CONFIG_KEY, DEFAULT_CALIBRATION, ONNX_INT8_STATIC, QUANTIZED_FILE, SAFE_WEIGHT_MAX,
-                              QuantizeError,
-                              calibration_sample, quantize_model, weight_range)
+from fer_app.quantize import (CONFIG_KEY, DEFAULT_CALIBRATION, ONNX_INT8_STATIC, QUANTIZED_FILE, QuantizeError,
+                              calibration_sample, quantize_model)
+from fer_app.runtimes import SAFE_WEIGHT_MAX, weight_range
 from test_cli import write_fer2013_csv
 
 
@@ -36,17 +36,6 @@ def test_calibration_sample_is_stratified_and_reproducible():
     assert len(calibration_sample(one_class, 3)) == 3
     empty = calibration_sample(type(faces)(images=faces.images[:0], labels=faces.labels[:0]), 5)
     assert empty.shape == (0, 48, 48) and empty.dtype == np.uint8
-
-
-def test_weight_range_of_a_file_without_int8_weights_is_zero(tmp_path: Path):
-    import onnx
-    from onnx import TensorProto, helper
-
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
-    onnx.save(helper.make_model(graph), str(tmp_path / "plain.onnx"))
-    assert weight_range(tmp_path / "plain.onnx") == (0, 0)
 
 
 def test_quantized_model_is_used_under_auto_and_agrees(tiny_model: Path, tiny_splits):
