@@ -36,7 +36,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", nargs="?", default=None,
                    help="a model folder (default the shipped default model, config.DEFAULT_MODEL)")
-    p.add_argument("--cpu", default="EPYC-v1", help="qemu CPU model (qemu-x86_64 -cpu help), or 'native': this CPU, no emulation")
+    p.add_argument("--cpu", default="EPYC-v1",
+                   help="qemu CPU model (qemu-x86_64 -cpu help), or 'native': this CPU, no emulation")
     p.add_argument("--int8", default=None, help="the int8 file to run (default the model's encoder.int8.onnx)")
     args = p.parse_args()
     sys.path.insert(0, str(ROOT))
