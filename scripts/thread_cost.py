@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""CPU time per frame of the video engine on real footage, by OpenCV, inference and torch threads.
+
+    PYTHONPATH=. .venv/bin/python scripts/thread_cost.py [--configs 2,2,2 2,2,1 1,1,1]
+
+Each configuration runs in its own process (OpenCV's and ONNX Runtime's pools are set up once per
+process; torch's intra-op threads run the head and the TTA views' resampling): the video CLI's engine (`fer_app.bench_footage.run_frames`) over ../shared/media's
+`woman2.mp4` and the 3-face composite of real clips, with the bundled model as `auto` loads it.
+It prints the FPS (decoding excluded) and the process's CPU time per frame (user + system, from
+`getrusage`). On a machine whose cores are shared with a browser, CPU per frame is what the other
+processes lose. Run it on an otherwise idle machine; it prints the CPU's flags first.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def child(opencv_threads: int, inference_threads: int, torch_threads: int) -> None:
+    import cv2
+    import torch
+
+    cv2.setNumThreads(opencv_threads)
+    sys.path.insert(0, str(ROOT))
+    from fer_app.bench_footage import MEDIA_DIR, ONE_FACE_CLIP, _settings, composite_frames, read_frames, run_frames
+    from fer_app.model import load_model
+
+    model = load_model("compact-fer2013", threads=inference_threads)
+    torch.set_num_threads(torch_threads)  # after the load: `auto`'s check may set it while it times torch
+    one = read_frames(MEDIA_DIR / ONE_FACE_CLIP)
+    run_frames(model, one[:30], _settings())  # warm-up
+    for name, frames in ((ONE_FACE_CLIP, one), ("3-face composite", list(composite_frames(150)))):
+        before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        out = run_frames(model, frames, _settings())
+        after, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - start
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        print(f"{opencv_threads:>14} {inference_threads:>17} {torch_threads:>13}  {name:18s} {out['fps']:6.1f} "
+              f"{1000 * cpu / len(frames):14.1f} {cpu / wall:6.2f}  {out['frames_with_faces']}/{len(frames)}",
+              flush=True)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", nargs="+", default=["2,2,2", "2,2,1", "1,2,1", "1,1,1"],
+                   help="OPENCV,INFERENCE,TORCH thread counts, one process each")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        child(*map(int, args.child.split(",")))
+        return 0
+    flags = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    print("\n".join(ln for ln in flags.splitlines() if ln.startswith(("Model name", "CPU(s)", "Flags"))))
+    print("OpenCV threads  inference threads torch threads  footage               FPS  CPU ms a frame  cores  faces")
+    for config in args.configs:
+        subprocess.run([sys.executable, __file__, "--child", config], check=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
