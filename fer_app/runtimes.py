@@ -656,8 +656,10 @@ def load_runtime(encoder: Encoder, runtime: str, *, threads: int | None = None, 
         raise RuntimeUnavailable(f"{runtime}: {reason}")
     threads = resolve_threads(threads)
     encoder = encoder.eval()
+    # Every runtime: torch also runs the head and the TTA views around an ONNX encoder. Set for torch runtimes only,
+    # a first load (whose check builds the torch candidate) and later loads (a stored verdict) would differ.
+    torch.set_num_threads(threads)
     if runtime in (TORCH, TORCH_INT8):
-        torch.set_num_threads(threads)
         return encoder if runtime == TORCH else _torch_int8(encoder)
     if runtime in SHIPPED_RUNTIMES:
         path = Path(shipped[runtime])  # type: ignore[index]

@@ -290,6 +290,9 @@ def test_auto_reuses_its_stored_choice(tiny_encoder: ClipEncoder, crops: CheckCr
                            progress=messages.append)
     assert runtime_name(again) == first and runtimes.runtime_choice(again).how == "stored"
     assert "chosen on this machine" in runtimes.runtime_choice(again).reason and not messages
+    torch.set_num_threads(2)  # a stored verdict sets torch's thread count as the check did (it runs the head)
+    select_runtime(tiny_encoder, AUTO, threads=1, cache_dir=tmp_path, check_crops=crops, progress=None)
+    assert torch.get_num_threads() == 1
     # Another thread count is another decision.
     monkeypatch.undo()
     select_runtime(tiny_encoder, AUTO, threads=2, cache_dir=tmp_path, check_crops=crops, progress=None)
