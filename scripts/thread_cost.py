@@ -32,7 +32,7 @@ def child(opencv_threads: int, inference_threads: int, torch_threads: int) -> No
     from fer_app.model import load_model
 
     model = load_model("compact-fer2013", threads=inference_threads)
-    torch.set_num_threads(torch_threads)  # after the load: `auto`'s check may set it while it times torch
+    torch.set_num_threads(torch_threads)  # after the load, which sets it to the inference threads
     one = read_frames(MEDIA_DIR / ONE_FACE_CLIP)
     run_frames(model, one[:30], _settings())  # warm-up
     for name, frames in ((ONE_FACE_CLIP, one), ("3-face composite", list(composite_frames(150)))):
