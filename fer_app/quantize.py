@@ -49,8 +49,8 @@ CONFIG_KEY = QUANTIZED_KEY
 DEFAULT_CALIBRATION = 512
 #: The val top-1 agreement with fp32 a file needs to be kept.
 MIN_AGREEMENT = 0.99
-METHOD = ("ONNX Runtime static QDQ: weights int8 per channel with reduce_range (7-bit, |w| <= 64: no "
-          "VPMADDUBSW saturation on CPUs without VNNI), activations uint8 (min-max calibration); the first "
+METHOD = ("ONNX Runtime static QDQ: weights int8 per channel with reduce_range "
+          f"(7-bit, |w| <= {runtimes.SAFE_WEIGHT_MAX}: no VPMADDUBSW saturation on CPUs without VNNI), activations uint8 (min-max calibration); the first "
           "convolution (1 input channel, 0.5% of the MACs) stays fp32")
 
 

@@ -132,7 +132,7 @@ CACHE_FORMAT = "fer-app-onnx-cache/3"
 SAFE_WEIGHT_MAX = 64
 #: How `onnx-int8` is made (part of its cache key through CACHE_FORMAT; described in its manifest).
 QUANTIZATION = ("dynamic: weights of the MatMuls with a constant weight int8 per output channel with reduce_range "
-                "(7-bit, |w| <= 64: no saturation on CPUs without VNNI), activations uint8 at run time")
+                f"(7-bit, |w| <= {SAFE_WEIGHT_MAX}: no saturation on CPUs without VNNI), activations uint8 at run time")
 MANIFEST, MODEL_FILE = "manifest.json", "model.onnx"
 INPUT_NAME, OUTPUT_NAME = "pixels", "embeddings"
 

@@ -54,8 +54,10 @@ def main() -> int:
     if args.child:
         child(*map(int, args.child.split(",")))
         return 0
-    flags = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    print("\n".join(ln for ln in flags.splitlines() if ln.startswith(("Model name", "CPU(s)", "Flags"))))
+    sys.path.insert(0, str(ROOT))
+    from fer_app import runtimes
+
+    print(f"machine: {runtimes.cpu_text(runtimes.cpu_info())}")  # the bench's own line: model, cores, ISA flags
     print("OpenCV threads  inference threads torch threads  footage               FPS  CPU ms a frame  cores  faces")
     for config in args.configs:
         subprocess.run([sys.executable, __file__, "--child", config], check=True)
