@@ -50,8 +50,9 @@ DEFAULT_CALIBRATION = 512
 #: The val top-1 agreement with fp32 a file needs to be kept.
 MIN_AGREEMENT = 0.99
 METHOD = ("ONNX Runtime static QDQ: weights int8 per channel with reduce_range "
-          f"(7-bit, |w| <= {runtimes.SAFE_WEIGHT_MAX}: no VPMADDUBSW saturation on CPUs without VNNI), activations uint8 (min-max calibration); the first "
-          "convolution (1 input channel, 0.5% of the MACs) stays fp32")
+          f"(7-bit, |w| <= {runtimes.SAFE_WEIGHT_MAX}: no VPMADDUBSW saturation on CPUs without VNNI), "
+          "activations uint8 (min-max calibration); the first convolution (1 input channel, 0.5% of the MACs) "
+          "stays fp32")
 
 
 class QuantizeError(RuntimeError):
