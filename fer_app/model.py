@@ -35,6 +35,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from fer_app import runtimes
 from fer_app.config import CLASSES, DEFAULT_MODEL, MODELS_DIR, STILLS_MODEL
 from fer_app.encoders.base import Encoder
 from fer_app.encoders.compact import INPUT_SIZE, CompactEncoder
@@ -71,15 +72,21 @@ class Classifier(nn.Module):
     Test-time augmentation (TTA) averages the probabilities over views of each face: the face
     itself, zoomed copies (`tta_zooms`, chosen on val by `fer_app.tta`) and, with `tta_flip`, the
     mirror image of each of those.
+
+    threads: the inference threads it was loaded for. Each prediction first sets torch's count for the
+    calling thread (`fer_app.runtimes.torch_threads`): these threads when torch runs the encoder, one around
+    an encoder in another runtime; None leaves torch's count to the caller for a torch encoder.
     """
 
     def __init__(self, encoder: Encoder, head: Head, *, name: str = "", classes: Sequence[str] = CLASSES,
-                 tta_flip: bool = False, tta_zooms: Sequence[float] = (), meta: dict | None = None) -> None:
+                 tta_flip: bool = False, tta_zooms: Sequence[float] = (), meta: dict | None = None,
+                 threads: int | None = None) -> None:
         super().__init__()
         self.encoder, self.head = encoder, head
         self.name, self.classes, self.tta_flip = name, tuple(classes), tta_flip
         self.tta_zooms = tuple(float(z) for z in tta_zooms)
         self.meta = meta or {}
+        self.threads = threads
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(pixels))
@@ -105,10 +112,18 @@ class Classifier(nn.Module):
         out = pixels if base == 0 else zoom(pixels, self.tta_zooms[base - 1])
         return out.flip(-1) if index >= per_side else out
 
+    def use_threads(self) -> None:
+        """Set torch's thread count for the calling thread to this model's (see the class); every prediction
+        does this first."""
+        count = runtimes.torch_threads(self.encoder, self.threads)
+        if count is not None:
+            runtimes.use_torch_threads(count)
+
     @torch.inference_mode()
     def predict_pixels(self, pixels: torch.Tensor, *, tta: bool | None = None) -> torch.Tensor:
         """Probabilities for preprocessed pixels, averaged over the `views(tta)` views of each face.
         All views of all faces go through the encoder in one batch."""
+        self.use_threads()
         count = self.views(tta)
         if count == 1:
             return self._probabilities(self(pixels))
@@ -129,6 +144,7 @@ class Classifier(nn.Module):
             return np.zeros((0, len(self.classes)), np.float32)
         if self.training:
             self.eval()
+        self.use_threads()
         pixels = self.encoder.preprocess(crops)
         order, parts = [], []
         for index in sorted(set(views)):
@@ -148,6 +164,7 @@ class Classifier(nn.Module):
             return np.zeros((0, len(self.classes)), np.float32)
         if self.training:
             self.eval()
+        self.use_threads()  # before the preprocessing, which runs in torch too
         return self._checked(self.predict_pixels(self.encoder.preprocess(crops), tta=tta).numpy().astype(np.float32))
 
     def _checked(self, probs: np.ndarray) -> np.ndarray:
@@ -418,8 +435,6 @@ def _in_runtime(encoder: Encoder, runtime: str, threads: int | None, head: nn.Mo
                 folder: Path | None = None, cfg: dict | None = None) -> Encoder:
     """`encoder` in `runtime` through `fer_app.runtimes.select_runtime`, with the model folder's shipped
     files (an int8 encoder made from these weights, the reference batch) when there is a folder."""
-    from fer_app import runtimes
-
     shipped, reference = runtime_files(folder, cfg)
     if runtime in runtimes.SHIPPED_RUNTIMES and runtime not in shipped:
         raise ModelError(f"{folder}: {shipped_problem(folder, cfg or {}) or 'no file for ' + runtime}")
@@ -434,8 +449,6 @@ def runtime_files(folder: Path | None, cfg: dict | None):
     """What a model folder gives the runtime selection: its shipped runtime files (`shipped_runtimes`)
     and its reference batch (`fer_app.runtimes.read_reference`; None when it has none or it is damaged,
     said in one log line)."""
-    from fer_app import runtimes
-
     if folder is None or cfg is None:
         return {}, None
     try:
@@ -532,9 +545,11 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL, *, models_dir: Path | N
 
 def _with_runtime(model: Classifier, runtime: str, threads: int | None, folder: Path | None = None,
                   cfg: dict | None = None) -> Classifier:
-    """`model` with its encoder in `runtime` (checked against the model's own head under "auto")."""
+    """`model` with its encoder in `runtime` (checked against the model's own head under "auto"), predicting with
+    `threads` (resolved by `fer_app.runtimes.resolve_threads`; the torch runtime keeps None: the caller's count)."""
     if runtime != "torch":
         model.encoder = _in_runtime(model.encoder, runtime, threads, model.head, folder, cfg)
+        model.threads = runtimes.resolve_threads(threads)
     return model
 
 

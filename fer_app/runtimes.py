@@ -46,8 +46,10 @@ one log line, so `auto` falls back to torch. Setting FER_APP_RUNTIME to a runtim
 `auto` means on a machine (e.g. "torch" in tests).
 
 Threads: `default_threads` uses the physical cores, less one when there are four or more so that
-the video thread keeps a core; `FER_APP_THREADS` or an explicit `threads` overrides it. torch's
-thread count is process-wide, so choosing a torch runtime sets it for the whole process.
+the video thread keeps a core; `FER_APP_THREADS` or an explicit `threads` overrides it. Loading an
+encoder in any runtime sets torch's thread count to it; a model then sets torch's count for the thread
+it predicts in (`torch_threads`, `use_torch_threads`): its threads when torch runs the encoder, one when
+torch runs only the small ops around an ONNX Runtime or OpenVINO encoder.
 """
 
 from __future__ import annotations
@@ -187,6 +189,32 @@ def resolve_threads(threads: int | None) -> int:
     if threads < 0:
         raise ValueError(f"threads must be positive, got {threads}")
     return int(threads)
+
+
+#: torch's threads around an encoder that runs outside torch (ONNX Runtime, OpenVINO). torch then runs only the
+#: preprocessing, the TTA views' resampling, the head and the softmax: ops too small to share out, so a second
+#: OpenMP thread only spins waiting for work. On 2 AVX2 cores, the video engine with 3 faces a frame took 34% less
+#: CPU a frame and ran 27% faster with one (`scripts/thread_cost.py`; README, "The slow kind").
+AROUND_ENCODER_THREADS = 1
+
+
+def torch_threads(encoder: Encoder, threads: int | None) -> int | None:
+    """torch's intra-op threads for a model whose encoder is `encoder`, loaded for `threads` inference threads:
+    those threads when torch runs the encoder, else `AROUND_ENCODER_THREADS`; None (leave torch's count as it
+    is) for a torch encoder given no count."""
+    if runtime_name(encoder) not in (TORCH, TORCH_INT8):
+        return AROUND_ENCODER_THREADS
+    return None if threads is None else resolve_threads(threads)
+
+
+def use_torch_threads(count: int) -> None:
+    """Give the calling thread `count` torch intra-op threads, if it has another count.
+
+    OpenMP keeps the count per thread (torch.set_num_threads sets the calling thread's, and the start value of
+    threads that have not run torch yet), so each model sets its own before it runs: the live page's model, in
+    its video thread, and the Photo page's ensemble, in the script thread, each get theirs."""
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
 
 
 # -------------------------------------------------------------------------------- availability
@@ -656,8 +684,8 @@ def load_runtime(encoder: Encoder, runtime: str, *, threads: int | None = None, 
         raise RuntimeUnavailable(f"{runtime}: {reason}")
     threads = resolve_threads(threads)
     encoder = encoder.eval()
-    # Every runtime: torch also runs the head and the TTA views around an ONNX encoder. Set for torch runtimes only,
-    # a first load (whose check builds the torch candidate) and later loads (a stored verdict) would differ.
+    # Every runtime, so that a first load (whose check builds and times the torch candidate) and later loads (a stored
+    # verdict) leave the same count. A model then sets its own count in each thread it runs in (`use_torch_threads`).
     torch.set_num_threads(threads)
     if runtime in (TORCH, TORCH_INT8):
         return encoder if runtime == TORCH else _torch_int8(encoder)

@@ -4,8 +4,11 @@
     PYTHONPATH=. .venv/bin/python scripts/thread_cost.py [--configs 2,2,2 2,2,1 1,1,1]
 
 Each configuration runs in its own process (OpenCV's and ONNX Runtime's pools are set up once per
-process; torch's intra-op threads run the head and the TTA views' resampling): the video CLI's engine (`fer_app.bench_footage.run_frames`) over ../shared/media's
-`woman2.mp4` and the 3-face composite of real clips, with the bundled model as `auto` loads it.
+process). TORCH is `fer_app.runtimes.AROUND_ENCODER_THREADS`, torch's threads around an encoder in
+ONNX Runtime, for the preprocessing, the TTA views' resampling and the head (the model sets it on
+each call; the app uses 1, chosen with this script). It runs the video CLI's engine
+(`fer_app.bench_footage.run_frames`) over ../shared/media's `woman2.mp4` and the 3-face composite
+of real clips, with the bundled model as `auto` loads it.
 It prints the FPS (decoding excluded) and the process's CPU time per frame (user + system, from
 `getrusage`). On a machine whose cores are shared with a browser, CPU per frame is what the other
 processes lose. Run it on an otherwise idle machine; it prints the CPU's flags first.
@@ -24,15 +27,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def child(opencv_threads: int, inference_threads: int, torch_threads: int) -> None:
     import cv2
-    import torch
 
     cv2.setNumThreads(opencv_threads)
     sys.path.insert(0, str(ROOT))
+    from fer_app import runtimes
     from fer_app.bench_footage import MEDIA_DIR, ONE_FACE_CLIP, _settings, composite_frames, read_frames, run_frames
     from fer_app.model import load_model
 
+    runtimes.AROUND_ENCODER_THREADS = torch_threads  # what each prediction sets, around the int8 encoder
     model = load_model("compact-fer2013", threads=inference_threads)
-    torch.set_num_threads(torch_threads)  # after the load, which sets it to the inference threads
+    if runtimes.runtime_name(model.encoder) in (runtimes.TORCH, runtimes.TORCH_INT8):
+        print(f"note: auto chose {runtimes.runtime_name(model.encoder)} here, so TORCH has no effect", flush=True)
     one = read_frames(MEDIA_DIR / ONE_FACE_CLIP)
     run_frames(model, one[:30], _settings())  # warm-up
     for name, frames in ((ONE_FACE_CLIP, one), ("3-face composite", list(composite_frames(150)))):

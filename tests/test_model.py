@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -214,6 +215,40 @@ def test_views_one_at_a_time_average_to_the_full_tta(tiny_model):
     for i, v in enumerate([0, 1, 2, 3, 1]):
         np.testing.assert_allclose(mixed[i], per_view[v][i], atol=1e-5)
     assert not np.allclose(per_view[0], per_view[2])  # the mirror image is another view
+
+
+def _count_after_predicting(model: Classifier, start: int) -> int:
+    """torch's thread count in a new thread that starts at `start` and runs one prediction of `model`."""
+    seen: list[int] = []
+
+    def work() -> None:
+        torch.set_num_threads(start)
+        model.predict_proba([np.full((60, 60), 100, np.uint8)])
+        seen.append(torch.get_num_threads())
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    worker.join()
+    return seen[0]
+
+
+def test_a_model_sets_torch_threads_in_the_thread_it_predicts_in():
+    """Around an encoder in ONNX Runtime torch runs one thread (its ops are too small to share); a torch encoder
+    runs at the model's threads; another thread's count stays as it was."""
+    pytest.importorskip("onnxruntime")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        outside = load_model(BUNDLED, runtime="onnx-int8-static", threads=2)
+        assert outside.threads == 2 and _count_after_predicting(outside, 2) == 1
+        in_torch = _classifier()
+        in_torch.threads = 2
+        assert _count_after_predicting(in_torch, 1) == 2
+        assert _count_after_predicting(_classifier(), 1) == 1  # no count given: the caller's stays
+        if "OpenMP" in torch.__config__.parallel_info():  # OpenMP keeps the count per thread
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_write_config_replaces_the_file_whole_and_ends_it_with_a_newline(tmp_path):

@@ -397,6 +397,17 @@ def test_default_threads(monkeypatch: pytest.MonkeyPatch) -> None:
         default_threads()
 
 
+def test_torch_threads_are_the_inference_threads_only_where_torch_runs_the_encoder(tiny_encoder: ClipEncoder,
+                                                                                    tmp_path: Path) -> None:
+    assert runtimes.torch_threads(tiny_encoder, 3) == 3
+    assert runtimes.torch_threads(tiny_encoder, None) is None  # a torch model given no count: the caller's
+    pytest.importorskip("onnxruntime")
+    outside = load_runtime(tiny_encoder, ONNX_FP32, threads=2, cache_dir=tmp_path, progress=None)
+    assert runtimes.torch_threads(outside, 2) == runtimes.torch_threads(outside, None) == 1
+    runtimes.use_torch_threads(3)
+    assert torch.get_num_threads() == 3
+
+
 # ------------------------------------------------------------------------------ model loading
 
 def test_load_model_runs_clip_in_the_chosen_runtime(models_dir: Path, tiny_clip_dir: Path) -> None:
