@@ -108,9 +108,14 @@ class FaceDetector:
         """Each face's roll in degrees (`EyeAligner.roll`) when this detector aligns crops, else None."""
         return None if self.aligner is None else [self.aligner.roll(frame, face) for face in faces]
 
-    def crop(self, frame: np.ndarray, faces: Sequence[Face]) -> list[np.ndarray]:
-        """`crop_faces` with this detector's margin, aligned on the eyes when its config says so."""
-        return crop_faces(frame, faces, self.config.margin, self.rolls(frame, faces))
+    def crop(self, frame: np.ndarray, faces: Sequence[Face], rolls: Sequence[float] | None = None) -> list[np.ndarray]:
+        """`crop_faces` with this detector's margin, aligned on the eyes when its config says so: by `rolls`
+        (degrees, one per face) when given, else by each face's roll measured here (`rolls`)."""
+        if self.aligner is None:
+            rolls = None
+        elif rolls is None:
+            rolls = self.rolls(frame, faces)
+        return crop_faces(frame, faces, self.config.margin, rolls)
 
     def _prepare(self, frame: np.ndarray) -> tuple[np.ndarray, float]:
         """Grey, downscaled, equalised copy of the frame and its scale relative to the frame."""

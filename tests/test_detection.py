@@ -237,6 +237,16 @@ def test_detector_crop_uses_its_margin(detector: FaceDetector, astronaut: np.nda
     assert abs(crop.shape[0] - side) <= 1 and crop.shape[0] == crop.shape[1]
 
 
+def test_detector_crop_takes_given_rolls_only_when_it_aligns(astronaut: np.ndarray) -> None:
+    aligning = FaceDetector(DetectorConfig(align=True))
+    faces = aligning.detect(astronaut)
+    (turned,) = aligning.crop(astronaut, faces, [15.0])  # given: no eye search, that roll
+    np.testing.assert_array_equal(turned, crop_faces(astronaut, faces, aligning.config.margin, [15.0])[0])
+    (plain,) = FaceDetector().crop(astronaut, faces, [15.0])  # a detector that does not align ignores them
+    np.testing.assert_array_equal(plain, crop_faces(astronaut, faces, aligning.config.margin)[0])
+    assert not np.array_equal(turned, plain)
+
+
 # --- box mapping edges (found by mutation testing) ----------------------------------------------
 
 

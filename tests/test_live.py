@@ -446,3 +446,38 @@ def test_an_aligning_detector_levels_the_crops_the_model_and_the_captures_get() 
     with LivePipeline(FakeModel(), SYNC) as plain:
         plain.process(frame)
         assert not np.array_equal(model.crops[0], plain.crop(frame, faces)[0])  # levelled: not the plain box
+
+
+def test_eye_alignment_measures_new_faces_then_one_face_a_batch_in_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three faces: all three eye searches in the first batch, then one a batch, each face in turn; the faces not
+    searched keep their last roll."""
+    from fer_app.alignment import EyeAligner
+    from fer_app.detection import FaceDetector
+
+    searched: list[int] = []  # the x of each face searched
+    cut_with: list[list[float]] = []  # the rolls each batch's crops were cut with
+
+    def roll(self: EyeAligner, frame: np.ndarray, face) -> float:
+        searched.append(face.x)
+        return 3.0 * len(searched)  # another roll at every search
+
+    crop = FaceDetector.crop
+
+    def recorded(self: FaceDetector, frame: np.ndarray, faces, rolls=None) -> list[np.ndarray]:
+        cut_with.append([] if rolls is None else list(rolls))
+        return crop(self, frame, faces, rolls)
+
+    monkeypatch.setattr(EyeAligner, "roll", roll)
+    monkeypatch.setattr(FaceDetector, "crop", recorded)
+    frame = scene((10, 150), (220, 150), (430, 150))
+    model = FakeModel()
+    with LivePipeline(model, replace(SYNC, detector=replace(DETECTOR, align=True))) as pipeline:
+        for _ in range(7):
+            pipeline.process(frame)
+    assert model.batches == [3] * 7 and len(cut_with) == 7
+    assert len(searched) == 3 + 6 and sorted(cut_with[0]) == [3.0, 6.0, 9.0]
+    first = sorted(searched[:3])  # each later search, by the face nearest (a tracked box may move a pixel or two)
+    nearest = [min(range(3), key=lambda i, x=x: abs(first[i] - x)) for x in searched[3:]]
+    assert [nearest.count(i) for i in range(3)] == [2, 2, 2]  # in turn: each face twice in six batches
+    for before, after, measured in zip(cut_with, cut_with[1:], range(4, 10)):
+        assert set(after) - set(before) == {3.0 * measured} and len(set(after) & set(before)) == 2  # the others kept
