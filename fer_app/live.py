@@ -379,6 +379,7 @@ class LivePipeline:
             if pending.settings is not None:
                 if pending.detector is not None:
                     self._detector = pending.detector
+                    self._roll_of.clear()  # its settings (alignment, margin) may differ: measure again
                 if (pending.detector is not None or pending.settings.scan != self._settings.scan
                         or _scans_beside(pending.settings) != _scans_beside(self._settings)):
                     self._scanner.close()

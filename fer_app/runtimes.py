@@ -193,8 +193,8 @@ def resolve_threads(threads: int | None) -> int:
 
 #: torch's threads around an encoder that runs outside torch (ONNX Runtime, OpenVINO). torch then runs only the
 #: preprocessing, the TTA views' resampling, the head and the softmax: ops too small to share out, so a second
-#: OpenMP thread only spins waiting for work. On 2 AVX2 cores, the video engine with 3 faces a frame took 34% less
-#: CPU a frame and ran 27% faster with one (`scripts/thread_cost.py`; README, "The slow kind").
+#: OpenMP thread only spins waiting for work. On 2 AVX2 cores, the video engine with 3 faces a frame took 25-34% less
+#: CPU a frame and ran 12-27% faster with one, over three runs (`scripts/thread_cost.py`; README, "The slow kind").
 AROUND_ENCODER_THREADS = 1
 
 

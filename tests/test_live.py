@@ -474,7 +474,11 @@ def test_eye_alignment_measures_new_faces_then_one_face_a_batch_in_turn(monkeypa
     with LivePipeline(model, replace(SYNC, detector=replace(DETECTOR, align=True))) as pipeline:
         for _ in range(7):
             pipeline.process(frame)
-    assert model.batches == [3] * 7 and len(cut_with) == 7
+        pipeline.update(settings=replace(SYNC, detector=replace(DETECTOR, align=True, margin=0.2)))
+        pipeline.process(frame)
+    assert len(searched) == 3 + 6 + 3  # another detector (here its margin) measures every face again
+    searched, cut_with = searched[:-3], cut_with[:-1]
+    assert model.batches == [3] * 8 and len(cut_with) == 7
     assert len(searched) == 3 + 6 and sorted(cut_with[0]) == [3.0, 6.0, 9.0]
     first = sorted(searched[:3])  # each later search, by the face nearest (a tracked box may move a pixel or two)
     nearest = [min(range(3), key=lambda i, x=x: abs(first[i] - x)) for x in searched[3:]]
