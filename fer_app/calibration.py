@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fer_app import config
+from fer_app import config, runtimes
 from fer_app.config import CLASSES, DetectorConfig
 from fer_app.data import SIDE, DataError, FaceSet, Splits, load_folders
 from fer_app.detection import crop_faces
@@ -405,8 +405,7 @@ def calibrate(base_model: str | Path, captures_root: str | Path, fer_splits: Spl
         raise ValueError(f"save the calibrated model under another name than its starting model {name!r}")
     phases = _phases(callback)
     loading = phases("load")
-    if threads:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads or runtimes.TORCH_DEFAULT_THREADS)  # 0/None: torch's default, not the last model's
     captures = load_captures(captures_root)
     try:
         learn, held = time_split(captures, holdout)

@@ -207,6 +207,12 @@ def torch_threads(encoder: Encoder, threads: int | None) -> int | None:
     return None if threads is None else resolve_threads(threads)
 
 
+#: torch's thread count when fer_app was imported, before any model set one: its own default (the physical cores, or
+#: OMP_NUM_THREADS, as torchrun sets it). `use_torch_threads` also changes the count a new thread starts with, so work
+#: that asks for torch's default (training, calibration: threads 0) sets this one.
+TORCH_DEFAULT_THREADS = torch.get_num_threads()
+
+
 def use_torch_threads(count: int) -> None:
     """Give the calling thread `count` torch intra-op threads, if it has another count.
 

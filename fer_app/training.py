@@ -765,8 +765,7 @@ def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, 
            models_dir, overwrite, card, extra_meta, workers, streamed) -> TrainResult:
     train_set, val_set = splits["train"], splits["val"]
     torch.manual_seed(cfg.seed)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(cfg.threads or runtimes.TORCH_DEFAULT_THREADS)  # 0: torch's default, not the last model's
     device = ctx.device
     gen = torch.Generator()
     model = build_model(cfg, splits)

@@ -198,6 +198,22 @@ def test_calibrate_synthetic_separable_session_gains_on_later_captures(tiny_mode
     assert checked.gate == GATE_OFF and "switched off" in checked.protection
 
 
+def test_calibrate_without_a_thread_count_runs_on_torchs_default(tiny_model, monkeypatch):
+    """threads 0 means torch's default (`runtimes.TORCH_DEFAULT_THREADS`), not whatever count a model around an int8
+    encoder left for new threads (see `runtimes.use_torch_threads`)."""
+    import torch
+
+    from fer_app import runtimes
+
+    session = CalibrationSession("erin")
+    captures_of(session, make_faces(10, 7))
+    monkeypatch.setattr(runtimes, "TORCH_DEFAULT_THREADS", 3)
+    counts: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", counts.append)  # recorded, not applied
+    calibrate(tiny_model, session.folder, name=None, threads=0)
+    assert counts[:1] == [3]
+
+
 def test_calibrated_model_keeps_the_int8_encoder_reference_and_tta_views(tiny_model, tiny_splits):
     from fer_app.model import ENCODER_DIGEST, QUANTIZED_FILE, file_sha256, read_config, shipped_problem
     from fer_app.runtimes import REFERENCE_FILE, write_reference

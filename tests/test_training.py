@@ -147,6 +147,31 @@ def test_precision_learns_and_reports_fp32(tiny_splits, tmp_path, precision):
     assert all(p.dtype == torch.float32 and p.is_contiguous() for p in result.model.parameters())
 
 
+def test_threads_0_trains_on_torchs_default_not_the_count_a_model_left(tiny_splits, tmp_path, monkeypatch) -> None:
+    """A model sets torch's count per thread, which also sets the count new threads start with (a live page's
+    frame thread: 1). Training asked for torch's default (threads 0, the Train page's default, in a job thread of
+    its own) gets torch's count at import, not that one."""
+    import threading
+
+    from fer_app import runtimes
+
+    monkeypatch.setattr(runtimes, "TORCH_DEFAULT_THREADS", 3)
+    before = torch.get_num_threads()
+    results = []
+
+    def job() -> None:
+        results.append(train(TrainConfig(**{**TINY_COMPACT, "threads": 0, "epochs": 1}), tiny_splits, workdir=tmp_path))
+
+    try:
+        runtimes.use_torch_threads(1)  # as a model around an int8 encoder leaves it
+        worker = threading.Thread(target=job)
+        worker.start()
+        worker.join()
+    finally:
+        torch.set_num_threads(before)
+    assert results and results[0].device.endswith("3 threads)")
+
+
 def test_auto_precision_follows_the_hardware():
     cpu = torch.device("cpu")
     assert use_bf16("fp32", cpu) is False and use_bf16("bf16", cpu) is True
