@@ -454,7 +454,7 @@ def calibrate(base_model: str | Path, captures_root: str | Path, fer_splits: Spl
     protection = PROTECTION.format(gate=head.gate, how=how)
     meta = {k: v for k, v in base.meta.items() if k not in ("created", "metrics", "description", DIGEST_KEY)}
     calibrated = Classifier(base.encoder, head, name=name or "", classes=base.classes, tta_flip=base.tta_flip,
-                            tta_zooms=base.tta_zooms, meta=meta, threads=base.threads).eval()
+                            tta_zooms=base.tta_zooms, meta=meta).eval()
     after = evaluate(calibrated, held)
     seconds = time.perf_counter() - began
     result = CalibrationResult(before, after, len(held), len(learn), head.gate, protection, seconds, None,

@@ -124,6 +124,10 @@ class Classifier(nn.Module):
         """Probabilities for preprocessed pixels, averaged over the `views(tta)` views of each face.
         All views of all faces go through the encoder in one batch."""
         self.use_threads()
+        return self._averaged(pixels, tta)
+
+    def _averaged(self, pixels: torch.Tensor, tta: bool | None) -> torch.Tensor:
+        """`predict_pixels` once torch's thread count is set."""
         count = self.views(tta)
         if count == 1:
             return self._probabilities(self(pixels))
@@ -165,7 +169,10 @@ class Classifier(nn.Module):
         if self.training:
             self.eval()
         self.use_threads()  # before the preprocessing, which runs in torch too
-        return self._checked(self.predict_pixels(self.encoder.preprocess(crops), tta=tta).numpy().astype(np.float32))
+        pixels = self.encoder.preprocess(crops)
+        with torch.inference_mode():
+            probs = self._averaged(pixels, tta)
+        return self._checked(probs.numpy().astype(np.float32))
 
     def _checked(self, probs: np.ndarray) -> np.ndarray:
         if not np.isfinite(probs).all():  # never hand on NaN: damaged weights that escaped the digest check
