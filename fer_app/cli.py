@@ -362,6 +362,41 @@ def train_command(cfg, sources: Sequence, *, name: str | None = None, workdir: P
     return "python -m fer_app " + shlex.join(argv)
 
 
+def cmd_targets(args: argparse.Namespace) -> int:
+    from fer_app.targets import export_teacher_targets
+
+    splits = _load_sources(args)
+    bar = _progress_bar(None, "teachers", unit="face")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    workdir = args.workdir or args.out.parent / (args.out.stem + "-cache")
+    path = export_teacher_targets(args.teacher, splits["train"], args.out, workdir, report=progress)
+    bar.close()
+    print(f"{path}: {len(args.teacher)} teachers' targets on {len(splits['train'])} train faces of "
+          f"{splits['train'].source} ({path.stat().st_size / 1e6:.1f} MB); train with --teacher {path}")
+    return EXIT_OK
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    from fer_app.data import pack_npz
+
+    bar = _progress_bar(None, "pack", unit="face")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    report = pack_npz(args.data, args.out, progress)
+    bar.close()
+    print(f"{report.path}: {report.faces} faces as lossless WebP, {report.bytes_after / 2**20:.1f} MiB "
+          f"({report.bytes_after / report.bytes_before:.0%} of {args.data}'s {report.bytes_before / 2**20:.1f} MiB); "
+          "every command reads it as the original")
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------- calibrate
 
 
@@ -716,7 +751,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(1: the votes alone; on FER-2013 they agree with its labels on 67-68%% of faces)")
     p.add_argument("--teacher", nargs="+", metavar="MODEL", help="distil: the mean probabilities of these saved "
                    "models (e.g. trained with other seeds or shapes) are soft targets; computed once per run and "
-                   "cached in --workdir")
+                   "cached in --workdir. A teacher may also be a targets file (`targets --out FILE.safetensors`): "
+                   "each of its teachers counts as one")
     p.add_argument("--kd-weight", type=float, default=0.5, help="share of the loss on the teachers' targets")
     p.add_argument("--kd-temperature", type=float, default=2.0, help="distillation temperature")
     p.add_argument("--kd-online", action="store_true",
@@ -758,6 +794,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-file", type=Path,
                    help="stop at the next batch, keeping the best epoch, once this file exists")
     p.set_defaults(func=cmd_train, argv=None)
+
+    p = sub.add_parser("targets", help="write teachers' probabilities on the train faces to one file, for "
+                       "distilling where the teachers are not (train --teacher FILE)",
+                       description="Runs each teacher (with its test-time views) on the train split of DATA, "
+                       "loaded as `train` loads it (the same --mix, --val-fraction and --seed), and writes their "
+                       "probabilities, the faces' fingerprint and the teachers' runs to one safetensors file (about "
+                       "0.8 MB a teacher for FER-2013). `train --teacher FILE` then learns as from the teachers, "
+                       "and refuses the file on other faces.")
+    data_args(p)
+    p.add_argument("--teacher", nargs="+", required=True, metavar="MODEL",
+                   help="the teachers: saved models (names or folders) or targets files")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE.safetensors", help="the file to write")
+    p.add_argument("--mix", action="append", default=[], type=_source, metavar="SOURCE:WEIGHT",
+                   help="as in train: the train faces must be the run's")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="as in train")
+    p.add_argument("--seed", type=int, default=0, help="as in train")
+    p.add_argument("--workdir", type=Path, help="where each teacher's share is cached as it is computed "
+                   "(default beside --out); run again, only the teachers it lacks are computed")
+    p.set_defaults(func=cmd_targets)
+
+    p = sub.add_parser("pack", help="write the dev npz with its faces as lossless WebP (about 70%% of the bytes)",
+                       description="For a machine with a limit on what it is sent (a GPU machine that takes "
+                       "64 MiB): every face array of DATA becomes one lossless WebP file a face, each checked as it "
+                       "is written; every command reads the packed file as it reads DATA.")
+    p.add_argument("data", type=Path, help="an .npz (e.g. ../shared/data/fer2013-trainval.npz)")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE.npz", help="the packed file to write")
+    p.set_defaults(func=cmd_pack)
 
     p = sub.add_parser("calibrate", help="a personal copy of a model that knows your captured faces",
                        description="Captures come from the Live webcam page (calibration capture). The latest captures "

@@ -102,13 +102,17 @@ def merged(*lists: list[RunRecord]) -> list[RunRecord]:
 
 
 def ancestors(sources: list[str]) -> list[RunRecord]:
-    """The runs behind saved models (names or folders): those a new run starts from or learns from."""
+    """The runs behind saved models (names or folders) and targets files (`fer_app.targets`): those a new run
+    starts from or learns from."""
     from fer_app.model import CONFIG_FILE, model_dir
+    from fer_app.targets import is_targets_file, targets_file_meta
 
     lists = []
     for name in sources:
         path = model_dir(name) / CONFIG_FILE
-        if path.is_file():
+        if is_targets_file(name):
+            lists.append([RunRecord.from_dict(r) for r in json.loads(targets_file_meta(name).get("runs", "[]"))])
+        elif path.is_file():
             lists.append(runs_of(json.loads(path.read_text())))
     return merged(*lists)
 

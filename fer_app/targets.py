@@ -8,7 +8,8 @@ Every option turns a batch's labels into distributions and the loss into a soft-
 `base` is the one-hot label with label smoothing, or the face's FER+ vote shares (`soft_targets="ferplus"`),
 alone or blended with the smoothed label (`ferplus_weight` < 1);
 `teacher` is the mean probability of the teacher models on the face: by default computed once per run on
-the unaugmented faces, with each teacher's own test-time views, and cached in the run's work folder; with
+the unaugmented faces, with each teacher's own test-time views, and cached in the run's work folder (or read
+from a targets file, `export_teacher_targets`, for a machine that lacks the teachers); with
 `kd_online` (consistent teaching), computed every step on the batch exactly as the student sees it
 (augmented, mixed), at the cost of the teachers' forward pass per step (`online_teachers`). Mixup
 blends two faces and their targets by a Beta(alpha, alpha) draw; CutMix pastes a box of another face and
@@ -19,19 +20,25 @@ the options the engine keeps its plain cross-entropy.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 from fer_app.config import CLASSES
 from fer_app.data import FaceSet
 from fer_app.files import load_cached_tensor, save_tensors_atomically
 
 SOFT_TARGETS = ("none", "ferplus")
+#: A teacher given as a file of its targets (`export_teacher_targets`) rather than a model.
+TARGETS_SUFFIX = ".safetensors"
 
 
 def smoothed_one_hot(labels: torch.Tensor, smoothing: float, num_classes: int = len(CLASSES)) -> torch.Tensor:
@@ -70,38 +77,116 @@ def sharpen(probs: torch.Tensor, temperature: float) -> torch.Tensor:
 def teacher_targets(teachers: Sequence[str], faces: FaceSet, cache_dir: Path, *,
                     load: Callable[[str], object] | None = None, batch_size: int = 256,
                     report: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """(N, C) mean probabilities of the `teachers` (model names or folders) on `faces`, each with its own
-    test-time views; cached in `cache_dir`, keyed by the teachers' weights and the faces: the mean in
-    `teachers-<key>.safetensors`, and each teacher's share in `teacher-<key>.safetensors` as soon as it is
-    computed, so a run stopped part way through (a session's end) computes only the teachers it lacks;
-    `report(done, total)` counts the faces of those alone, so its pace is theirs."""
-    from fer_app.model import WEIGHTS_FILE, file_sha256, load_model, model_dir
+    """(N, C) mean probabilities of the `teachers` on `faces`, cached in `cache_dir` (`teacher_shares`); the mean
+    in `teachers-<key>.safetensors`, keyed by the teachers' weights (or targets files) and the faces."""
+    faces_key = faces.fingerprint().encode()
+    keys = _teacher_keys(teachers)
+    path = Path(cache_dir) / f"teachers-{hashlib.sha256(faces_key + b''.join(keys)).hexdigest()[:20]}.safetensors"
+    if (probs := load_cached_tensor(path, "probs")) is not None:
+        return probs
+    shares = teacher_shares(teachers, faces, cache_dir, load=load, batch_size=batch_size, report=report)
+    probs = torch.stack(shares).double().mean(0).float()
+    save_tensors_atomically(path, {"probs": probs.contiguous()})
+    return probs
+
+
+def teacher_shares(teachers: Sequence[str], faces: FaceSet, cache_dir: Path, *,
+                   load: Callable[[str], object] | None = None, batch_size: int = 256,
+                   report: Callable[[int, int], None] | None = None) -> list[torch.Tensor]:
+    """Each teacher's (N, C) probabilities on `faces`, with its own test-time views. A teacher is a model (name or
+    folder) or a targets file (`export_teacher_targets`), whose every teacher counts as one here. A model's share is
+    cached in `cache_dir` (`teacher-<key>.safetensors`) as soon as it is computed, so a run stopped part way
+    through (a session's end) computes only the teachers it lacks; `report(done, total)` counts the faces of those
+    alone, so its pace is theirs."""
+    from fer_app.evaluate import predict_faces
+    from fer_app.model import load_model
 
     if not teachers:
         raise ValueError("no teacher models given")
     faces_key = faces.fingerprint().encode()
-    keys = []
-    for name in teachers:
-        weights = model_dir(name) / WEIGHTS_FILE
-        keys.append(file_sha256(weights).encode() if weights.is_file() else str(name).encode())
+    keys = _teacher_keys(teachers)
     cache_dir = Path(cache_dir)
-    path = cache_dir / f"teachers-{hashlib.sha256(faces_key + b''.join(keys)).hexdigest()[:20]}.safetensors"
-    if (probs := load_cached_tensor(path, "probs")) is not None:
-        return probs
-    from fer_app.evaluate import predict_faces
-
     load = load or (lambda name: load_model(name, runtime="torch"))
     owns = [cache_dir / f"teacher-{hashlib.sha256(faces_key + key).hexdigest()[:20]}.safetensors" for key in keys]
-    shares = [load_cached_tensor(own, "probs") for own in owns]
-    missing = [i for i, share in enumerate(shares) if share is None]
+    found: list[list[torch.Tensor] | None] = [
+        read_teacher_targets(name, faces) if is_targets_file(name) else _one(load_cached_tensor(own, "probs"))
+        for name, own in zip(teachers, owns)]
+    missing = [i for i, share in enumerate(found) if share is None]
     for k, i in enumerate(missing):  # progress counts only the teachers computed now, so its ETA is their pace
         each = (lambda done, n, k=k: report(k * n + done, len(missing) * n)) if report else None
-        shares[i] = torch.from_numpy(np.asarray(predict_faces(load(teachers[i]), faces, batch_size, each), np.float32))
+        share = torch.from_numpy(np.asarray(predict_faces(load(teachers[i]), faces, batch_size, each), np.float32))
         owns[i].parent.mkdir(parents=True, exist_ok=True)
-        save_tensors_atomically(owns[i], {"probs": shares[i].contiguous()})
-    probs = torch.stack(shares).double().mean(0).float()
-    save_tensors_atomically(path, {"probs": probs.contiguous()})
-    return probs
+        save_tensors_atomically(owns[i], {"probs": share.contiguous()})
+        found[i] = [share]
+    return [share for shares in found for share in shares]
+
+
+def is_targets_file(name: str | Path) -> bool:
+    """Whether a teacher is given as a targets file (`export_teacher_targets`) rather than a model."""
+    return Path(name).suffix == TARGETS_SUFFIX and Path(name).is_file()
+
+
+def export_teacher_targets(teachers: Sequence[str], faces: FaceSet, path: Path, cache_dir: Path, *,
+                           load: Callable[[str], object] | None = None,
+                           report: Callable[[int, int], None] | None = None) -> Path:
+    """Write each teacher's probabilities on `faces` to one file at `path` (a few MB for FER-2013's train split),
+    with the faces' fingerprint and the teachers' table of runs: a training run given the file as a teacher
+    (`train --teacher FILE`) learns as from the teachers themselves, on a machine that has neither their weights
+    nor the time to run them (a GPU that is sent at most 64 MiB)."""
+    from fer_app import runs
+
+    if Path(path).suffix != TARGETS_SUFFIX:
+        raise ValueError(f"{path}: a targets file must end in {TARGETS_SUFFIX}")
+    shares = teacher_shares(teachers, faces, cache_dir, load=load, report=report)
+    names = [n for name in teachers for n in (_file_teachers(name) if is_targets_file(name) else [str(name)])]
+    rows = [asdict(r) for r in runs.ancestors(list(teachers))]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_tensors_atomically(Path(path), {"shares": torch.stack(shares).contiguous()}, metadata={
+        "faces": faces.fingerprint(), "source": faces.source, "teachers": json.dumps(names), "runs": json.dumps(rows)})
+    return Path(path)
+
+
+def read_teacher_targets(path: str | Path, faces: FaceSet) -> list[torch.Tensor]:
+    """The teachers' probabilities in a targets file, one (N, C) tensor each; ValueError when the file was made
+    on other faces than `faces` (another data set, split or order)."""
+    meta = targets_file_meta(path)
+    if meta.get("faces") != faces.fingerprint():
+        raise ValueError(f"{path}: its teachers' targets are for other faces ({meta.get('source') or 'unknown'}, "
+                         f"fingerprint {meta.get('faces')}), not {faces.source or 'these'} ({faces.fingerprint()}); "
+                         "write it again with `python -m fer_app targets` on this data")
+    shares = load_file(str(path))["shares"]
+    if shares.dim() != 3 or shares.shape[1:] != (len(faces), len(CLASSES)):
+        raise ValueError(f"{path}: shares of shape {tuple(shares.shape)}, not (teachers, {len(faces)}, "
+                         f"{len(CLASSES)})")
+    return list(shares.float())
+
+
+def targets_file_meta(path: str | Path) -> dict[str, str]:
+    """The header of a targets file: faces (fingerprint), source, teachers (JSON list), runs (JSON list)."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:  # noqa: BLE001 - named in the message
+        raise ValueError(f"{path}: not a targets file this app wrote ({e})") from e
+
+
+def _file_teachers(path: str | Path) -> list[str]:
+    return json.loads(targets_file_meta(path).get("teachers", "[]"))
+
+
+def _one(share: torch.Tensor | None) -> list[torch.Tensor] | None:
+    return None if share is None else [share]
+
+
+def _teacher_keys(teachers: Sequence[str]) -> list[bytes]:
+    """What identifies each teacher's predictions: the sha256 of its weights (or targets file), else its name."""
+    from fer_app.model import WEIGHTS_FILE, file_sha256, model_dir
+
+    keys = []
+    for name in teachers:
+        weights = Path(name) if is_targets_file(name) else model_dir(name) / WEIGHTS_FILE
+        keys.append(file_sha256(weights).encode() if weights.is_file() else str(name).encode())
+    return keys
 
 
 def online_teachers(teachers: Sequence[str], normalize: Callable[[torch.Tensor], torch.Tensor], *,
@@ -114,6 +199,9 @@ def online_teachers(teachers: Sequence[str], normalize: Callable[[torch.Tensor],
     if not teachers:
         raise ValueError("no teacher models given")
     load = load or (lambda name: load_model(name, runtime="torch"))
+    if files := [str(name) for name in teachers if is_targets_file(name)]:
+        raise ValueError(f"{', '.join(files)}: a targets file teaches from its cached targets (without "
+                         "--kd-online), not online")
     probe = torch.arange(2 * 48 * 48, dtype=torch.int64).remainder(256).to(torch.uint8).view(2, 48, 48)
     want = normalize(probe)
     nets = []

@@ -20,6 +20,8 @@ from fer_app.data import (
     load_fer2013_csv,
     load_ferplus,
     load_folders,
+    load_npz,
+    pack_npz,
     split_for_validation,
     twins_in,
 )
@@ -438,3 +440,55 @@ def test_twins_in_marks_only_pixel_identical_images():
     assert twins_in(val, train).tolist() == [True, False, False, True]
     assert twins_in(val, FaceSet(images=np.zeros((0, 48, 48), np.uint8), labels=np.zeros(0, np.int64))).tolist() \
         == [False] * 4
+
+
+# ----------------------------------------------------------------------------- packed npz (pack_npz)
+
+
+def _dev_npz(path: Path) -> Path:
+    """A small npz shaped like the dev one: faces with real structure (a gradient and a blob), labels, votes."""
+    rng = np.random.default_rng(3)
+    ramp = np.linspace(30, 220, 48, dtype=np.float32)
+    arrays = {}
+    for split, n in (("train", 40), ("val", 12)):
+        images = (ramp[None, None, :] + rng.normal(0, 12, (n, 48, 48))).clip(0, 255).astype(np.uint8)
+        arrays |= {f"{split}_x": images, f"{split}_y": rng.integers(0, len(CLASSES), n).astype(np.uint8),
+                   f"{split}_ferplus_votes": rng.integers(0, 5, (n, 10)).astype(np.uint8)}
+    np.savez(path, **arrays, classes=np.array(CLASSES))
+    return path
+
+
+def test_a_packed_npz_reads_as_the_original(tmp_path: Path):
+    src = _dev_npz(tmp_path / "dev.npz")
+    done: list[tuple[int, int]] = []
+    report = pack_npz(src, tmp_path / "packed.npz", progress=lambda d, t: done.append((d, t)))
+    assert report.faces == 52 and done[-1] == (52, 52) and report.bytes_after < report.bytes_before
+    assert "train_x" not in np.load(report.path).files  # the faces are in there only as WebP files
+    original, packed = load_npz(src), load_npz(report.path)
+    for split in ("train", "val"):
+        assert packed[split].fingerprint() == original[split].fingerprint()  # caches keyed on faces still match
+        np.testing.assert_array_equal(packed[split].images, original[split].images)
+        np.testing.assert_array_equal(packed[split].soft_labels, original[split].soft_labels)
+    assert load_dataset(report.path)["val"].fingerprint() == original["val"].fingerprint()
+
+
+def test_a_damaged_packed_face_stops_the_load_naming_it(tmp_path: Path):
+    report = pack_npz(_dev_npz(tmp_path / "dev.npz"), tmp_path / "packed.npz")
+    arrays = dict(np.load(report.path))
+    arrays["val_x_webp"] = arrays["val_x_webp"].copy()
+    arrays["val_x_webp"][: arrays["val_x_webp_ends"][0]] = 0  # the first face's file overwritten
+    np.savez(tmp_path / "damaged.npz", **arrays)
+    with pytest.raises(DataError, match="val_x: packed face 0"):
+        load_npz(tmp_path / "damaged.npz")
+    with pytest.raises(DataError, match="no .N, 48, 48. uint8 face arrays"):
+        np.savez(tmp_path / "none.npz", y=np.zeros(3))
+        pack_npz(tmp_path / "none.npz", tmp_path / "out.npz")
+
+
+def test_cli_pack(capsys, tmp_path: Path):
+    from fer_app.cli import main
+
+    src = _dev_npz(tmp_path / "dev.npz")
+    assert main(["pack", str(src), "--out", str(tmp_path / "p" / "dev-packed.npz")]) == 0
+    assert "every command reads it as the original" in capsys.readouterr().out
+    assert main(["evaluate", str(tmp_path / "p" / "dev-packed.npz"), "--split", "val", "--runtime", "torch"]) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -9,13 +10,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from conftest import TINY_COMPACT, make_faces
 from fer_app.cli import main
 from fer_app.config import CLASSES
 from fer_app.data import FaceSet
 from fer_app.model import load_model
-from fer_app.targets import base_targets, blend, sharpen, smoothed_one_hot, soft_loss, teacher_targets
+from fer_app.targets import (base_targets, blend, export_teacher_targets, online_teachers, sharpen, smoothed_one_hot,
+                             soft_loss, targets_file_meta, teacher_targets)
 from fer_app.training import TrainConfig, TrainingError, class_weights, train
 from test_training import interrupted_and_resumed
 
@@ -336,3 +339,47 @@ def test_faceset_without_soft_labels_is_untouched_by_default(tiny_splits):
     assert not TrainConfig().soft and TrainConfig(mixup=0.1).soft and TrainConfig(teachers=("x",)).soft
     assert TrainConfig(cutmix=1.0).soft
     assert isinstance(tiny_splits["train"], FaceSet)
+
+
+def test_a_targets_file_counts_each_of_its_teachers_as_one(tmp_path: Path):
+    faces = make_faces(2, 0)
+    teachers = {"a": _Fixed(np.eye(K)[0]), "b": _Fixed(np.eye(K)[3]), "c": _Fixed(np.eye(K)[5])}
+    file = export_teacher_targets(["a", "b"], faces, tmp_path / "ab.safetensors", tmp_path / "cache",
+                                  load=lambda n: teachers[n])
+    assert json.loads(targets_file_meta(file)["teachers"]) == ["a", "b"]
+    direct = teacher_targets(["a", "b", "c"], faces, tmp_path / "w1", load=lambda n: teachers[n])
+    by_file = teacher_targets([str(file), "c"], faces, tmp_path / "w2",
+                              load=lambda n: pytest.fail("a and b are in the file") if n != "c" else teachers[n])
+    assert by_file.equal(direct) and by_file[:, 0].allclose(torch.full((len(faces),), 1 / 3))  # not half the file
+    again = export_teacher_targets([str(file), "c"], faces, tmp_path / "abc.safetensors", tmp_path / "cache",
+                                   load=lambda n: teachers[n])  # a file of a file names the teachers inside
+    assert json.loads(targets_file_meta(again)["teachers"]) == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="other faces"):
+        teacher_targets([str(file)], make_faces(2, 1), tmp_path / "w3")
+    with pytest.raises(ValueError, match="not online"):
+        online_teachers([str(file)], lambda x: x.float())
+    with pytest.raises(ValueError, match="must end in"):
+        export_teacher_targets(["a"], faces, tmp_path / "a.pt", tmp_path / "cache", load=lambda n: teachers[n])
+
+
+def test_cli_a_targets_file_teaches_as_the_teacher_itself(capsys, tiny_model: Path, tmp_path: Path):
+    from test_cli import write_fer2013_csv
+
+    data = write_fer2013_csv(tmp_path / "fer2013.csv", {"train": make_faces(12, 1), "val": make_faces(4, 2)})
+    file = tmp_path / "tiny-targets.safetensors"
+    assert main(["targets", str(data), "--teacher", "tiny", "--out", str(file)]) == 0
+    assert "train with --teacher" in capsys.readouterr().out
+    run = ["train", str(data), "--widths", "8", "16", "--convs", "1", "1", "--epochs", "2", "--batch-size", "16",
+           "--threads", "1", "--kd-weight", "0.7"]
+    assert main([*run, "--name", "by-model", "--teacher", "tiny", "--workdir", str(tmp_path / "w1")]) == 0
+    assert main([*run, "--name", "by-file", "--teacher", str(file), "--workdir", str(tmp_path / "w2")]) == 0
+    taught = [next((tmp_path / w).glob("teachers-*.safetensors")) for w in ("w1", "w2")]
+    assert load_file(taught[0])["probs"].equal(load_file(taught[1])["probs"])
+    by_model, by_file = load_model("by-model", runtime="torch"), load_model("by-file", runtime="torch")
+    for k, v in by_model.state_dict().items():  # the same targets: the same run, weight for weight
+        assert v.equal(by_file.state_dict()[k]), k
+    assert "tiny" in {r["model"] for r in by_file.meta["runs"]}  # the teacher's run, read from the file
+    other = write_fer2013_csv(tmp_path / "other.csv", {"train": make_faces(12, 3), "val": make_faces(4, 2)})
+    assert main([*run, "--teacher", str(file), "--workdir", str(tmp_path / "w3")]) == 0  # same data: fine
+    assert main(["train", str(other), *run[2:], "--teacher", str(file), "--workdir", str(tmp_path / "w4")]) != 0
+    assert "other faces" in capsys.readouterr().err
