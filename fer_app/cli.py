@@ -363,7 +363,7 @@ def train_command(cfg, sources: Sequence, *, name: str | None = None, workdir: P
 
 
 def cmd_targets(args: argparse.Namespace) -> int:
-    from fer_app.targets import export_teacher_targets
+    from fer_app.targets import export_teacher_targets, targets_file_meta
 
     splits = _load_sources(args)
     bar = _progress_bar(None, "teachers", unit="face")
@@ -375,7 +375,8 @@ def cmd_targets(args: argparse.Namespace) -> int:
     workdir = args.workdir or args.out.parent / (args.out.stem + "-cache")
     path = export_teacher_targets(args.teacher, splits["train"], args.out, workdir, report=progress)
     bar.close()
-    print(f"{path}: {len(args.teacher)} teachers' targets on {len(splits['train'])} train faces of "
+    count = len(json.loads(targets_file_meta(path)["teachers"]))  # a targets file among them counts its teachers
+    print(f"{path}: {count} teachers' targets on {len(splits['train'])} train faces of "
           f"{splits['train'].source} ({path.stat().st_size / 1e6:.1f} MB); train with --teacher {path}")
     return EXIT_OK
 

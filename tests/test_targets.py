@@ -368,7 +368,9 @@ def test_cli_a_targets_file_teaches_as_the_teacher_itself(capsys, tiny_model: Pa
     data = write_fer2013_csv(tmp_path / "fer2013.csv", {"train": make_faces(12, 1), "val": make_faces(4, 2)})
     file = tmp_path / "tiny-targets.safetensors"
     assert main(["targets", str(data), "--teacher", "tiny", "--out", str(file)]) == 0
-    assert "train with --teacher" in capsys.readouterr().out
+    assert "1 teachers' targets on 84 train faces" in capsys.readouterr().out
+    assert main(["targets", str(data), "--teacher", str(file), "tiny", "--out", str(tmp_path / "two.safetensors")]) == 0
+    assert "2 teachers' targets" in capsys.readouterr().out  # the file's teacher and tiny: each counts
     run = ["train", str(data), "--widths", "8", "16", "--convs", "1", "1", "--epochs", "2", "--batch-size", "16",
            "--threads", "1", "--kd-weight", "0.7"]
     assert main([*run, "--name", "by-model", "--teacher", "tiny", "--workdir", str(tmp_path / "w1")]) == 0
