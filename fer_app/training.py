@@ -266,6 +266,10 @@ def class_weights(labels: np.ndarray, balance: str, num_classes: int = len(CLASS
 ENCODER_LR_SCALE: dict[str, float] = {"clip-vit-b32": 0.1}
 #: Floats per evaluation batch, at most (512 compact faces; about 220 CLIP faces of 3x224x224).
 EVAL_FLOATS = 1 << 25
+#: Steps between the training loop's reads of the loss on the host, by device type. A read waits for the kernels
+#: queued on the device, so on a GPU the host stops launching ahead of it every read; on the CPU it costs nothing.
+#: A non-finite loss is caught at the next read and always before the epoch's val and checkpoint.
+HOST_READ_EVERY: dict[str, int] = {"cpu": 1, "other": 16}
 
 
 def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
@@ -599,6 +603,13 @@ def _evaluate(forward: Callable[[torch.Tensor], torch.Tensor], batches, ctx: dis
     return float(totals[0]) / max(1, int(counts.sum())), _report_from_confusion(counts)
 
 
+def _check_finite(loss_sum: torch.Tensor, epoch: int, batch: int, ckpt: Path) -> None:
+    """TrainingError when the epoch's loss sum so far is not finite (read on the host: waits for the device)."""
+    if not bool(torch.isfinite(loss_sum)):
+        raise TrainingError(f"training diverged at epoch {epoch}, by batch {batch + 1} (loss {float(loss_sum)}); "
+                            f"try a lower learning rate. The last checkpoint ({ckpt}) and saved models are intact.")
+
+
 def _step_loss(logits: torch.Tensor, yb: torch.Tensor, mask: torch.Tensor | None, weights: torch.Tensor,
                label_smoothing: float) -> torch.Tensor:
     if mask is None:
@@ -884,6 +895,8 @@ def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, 
                                     "start a new run")
 
     stopped = False
+    read_every = HOST_READ_EVERY.get(device.type, HOST_READ_EVERY["other"])
+    sum_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
     progress = Progress("train", start_epoch, cfg.epochs, 0, steps_per_epoch, history=history,
                         steps_before=(start_epoch - 1) * steps_per_epoch)
     epochs_began = time.perf_counter()  # the ETA's clock: this process's epochs only
@@ -893,7 +906,8 @@ def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, 
         torch.manual_seed(cfg.seed * 100_003 + epoch + 7_919 * ctx.rank)
         gen.manual_seed(cfg.seed * 1_000_003 + epoch * 7_919 + ctx.rank)
         net.train()
-        sums = torch.zeros(3, dtype=torch.float64)  # loss * n, correct, seen
+        sums = torch.zeros(3, dtype=sum_dtype, device=device)  # loss * n, correct, seen: on the device, read below
+        b = -1
         for b, (xb, yb, mask, tb) in enumerate(train_data.train_batches(batch_size, cfg.seed, epoch, gen)):
             if distributed.any_rank(ctx, callback.should_stop()):
                 stopped = True
@@ -919,21 +933,21 @@ def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, 
                         teach = torch.stack([torch.softmax(f(xb), 1) for f in teacher_forwards]).mean(0)
                 logits = train_forward(xb)
                 loss = targets.soft_loss(logits, base, teach, sample_w, cfg.kd_weight, cfg.kd_temperature)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"training diverged at epoch {epoch}, batch {b + 1} (loss {loss.item()}); "
-                                    f"try a lower learning rate. The last checkpoint ({ckpt}) and saved models "
-                                    f"are intact.")
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
-            n_good = len(yb) if mask is None else int(mask.sum())
+            n_good = torch.tensor(float(len(yb)), device=device) if mask is None else mask.sum()
             hits = (logits.argmax(1) == yb) if mask is None else (logits.argmax(1) == yb) & mask
-            sums += torch.tensor([loss.item() * n_good, int(hits.sum()), n_good], dtype=torch.float64)
-            progress.epoch, progress.step, progress.loss, progress.lr = epoch, b + 1, loss.item(), lr
-            progress.elapsed = time.perf_counter() - epochs_began
-            callback.on_progress(progress)
-        loss_sum, correct, seen = distributed.sum_across(ctx, sums).tolist()
+            n_good = n_good.to(sum_dtype)
+            sums += torch.stack([loss.detach().to(sum_dtype) * n_good, hits.sum().to(sum_dtype), n_good])
+            if (b + 1) % read_every == 0 or b + 1 == steps_per_epoch:  # a host read: waits for the device
+                _check_finite(sums[0], epoch, b, ckpt)
+                progress.epoch, progress.step, progress.loss, progress.lr = epoch, b + 1, loss.item(), lr
+                progress.elapsed = time.perf_counter() - epochs_began
+                callback.on_progress(progress)
+        _check_finite(sums[0], epoch, b, ckpt)  # before val, the weight mean and the checkpoint
+        loss_sum, correct, seen = distributed.sum_across(ctx, sums.cpu().double()).tolist()
         if stopped and seen == 0:
             break
         net.eval()

@@ -93,6 +93,43 @@ def test_diverged_run_keeps_previous_model(tiny_model, tiny_splits, models_dir):
     assert (tiny_model / "model.safetensors").read_bytes() == before
 
 
+def test_reading_the_loss_every_few_steps_changes_nothing_but_the_progress_calls(tiny_splits, tmp_path, monkeypatch):
+    """A GPU reads the loss on the host every few steps (`HOST_READ_EVERY`); tried here on the CPU: the same run,
+    epoch for epoch, with progress at every 4th step and each epoch's last."""
+    import fer_app.training as training
+
+    class Steps(Callback):
+        def __init__(self):
+            self.steps = []
+
+        def on_progress(self, progress):
+            self.steps.append((progress.epoch, progress.step, progress.steps))
+
+    runs = {}
+    for every in (1, 4):
+        monkeypatch.setitem(training.HOST_READ_EVERY, "cpu", every)
+        seen = Steps()
+        result = train(TrainConfig(**TINY_COMPACT), tiny_splits, workdir=tmp_path / str(every), callback=seen)
+        runs[every] = ([{k: v for k, v in vars(h).items() if k != "seconds"} for h in result.history], seen.steps)
+    assert runs[4][0] == runs[1][0]  # losses, accuracies, val: the same sums in the same order
+    per_epoch = runs[1][1][0][2]
+    assert [s for _, s, _ in runs[1][1]] == list(range(1, per_epoch + 1)) * TINY_COMPACT["epochs"]
+    assert [s for _, s, _ in runs[4][1]] == [*range(4, per_epoch + 1, 4), per_epoch] * TINY_COMPACT["epochs"]
+
+
+def test_a_divergence_is_caught_between_reads_and_keeps_the_previous_model(tiny_model, tiny_splits, models_dir,
+                                                                          monkeypatch):
+    import fer_app.training as training
+
+    monkeypatch.setitem(training.HOST_READ_EVERY, "cpu", 1000)  # only the epoch's end reads
+    before = (tiny_model / "model.safetensors").read_bytes()
+    with pytest.raises(TrainingError, match="diverged at epoch 1"):
+        train(TrainConfig(**{**TINY_COMPACT, "lr": 1e12}), tiny_splits, name="tiny", overwrite=True,
+              workdir=models_dir.parent / "div")
+    assert (tiny_model / "model.safetensors").read_bytes() == before
+    assert not (models_dir.parent / "div" / "checkpoint.safetensors").exists()
+
+
 def test_existing_name_refused(tiny_model, tiny_splits):
     with pytest.raises(ModelError, match="exists"):
         train(TrainConfig(**TINY_COMPACT), tiny_splits, name="tiny")
