@@ -110,7 +110,7 @@ def ancestors(sources: list[str]) -> list[RunRecord]:
     lists = []
     for name in sources:
         path = model_dir(name) / CONFIG_FILE
-        if is_targets_file(name):
+        if is_targets_file(name) and Path(name).is_file():  # gone by the end of a long run: its rows are lost only
             lists.append([RunRecord.from_dict(r) for r in json.loads(targets_file_meta(name).get("runs", "[]"))])
         elif path.is_file():
             lists.append(runs_of(json.loads(path.read_text())))

@@ -122,8 +122,9 @@ def teacher_shares(teachers: Sequence[str], faces: FaceSet, cache_dir: Path, *,
 
 
 def is_targets_file(name: str | Path) -> bool:
-    """Whether a teacher is given as a targets file (`export_teacher_targets`) rather than a model."""
-    return Path(name).suffix == TARGETS_SUFFIX and Path(name).is_file()
+    """Whether a teacher is given as a targets file (`export_teacher_targets`) rather than a model: by its suffix,
+    so a missing file is refused as such (`targets_file_meta`), not looked for as a model."""
+    return Path(name).suffix == TARGETS_SUFFIX
 
 
 def export_teacher_targets(teachers: Sequence[str], faces: FaceSet, path: Path, cache_dir: Path, *,

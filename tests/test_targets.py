@@ -385,3 +385,8 @@ def test_cli_a_targets_file_teaches_as_the_teacher_itself(capsys, tiny_model: Pa
     assert main([*run, "--teacher", str(file), "--workdir", str(tmp_path / "w3")]) == 0  # same data: fine
     assert main(["train", str(other), *run[2:], "--teacher", str(file), "--workdir", str(tmp_path / "w4")]) != 0
     assert "other faces" in capsys.readouterr().err
+
+
+def test_a_missing_targets_file_is_refused_as_one(tmp_path: Path):
+    with pytest.raises(ValueError, match="not a targets file this app wrote"):
+        teacher_targets([str(tmp_path / "gone.safetensors")], make_faces(2, 0), tmp_path / "w")
