@@ -3,15 +3,18 @@
 # files, untracked files git does not ignore, the paths named in `carry`) and refuses more than 64 MiB; the tracked
 # models are 150 MiB and FER-2013's npz 67 MiB. So:
 #
-#   bash scripts/gpu_plan.sh prepare   # here: .gpu/ = the data packed (50 MiB) + the five teachers' targets (4 MB);
+#   bash scripts/gpu_plan.sh prepare   # here: .gpu/ = the data packed (50 MiB); the five teachers' targets are
+#                                      # committed (assets/five-teachers.safetensors, 4 MB; made here if missing);
 #                                      # the tracked models out of git's index until `finish` (commit nothing between)
 #   device run, carry [".gpu"], timeout_s 600:  bash scripts/gpu_plan.sh teacher
 #       teacher-wide-long (200 epochs, taught by the five), its views; if it passes the bar, the six teachers'
 #       targets (the five and it) for the student
-#   device run at once, carry [] (the warm machine keeps .gpu/ and runs/gpu/), timeout_s 600:
+#   device run within 30 s, carry [] (the warm machine keeps .gpu/ and runs/gpu/), timeout_s 600:
 #       bash scripts/gpu_plan.sh student   # the long student (300 epochs) taught by the six, its views
-#   bash scripts/gpu_plan.sh finish DIR     # here: the index back; from DIR (the reply's files_at) the models into
-#                                           # runs/acc/models, the six teachers' targets into .gpu/
+#     (the machine gone: `take DIR` first, then the same with carry [".gpu"])
+#   bash scripts/gpu_plan.sh take DIR       # here: from DIR (a reply's files_at) the models into runs/acc/models,
+#                                           # the six teachers' targets into .gpu/
+#   bash scripts/gpu_plan.sh finish [DIR]   # here: `take DIR`, and git's index back as it was
 #   bash scripts/gpu_plan.sh dry-run        # all of it here on CPU, on 420 faces and a tiny shape; keeps nothing
 #
 # A later session (a new machine) runs `student` after `prepare` with .gpu/six-teachers.safetensors from `finish`.
@@ -29,6 +32,7 @@ GPU=${GPU:-.gpu}                    # what a call carries
 RUNS=${RUNS:-runs/gpu}              # the runs there (ignored, not carried: a warm machine keeps it between calls)
 DEST=${DEST:-runs/acc/models}       # where `finish` puts the models that came back
 CACHE=${CACHE:-runs/acc/work/targets}  # each teacher's share, cached as it is computed (`prepare` resumes)
+FIVE=${FIVE:-assets/five-teachers.safetensors}  # the five teachers' targets on the train faces (tracked: it travels)
 extra=()                            # train options appended to both runs (they win): the dry run's small shapes
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 
@@ -41,11 +45,11 @@ val_accuracy() { "$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['
 # A model folder into $OUT as a tar in parts of 15 MiB (NAME.tar.part-aa, -ab, ...).
 ship() { tar -cf - -C "$(dirname "$1")" "$(basename "$1")" | split -b 15M - "$OUT/$(basename "$1").tar.part-"; }
 
-# One run: resumed from its checkpoint when one is there. NAME LOG ARGS...
+# One run: resumed from its checkpoint when one is there; once saved, only its views and parts again. NAME LOG ARGS...
 run() {
   local name=$1 log=$2 resume=(); shift 2
   [ -f "$RUNS/work/$name/checkpoint.safetensors" ] && resume=(--resume)
-  fer train "$GPU/faces.npz" --name "$name" --models-dir "$RUNS/models" --workdir "$RUNS/work/$name" \
+  [ -f "$RUNS/models/$name/config.json" ] || fer train "$GPU/faces.npz" --name "$name" --models-dir "$RUNS/models" --workdir "$RUNS/work/$name" \
     --balance none --kd-weight 0.7 --kd-temperature 2 --mixup 0.2 --swa-epochs 16 "$@" "${resume[@]}" \
     "${extra[@]}" 2>&1 | tee -a "$log"
   fer tta "$RUNS/models/$name" "$GPU/faces.npz" 2>&1 | tee -a "$log"
@@ -61,12 +65,11 @@ machine() {
 prepare() {
   mkdir -p "$GPU"
   [ -f "$GPU/faces.npz" ] || fer pack "$DATA" --out "$GPU/faces.npz"
-  if [ ! -f "$GPU/five-teachers.safetensors" ]; then
+  if [ ! -f "$FIVE" ]; then
     [ -f runs/acc/models/teacher-wide/config.json ] || "$PY" scripts/ensemble_member.py \
       models/compact-fer2013-ensemble 1 --others models/compact-fer2013-soup --name teacher-wide \
       --models-dir runs/acc/models
-    fer targets "$DATA" --teacher "${TEACHERS[@]}" --out "$GPU/five-teachers.safetensors" \
-      --workdir "$CACHE"
+    fer targets "$DATA" --teacher "${TEACHERS[@]}" --out "$FIVE" --workdir "$CACHE"
   fi
   git rm -r -q --cached --ignore-unmatch models
   grep -qsx '/models/' .git/info/exclude || echo '/models/' >> .git/info/exclude
@@ -82,10 +85,10 @@ teacher() {
   local log=$OUT/teacher.log acc
   machine | tee "$log"
   run teacher-wide-long "$log" --widths 64 128 256 512 --convs 2 2 2 2 --epochs 200 --seed 15 \
-    --teacher "$GPU/five-teachers.safetensors"
+    --teacher "$FIVE"
   acc=$(val_accuracy "$RUNS/models/teacher-wide-long")
   if "$PY" -c "import sys; sys.exit(float(sys.argv[1]) <= float(sys.argv[2]))" "$acc" "$TEACHER_BAR"; then
-    fer targets "$GPU/faces.npz" --teacher "$GPU/five-teachers.safetensors" "$RUNS/models/teacher-wide-long" \
+    fer targets "$GPU/faces.npz" --teacher "$FIVE" "$RUNS/models/teacher-wide-long" \
       --out "$RUNS/six-teachers.safetensors" --workdir "$RUNS/work/targets" 2>&1 | tee -a "$log"
     cp "$RUNS/six-teachers.safetensors" "$OUT/"
     echo "teacher-wide-long: val $acc with its views, above $TEACHER_BAR: it teaches" | tee -a "$log"
@@ -105,11 +108,15 @@ student() {
   run compact-fer2013-long2 "$log" --widths 40 80 160 320 --convs 1 2 2 2 --epochs 300 --seed 0 --teacher "$six"
 }
 
-finish() {  # [DIR]: where the device tool put the files of $OUT (its reply's files_at)
+finish() {  # [DIR]
   git reset -q -- models
   sed -i '\#^/models/$#d' .git/info/exclude
   git diff --quiet --cached -- models || { echo "models/ differs from HEAD in the index" >&2; exit 1; }
-  [ $# -ge 1 ] || return 0
+  [ $# -ge 1 ] && take "$1"
+  return 0
+}
+
+take() {  # DIR: where the device tool put the files of $OUT (its reply's files_at)
   [ -f "$1/six-teachers.safetensors" ] && mkdir -p "$GPU" && cp "$1/six-teachers.safetensors" "$GPU/"
   for name in teacher-wide-long compact-fer2013-long2; do
     compgen -G "$1/$name.tar.part-*" >/dev/null || continue
@@ -123,23 +130,26 @@ dry_run() {  # the steps here on CPU: a slice of the data, a tiny shape, a fake 
   tmp=$(mktemp -d)  # global: the EXIT trap reads it
   "$PY" -c "import numpy as np, sys; d = np.load(sys.argv[1]); np.savez(sys.argv[2], **{k: d[k][:300] if \
     k.startswith('train') else d[k][:120] if k.startswith('val') else d[k] for k in d.files})" "$DATA" "$tmp/data.npz"
-  DATA=$tmp/data.npz GPU=$tmp/gpu RUNS=$tmp/runs DEST=$tmp/models CACHE=$tmp/cache TEACHER_BAR=0 OUT=$tmp/out
+  DATA=$tmp/data.npz GPU=$tmp/gpu RUNS=$tmp/runs DEST=$tmp/models CACHE=$tmp/cache FIVE=$tmp/five.safetensors
+  TEACHER_BAR=0 OUT=$tmp/out
   extra=(--epochs 2 --widths 8 16 --convs 1 1 --swa-epochs 0 --threads 2)
   mkdir -p "$OUT"
   trap 'finish >/dev/null; rm -rf "$tmp"' EXIT
   prepare
   teacher
+  take "$OUT"
+  rm -rf "$RUNS"  # the student on a fresh machine: from the six teachers' targets that `take` put in .gpu/
   student
   ls -l "$OUT"
   finish "$OUT"
-  ls "$GPU/six-teachers.safetensors"
 }
 
 case "${1:-}" in
   prepare) prepare ;;
   teacher) teacher ;;
   student) student ;;
+  take) shift; take "$@" ;;
   finish) shift; finish "$@" ;;
   dry-run) dry_run ;;
-  *) sed -n '2,23p' "$0"; exit 2 ;;
+  *) sed -n '2,25p' "$0"; exit 2 ;;
 esac
