@@ -9,8 +9,8 @@ their track ids, only when the worker is idle, and draws each track's last smoot
 meanwhile. With the model's test-time augmentation on, each face gets one of its views per
 frame, in turn (`spread`), and its track averages the latest result of each view: the full TTA
 average at the cost of one view. Eye alignment works the same way: a face's roll is measured when
-its track is new, then one tracked face's per batch, in turn (`_rolls`), so a batch costs one eye
-search however many faces it holds. `asynchronous=None` picks the mode from the measured
+its track is new, then one tracked face's per batch, in turn (`_due`), so a batch costs one eye
+search however many faces it holds; with a worker, the worker searches and cuts (`_Cut`). `asynchronous=None` picks the mode from the measured
 classification time. `update` swaps the model or the settings from another thread; the change
 applies from the next frame.
 `stats` gives rolling medians/p95 of the stage timings, and `timeline` the session's emotion rows.
@@ -128,10 +128,28 @@ class FrameTiming:
 
 
 @dataclass(frozen=True)
+class _Cut:
+    """A batch's crops levelled on the eyes: the frame (the worker's own copy), the faces, each face's roll where it is
+    known and None where it is measured now (`LivePipeline._due`), and the aligning detector."""
+
+    detector: FaceDetector
+    frame: np.ndarray
+    faces: list[Face]
+    known: list[float | None]
+
+    def crops(self) -> tuple[list[np.ndarray], list[float]]:
+        """The crops, and every face's roll (the ones measured here included)."""
+        aligner = self.detector.aligner
+        assert aligner is not None  # a cut is made only for an aligning detector
+        rolls = [aligner.roll(self.frame, face) if roll is None else roll for face, roll in zip(self.faces, self.known)]
+        return self.detector.crop(self.frame, self.faces, rolls), rolls
+
+
+@dataclass(frozen=True)
 class _Job:
     generation: int
     model: Classifier
-    crops: list[np.ndarray]
+    crops: list[np.ndarray] | _Cut  # a _Cut: the worker measures the eyes and cuts the crops itself
     track_ids: list[int]
     mirror: bool | None = None
     views: list[int] | None = None  # one view per crop (`Classifier.predict_views`), or all of them
@@ -145,6 +163,8 @@ class _Result:
     seconds: float
     error: str | None = None
     views: list[int] | None = None
+    rolls: list[float] | None = None  # every face's roll, when the worker cut the crops (`_Cut`)
+    cut: _Cut | None = None
 
 
 @dataclass(frozen=True)
@@ -155,13 +175,18 @@ class _Pending:
 
 
 def _run_job(job: _Job, clock: Callable[[], float]) -> _Result:
-    """Classify a job's batch in the worker; an error is reported in the result (the stream goes on)."""
+    """Classify a job's batch in the worker (cutting its crops first when it holds a `_Cut`); an error is reported in
+    the result (the stream goes on)."""
     start = clock()
+    cut, rolls = (job.crops, None) if isinstance(job.crops, _Cut) else (None, None)
     try:
-        probs, error = _predict(job.model, job.crops, job.mirror, job.views), None
+        crops = job.crops
+        if cut is not None:
+            crops, rolls = cut.crops()
+        probs, error = _predict(job.model, crops, job.mirror, job.views), None
     except Exception as exc:  # noqa: BLE001 - reported through stats(); the stream goes on
         probs, error = None, f"{type(exc).__name__}: {exc}"
-    return _Result(job.generation, job.track_ids, probs, clock() - start, error, job.views)
+    return _Result(job.generation, job.track_ids, probs, clock() - start, error, job.views, rolls, cut)
 
 
 class LivePipeline:
@@ -201,7 +226,7 @@ class LivePipeline:
         self._overlay_stats: LiveStats | None = None  # the stats the overlay shows: the page shows the same
         self._absent: dict[int | None, int] = {}  # per track (None: any face), frames in a row without it
         self._roll_of: dict[int, tuple[float, int]] = {}  # per track: its roll (degrees) and the batch that measured it
-        self._batches = 0  # batches cut with eye alignment (`_rolls`)
+        self._batches = 0  # batches cut with eye alignment (`_due`)
         self._gapped: set[int | None] = set()  # tracks (None: any face) unseen for _GAP_FRAMES since their last row
         self._overlay_drawn: tuple[list[str], Rect | None] = ([], None)  # the last frame's overlay and its box
 
@@ -409,11 +434,15 @@ class LivePipeline:
         views = [t.classified % count for t in tracks] if settings.spread and count > 1 else None
         if use_worker:
             worker = worker or self._start_worker()
-            if not worker.busy:  # crops are cut only for a batch that runs (with an eye search when aligning)
+            if not worker.busy:  # crops are cut only for a batch that runs
                 # all views of every face at once would be slow here; one view each costs no more than none
                 mirror = settings.mirror if views is not None or settings.mirror is not None else False
-                crops = self._cut(frame, tracks)
-                job = _Job(self._generation, self._model, [np.array(c) for c in crops], ids, mirror, views)
+                faces = [t.face for t in tracks]
+                # levelled on the eyes: the worker searches them and cuts (an eye search costs more than a face's
+                # classification), from its own copy of the frame; else the crops are copied here
+                crops = [np.array(c) for c in self._detector.crop(frame, faces)] if self._detector.aligner is None \
+                    else _Cut(self._detector, frame.copy(), faces, self._due(tracks))
+                job = _Job(self._generation, self._model, crops, ids, mirror, views)
                 worker.submit(lambda: _run_job(job, self._clock))
             return None
         crops = self._cut(frame, tracks)
@@ -424,26 +453,33 @@ class LivePipeline:
         return seconds
 
     def _cut(self, frame: np.ndarray, tracks: list[Track]) -> list[np.ndarray]:
-        """The tracked faces' crops for one batch, levelled by `_rolls` when the detector aligns on the eyes."""
+        """The tracked faces' crops for one batch cut here, levelled on the eyes when the detector aligns (`_due`)."""
         faces = [t.face for t in tracks]
         if self._detector.aligner is None:
             return self._detector.crop(frame, faces)
-        return self._detector.crop(frame, faces, self._rolls(frame, tracks))
+        cut = _Cut(self._detector, frame, faces, self._due(tracks))
+        crops, rolls = cut.crops()
+        self._measured([t.id for t in tracks], cut, rolls)
+        return crops
 
-    def _rolls(self, frame: np.ndarray, tracks: list[Track]) -> list[float]:
-        """Each track's roll for this batch. New tracks are measured now; when there are none, the track measured
-        longest ago is measured again, and the others keep their last roll. An eye search costs more than classifying
-        the face (about 9 against 3 ms on 2 AVX2 cores), and a head's roll changes little from one batch to the next."""
+    def _due(self, tracks: list[Track]) -> list[float | None]:
+        """Each track's roll for this batch, None for those to measure now: new tracks, or when there are none, the
+        track measured longest ago; the others keep their last roll. An eye search costs more than classifying the
+        face (about 9 against 3 ms on 2 AVX2 cores), and a head's roll changes little from one batch to the next."""
         self._batches += 1
         self._roll_of = {t.id: self._roll_of[t.id] for t in tracks if t.id in self._roll_of}  # ended tracks go
-        due = [t for t in tracks if t.id not in self._roll_of]
+        due = {t.id for t in tracks if t.id not in self._roll_of}
         if not due:
-            due = [min(tracks, key=lambda t: self._roll_of[t.id][1])]
-        aligner = self._detector.aligner
-        assert aligner is not None  # `_cut` asks only an aligning detector's
-        for track in due:
-            self._roll_of[track.id] = (aligner.roll(frame, track.face), self._batches)
-        return [self._roll_of[t.id][0] for t in tracks]
+            due = {min(tracks, key=lambda t: self._roll_of[t.id][1]).id}
+        return [None if t.id in due else self._roll_of[t.id][0] for t in tracks]
+
+    def _measured(self, track_ids: list[int], cut: _Cut, rolls: list[float]) -> None:
+        """Keep the rolls a cut measured, unless the detector changed since (its alignment settings may differ)."""
+        if cut.detector is not self._detector:
+            return
+        for track_id, known, roll in zip(track_ids, cut.known, rolls):
+            if known is None:
+                self._roll_of[track_id] = (roll, self._batches)
 
     def _start_worker(self) -> Background[_Result]:
         self._worker = Background("fer-app-classify")
@@ -451,6 +487,8 @@ class LivePipeline:
 
     def _apply_result(self, result: _Result, now: float) -> None:
         """Fold a batch's probabilities into its tracks (those still alive) and note its time."""
+        if result.cut is not None and result.rolls is not None:
+            self._measured(result.track_ids, result.cut, result.rolls)
         if result.probabilities is not None:
             views = result.views or [None] * len(result.track_ids)
             for track_id, probs, view in zip(result.track_ids, result.probabilities, views):

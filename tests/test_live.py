@@ -448,17 +448,22 @@ def test_an_aligning_detector_levels_the_crops_the_model_and_the_captures_get() 
         assert not np.array_equal(model.crops[0], plain.crop(frame, faces)[0])  # levelled: not the plain box
 
 
-def test_eye_alignment_measures_new_faces_then_one_face_a_batch_in_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_eye_alignment_measures_new_faces_then_one_face_a_batch_in_turn(monkeypatch: pytest.MonkeyPatch,
+                                                                         asynchronous: bool) -> None:
     """Three faces: all three eye searches in the first batch, then one a batch, each face in turn; the faces not
-    searched keep their last roll."""
+    searched keep their last roll. With a worker the same, the searches in the worker's thread."""
     from fer_app.alignment import EyeAligner
     from fer_app.detection import FaceDetector
 
     searched: list[int] = []  # the x of each face searched
     cut_with: list[list[float]] = []  # the rolls each batch's crops were cut with
 
+    threads: set[str] = set()
+
     def roll(self: EyeAligner, frame: np.ndarray, face) -> float:
         searched.append(face.x)
+        threads.add(threading.current_thread().name)
         return 3.0 * len(searched)  # another roll at every search
 
     crop = FaceDetector.crop
@@ -471,11 +476,19 @@ def test_eye_alignment_measures_new_faces_then_one_face_a_batch_in_turn(monkeypa
     monkeypatch.setattr(FaceDetector, "crop", recorded)
     frame = scene((10, 150), (220, 150), (430, 150))
     model = FakeModel()
-    with LivePipeline(model, replace(SYNC, detector=replace(DETECTOR, align=True))) as pipeline:
-        for _ in range(7):
+    settings = replace(SYNC, detector=replace(DETECTOR, align=True), asynchronous=asynchronous)
+    with LivePipeline(model, settings) as pipeline:
+        while not model.batches and not pipeline.classifying:  # a worker: until the faces' first batch is sent
             pipeline.process(frame)
-        pipeline.update(settings=replace(SYNC, detector=replace(DETECTOR, align=True, margin=0.2)))
+            time.sleep(0.01)
+        wait_until_idle(pipeline)
+        for _ in range(6):
+            pipeline.process(frame)  # a worker: takes the last batch's result, then starts the next batch
+            wait_until_idle(pipeline)
+        pipeline.update(settings=replace(settings, detector=replace(DETECTOR, align=True, margin=0.2)))
         pipeline.process(frame)
+        wait_until_idle(pipeline)
+    assert threads == {"fer-app-classify" if asynchronous else threading.current_thread().name}
     assert len(searched) == 3 + 6 + 3  # another detector (here its margin) measures every face again
     searched, cut_with = searched[:-3], cut_with[:-1]
     assert model.batches == [3] * 8 and len(cut_with) == 7
