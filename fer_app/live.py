@@ -10,8 +10,8 @@ meanwhile. With the model's test-time augmentation on, each face gets one of its
 frame, in turn (`spread`), and its track averages the latest result of each view: the full TTA
 average at the cost of one view. Eye alignment works the same way: a face's roll is measured when
 its track is new, then one tracked face's per batch, in turn (`_due`), so a batch costs one eye
-search however many faces it holds; with a worker, the worker searches and cuts (`_Cut`). `asynchronous=None` picks the mode from the measured
-classification time. `update` swaps the model or the settings from another thread; the change
+search however many faces it holds; with a worker, the worker searches and cuts (`_Cut`).
+`asynchronous=None` picks the mode from the measured classification time. `update` swaps the model or the settings from another thread; the change
 applies from the next frame.
 `stats` gives rolling medians/p95 of the stage timings, and `timeline` the session's emotion rows.
 """

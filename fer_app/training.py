@@ -937,7 +937,7 @@ def _train(cfg: TrainConfig, splits: Splits, ctx: distributed.Context, *, name, 
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
-            n_good = torch.tensor(float(len(yb)), device=device) if mask is None else mask.sum()
+            n_good = torch.full((), float(len(yb)), device=device) if mask is None else mask.sum()
             hits = (logits.argmax(1) == yb) if mask is None else (logits.argmax(1) == yb) & mask
             n_good = n_good.to(sum_dtype)
             sums += torch.stack([loss.detach().to(sum_dtype) * n_good, hits.sum().to(sum_dtype), n_good])

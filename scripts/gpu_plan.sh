@@ -49,8 +49,8 @@ ship() { tar -cf - -C "$(dirname "$1")" "$(basename "$1")" | split -b 15M - "$OU
 run() {
   local name=$1 log=$2 resume=(); shift 2
   [ -f "$RUNS/work/$name/checkpoint.safetensors" ] && resume=(--resume)
-  [ -f "$RUNS/models/$name/config.json" ] || fer train "$GPU/faces.npz" --name "$name" --models-dir "$RUNS/models" --workdir "$RUNS/work/$name" \
-    --balance none --kd-weight 0.7 --kd-temperature 2 --mixup 0.2 --swa-epochs 16 "$@" "${resume[@]}" \
+  [ -f "$RUNS/models/$name/config.json" ] || fer train "$GPU/faces.npz" --name "$name" --models-dir "$RUNS/models" \
+    --workdir "$RUNS/work/$name" --balance none --kd-weight 0.7 --kd-temperature 2 --mixup 0.2 --swa-epochs 16 "$@" "${resume[@]}" \
     "${extra[@]}" 2>&1 | tee -a "$log"
   fer tta "$RUNS/models/$name" "$GPU/faces.npz" 2>&1 | tee -a "$log"
   ship "$RUNS/models/$name"

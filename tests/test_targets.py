@@ -17,8 +17,8 @@ from fer_app.cli import main
 from fer_app.config import CLASSES
 from fer_app.data import FaceSet
 from fer_app.model import load_model
-from fer_app.targets import (base_targets, blend, export_teacher_targets, online_teachers, sharpen, smoothed_one_hot,
-                             soft_loss, targets_file_meta, teacher_targets)
+from fer_app.targets import (base_targets, blend, export_teacher_targets, online_teachers, read_teacher_targets,
+                             sharpen, smoothed_one_hot, soft_loss, targets_file_meta, teacher_targets)
 from fer_app.training import TrainConfig, TrainingError, class_weights, train
 from test_training import interrupted_and_resumed
 
@@ -390,3 +390,22 @@ def test_cli_a_targets_file_teaches_as_the_teacher_itself(capsys, tiny_model: Pa
 def test_a_missing_targets_file_is_refused_as_one(tmp_path: Path):
     with pytest.raises(ValueError, match="not a targets file this app wrote"):
         teacher_targets([str(tmp_path / "gone.safetensors")], make_faces(2, 0), tmp_path / "w")
+
+
+def test_the_committed_five_teachers_targets_fit_the_dev_data():
+    """assets/five-teachers.safetensors (issue #12's runs on a GPU) is read against FER-2013's train faces: five
+    teachers, a distribution per face, and the teachers named as the plan names them."""
+    from fer_app.data import load_npz
+    from fer_app.runtimes import FER_DEV_DATA
+
+    file = Path(__file__).resolve().parent.parent / "assets" / "five-teachers.safetensors"
+    if not FER_DEV_DATA.is_file():
+        pytest.skip(f"{FER_DEV_DATA} (FER-2013 dev data) is not here")
+    shares = read_teacher_targets(file, load_npz(FER_DEV_DATA)["train"])
+    assert len(shares) == 5 and all(s.shape == (28709, K) for s in shares)
+    assert all(torch.allclose(s.sum(1), torch.ones(28709), atol=1e-4) for s in shares)
+    names = json.loads(targets_file_meta(file)["teachers"])
+    assert [Path(n).name for n in names] == ["compact-fer2013-soup3", "compact-fer2013-soup", "teacher-wide",
+                                             "teacher-wide-s13-mixup", "teacher-wide-s14-mixup"]
+    runs = {r["model"] for r in json.loads(targets_file_meta(file)["runs"])}  # for the student's card
+    assert {"teacher-wide-s13-mixup", "teacher-wide-s14-mixup", "compact-fer2013-kd-swa"} <= runs
