@@ -33,6 +33,7 @@ RUNS=${RUNS:-runs/gpu}              # the runs there (ignored, not carried: a wa
 DEST=${DEST:-runs/acc/models}       # where `finish` puts the models that came back
 CACHE=${CACHE:-runs/acc/work/targets}  # each teacher's share, cached as it is computed (`prepare` resumes)
 FIVE=${FIVE:-assets/five-teachers.safetensors}  # the five teachers' targets on the train faces (tracked: it travels)
+CUDA_ONLY=${CUDA_ONLY:-1}           # teacher/student stop where torch sees no GPU (the dry run sets 0)
 extra=()                            # train options appended to both runs (they win): the dry run's small shapes
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 
@@ -56,10 +57,13 @@ run() {
   ship "$RUNS/models/$name"
 }
 
+# What the phase runs on; without CUDA it stops there (minutes of 16 CPU cores would spend the GPU's time for nothing).
 machine() {
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
   lscpu | grep 'Model name' || true
-  "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'
+  "$PY" -c 'import sys, torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())
+sys.exit(int(sys.argv[1] == "1" and not torch.cuda.is_available()))' "$CUDA_ONLY" \
+    || { echo "no CUDA here: stopped (CUDA_ONLY=0 runs on the CPU)"; return 1; }
 }
 
 prepare() {
@@ -131,7 +135,7 @@ dry_run() {  # the steps here on CPU: a slice of the data, a tiny shape, a fake 
   "$PY" -c "import numpy as np, sys; d = np.load(sys.argv[1]); np.savez(sys.argv[2], **{k: d[k][:300] if \
     k.startswith('train') else d[k][:120] if k.startswith('val') else d[k] for k in d.files})" "$DATA" "$tmp/data.npz"
   DATA=$tmp/data.npz GPU=$tmp/gpu RUNS=$tmp/runs DEST=$tmp/models CACHE=$tmp/cache FIVE=$tmp/five.safetensors
-  TEACHER_BAR=0 OUT=$tmp/out
+  TEACHER_BAR=0 OUT=$tmp/out CUDA_ONLY=0
   extra=(--epochs 2 --widths 8 16 --convs 1 1 --swa-epochs 0 --threads 2)
   mkdir -p "$OUT"
   trap 'finish >/dev/null; rm -rf "$tmp"' EXIT
