@@ -114,7 +114,7 @@ student() {
 
 finish() {  # [DIR]
   git reset -q -- models
-  sed -i '\#^/models/$#d' .git/info/exclude
+  [ ! -f .git/info/exclude ] || sed -i '\#^/models/$#d' .git/info/exclude
   git diff --quiet --cached -- models || { echo "models/ differs from HEAD in the index" >&2; exit 1; }
   [ $# -ge 1 ] && take "$1"
   return 0
