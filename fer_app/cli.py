@@ -11,7 +11,7 @@ import json
 import os
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fer_app.config import DEFAULT_MODEL, ENSEMBLE_MEANS, EQUALIZE_MODES, FOOTAGE_PARTS, STILLS_MODEL
@@ -25,6 +25,15 @@ def _progress_bar(total: int | None, desc: str, unit: str = "img"):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=not sys.stderr.isatty())
+
+
+def _reporter(bar) -> Callable[[int, int | None], None]:
+    """A library `progress(done, total)` callback that moves `bar` (its total learned from the calls)."""
+    def progress(done: int, total: int | None) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    return progress
 
 
 # ---------------------------------------------------------------- predict
@@ -100,10 +109,7 @@ def cmd_video(args: argparse.Namespace) -> int:
     settings = LiveSettings(detector=_detector_config(args, VIDEO_DETECTOR), smoothing=args.smoothing,
                             draw=DrawOptions(stats=False, track_ids=True))
     bar = _progress_bar(None, Path(args.video).name, unit="frame")
-
-    def progress(done: int, total: int | None) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
+    progress = _reporter(bar)
 
     try:
         result = process_video(args.video, model, settings, out_path=args.out, every=args.every, progress=progress)
@@ -367,10 +373,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
 
     splits = _load_sources(args)
     bar = _progress_bar(None, "teachers", unit="face")
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
+    progress = _reporter(bar)
 
     workdir = args.workdir or args.out.parent / (args.out.stem + "-cache")
     path = export_teacher_targets(args.teacher, splits["train"], args.out, workdir, report=progress)
@@ -385,10 +388,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
     from fer_app.data import pack_npz
 
     bar = _progress_bar(None, "pack", unit="face")
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
+    progress = _reporter(bar)
 
     report = pack_npz(args.data, args.out, progress)
     bar.close()
@@ -461,10 +461,7 @@ def cmd_tta(args: argparse.Namespace) -> int:
     candidates = [()] + [tuple(z) for z in args.zooms] if args.zooms else None
     kwargs = {"candidates": candidates} if candidates else {}
     bar = _progress_bar(None, "val views", unit="view")
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
+    progress = _reporter(bar)
 
     report = select_tta(folder, splits["val"], max_views=args.max_views, write=not args.dry_run,
                         progress=progress, twins=_train_twins(splits, "val"), **kwargs)
