@@ -142,12 +142,13 @@ def pack_npz(src: str | Path, dest: str | Path, progress: Callable[[int, int], N
     src, dest = Path(src), Path(dest)
     if not src.is_file():
         raise DataError(f"{src}: no such file")
-    d = np.load(src)
-    faces = {k: d[k] for k in d.files if d[k].dtype == np.uint8 and d[k].shape[1:] == (SIDE, SIDE)}
+    with np.load(src) as d:  # each access of an npz's array reads it again: once each
+        arrays = {k: d[k] for k in d.files}
+    faces = {k: v for k, v in arrays.items() if v.dtype == np.uint8 and v.shape[1:] == (SIDE, SIDE)}
     if not faces:
         raise DataError(f"{src}: no (N, {SIDE}, {SIDE}) uint8 face arrays to pack")
     total, done = sum(len(v) for v in faces.values()), 0
-    out = {k: d[k] for k in d.files if k not in faces}
+    out = {k: v for k, v in arrays.items() if k not in faces}
     for key, images in faces.items():
         files = []
         for image in images:
