@@ -178,9 +178,9 @@ def _run_job(job: _Job, clock: Callable[[], float]) -> _Result:
     """Classify a job's batch in the worker (cutting its crops first when it holds a `_Cut`); an error is reported in
     the result (the stream goes on)."""
     start = clock()
-    cut, rolls = (job.crops, None) if isinstance(job.crops, _Cut) else (None, None)
+    cut = job.crops if isinstance(job.crops, _Cut) else None
+    crops, rolls = job.crops, None
     try:
-        crops = job.crops
         if cut is not None:
             crops, rolls = cut.crops()
         probs, error = _predict(job.model, crops, job.mirror, job.views), None
